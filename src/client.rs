@@ -1,0 +1,598 @@
+//! One client connection, from the HTTP upgrade to the last frame.
+//!
+//! Each connection gets two threads, like gorilla/websocket's read pump and write pump:
+//!
+//! - the **reader** (the connection's own thread) runs tungstenite: the handshake, then
+//!   `read()` in a loop, turning text messages into [`Event::Say`] for the room;
+//! - the **writer** waits on the client's outbox and writes whatever frames are waiting
+//!   in one vectored write.
+//!
+//! Only the writer writes to an open connection. tungstenite's own replies (the
+//! handshake response aside: pongs, close replies, our close frames) go through
+//! [`ClientStream`], which queues them in the same outbox as the room's broadcasts, so
+//! frames never interleave on the wire and one tungstenite state machine sees the whole
+//! conversation. A blocked `read()` wakes the moment bytes arrive; a blocked `recv()`
+//! wakes the moment the room queues a frame; an idle client costs no CPU at all.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use tungstenite::error::ProtocolError;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Error, Message, WebSocket};
+
+use crate::config::Config;
+use crate::room::{self, ClientId, Event, Inbox, Outbox, Outgoing};
+use crate::trace::Trace;
+use crate::wire::{self, Frame};
+
+/// tungstenite's read buffer; its 128 KiB default would cost more than everything else a
+/// client holds. Messages longer than this still arrive, in several reads.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Stack reserved for each thread. Only the pages a thread touches count against memory;
+/// this is the ceiling, well above the deepest call chain of either pump.
+pub const READER_STACK_BYTES: usize = 128 * 1024;
+pub const WRITER_STACK_BYTES: usize = 64 * 1024;
+
+/// Most frames handed to one `writev`; Linux takes at most 1024 slices.
+const MAX_FRAMES_PER_WRITE: usize = 512;
+
+/// How long a client that we closed may take to answer with its own close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A refused message is not silent: the sender alone hears why.
+const SLOW_DOWN: &str = " .... slow down: message not sent";
+
+/// What every connection thread needs from the server.
+pub struct Shared {
+    pub config: Config,
+    pub events: Sender<Event>,
+    /// Open connections, joined or still in their handshake.
+    pub connections: AtomicUsize,
+    pub max_clients: usize,
+    /// Where the chat page lives, for the answer to a plain HTTP request.
+    pub page_url: String,
+    pub trace: Trace,
+}
+
+/// Serves one accepted socket until it is gone. `over_capacity` connections are answered
+/// with HTTP 503 instead of being upgraded.
+pub fn handle_new_connection(
+    shared: &Shared,
+    id: ClientId,
+    socket: TcpStream,
+    peer: SocketAddr,
+    over_capacity: bool,
+) {
+    let socket = Arc::new(socket);
+    let Some(mut ws) = handshake(shared, &socket, peer, over_capacity) else {
+        return;
+    };
+    let config = &shared.config;
+    // Both timeouts are deadlines, not polling: an idle reader sleeps in `read` until a
+    // frame or a pong arrives, and the room pings more often than `pong_timeout`.
+    if socket.set_read_timeout(Some(config.pong_timeout)).is_err()
+        || socket
+            .set_write_timeout(Some(config.write_timeout))
+            .is_err()
+    {
+        return;
+    }
+
+    let (outbox, inbox) = room::outbox();
+    let writer_socket = socket.clone();
+    let writer = thread::Builder::new()
+        .name(format!("write-{id}"))
+        .stack_size(WRITER_STACK_BYTES)
+        .spawn(move || write_pump(&writer_socket, inbox));
+    if writer.is_err() {
+        eprintln!("threadchat: no thread for {peer}'s writer; dropping it");
+        return;
+    }
+    ws.get_mut().start_queueing(outbox.clone());
+
+    let leave = LeaveOnDrop {
+        id,
+        events: &shared.events,
+    };
+    if shared
+        .events
+        .send(Event::Join {
+            id,
+            peer,
+            outbox: outbox.clone(),
+        })
+        .is_err()
+    {
+        return; // shutting down
+    }
+    let ending = read_pump(&mut ws, shared, id, &outbox);
+    drop(leave);
+
+    if let Ending::Close(code, reason) = ending {
+        close_and_linger(&mut ws, &socket, code, reason);
+    }
+}
+
+/// Reports the leave when the reader is done, however it ends: an error, a panic, or a
+/// clean close all free the nickname.
+struct LeaveOnDrop<'a> {
+    id: ClientId,
+    events: &'a Sender<Event>,
+}
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Leave { id: self.id });
+    }
+}
+
+/// How a session ended from the reader's side.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// The peer closed, or the connection is gone: nothing more to say.
+    Gone,
+    /// We close the connection with this code and reason.
+    Close(u16, String),
+}
+
+/// Reads messages until the connection ends, passing text on to the room.
+fn read_pump(
+    ws: &mut WebSocket<ClientStream>,
+    shared: &Shared,
+    id: ClientId,
+    outbox: &Outbox,
+) -> Ending {
+    let config = &shared.config;
+    let mut limit = RateLimit::new(config.rate_limit, config.flood_close);
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => match limit.check(Instant::now()) {
+                Verdict::Send => {
+                    if shared.events.send(Event::Say { id, text }).is_err() {
+                        return Ending::Gone;
+                    }
+                }
+                Verdict::Refuse => {
+                    outbox.push(Outgoing::Frame(wire::text_frame(SLOW_DOWN)));
+                }
+                Verdict::Close => {
+                    return Ending::Close(wire::CLOSE_POLICY, "flooding".into());
+                }
+            },
+            Ok(Message::Binary(_)) => {
+                return Ending::Close(wire::CLOSE_UNSUPPORTED, "text messages only".into())
+            }
+            // Pings are answered by tungstenite; a close is answered too, and the next
+            // read reports the end.
+            Ok(_) => {}
+            Err(err) => return ending_for(err),
+        }
+    }
+}
+
+/// Maps a tungstenite error to the close code RFC 6455 gives for it.
+fn ending_for(err: Error) -> Ending {
+    let close = |code, reason: &str| Ending::Close(code, reason.to_owned());
+    match err {
+        Error::Capacity(_) => close(wire::CLOSE_TOO_BIG, "message too big"),
+        Error::Utf8(_) => close(wire::CLOSE_INVALID_DATA, "invalid UTF-8"),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Gone,
+        Error::Protocol(p) => close(wire::CLOSE_PROTOCOL, &short_reason(&p.to_string())),
+        Error::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            close(wire::CLOSE_GOING_AWAY, "silent too long")
+        }
+        _ => Ending::Gone,
+    }
+}
+
+/// A close reason must fit in a control frame: 125 bytes less the 2-byte code.
+fn short_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// Sends our close frame and waits briefly for the client's, so the client sees a clean
+/// close rather than a reset.
+fn close_and_linger(
+    ws: &mut WebSocket<ClientStream>,
+    socket: &TcpStream,
+    code: u16,
+    reason: String,
+) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    if ws.close(Some(frame)).is_err() || socket.set_read_timeout(Some(CLOSE_GRACE)).is_err() {
+        return;
+    }
+    while ws.read().is_ok() {}
+}
+
+/// The HTTP upgrade. Returns the open WebSocket, or `None` once the client has been
+/// answered with an HTTP error (or has timed out).
+fn handshake(
+    shared: &Shared,
+    socket: &Arc<TcpStream>,
+    peer: SocketAddr,
+    over_capacity: bool,
+) -> Option<WebSocket<ClientStream>> {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let stream = ClientStream {
+        socket: socket.clone(),
+        outbox: None,
+        handshake_deadline: Some(deadline),
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes));
+    // The error type is tungstenite's, so its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    let check = |request: &Request, response: Response| {
+        shared.trace.handshake_request(peer, request);
+        if over_capacity {
+            return Err(http_error(
+                503,
+                &format!(
+                    "server full: {} clients connected, try again later",
+                    shared.max_clients
+                ),
+            ));
+        }
+        if !origin_allowed(request, &config.allow_origins) {
+            return Err(http_error(
+                403,
+                "this page's origin may not use this chat server",
+            ));
+        }
+        shared.trace.handshake_response(peer, request, &response);
+        Ok(response)
+    };
+    match tungstenite::accept_hdr_with_config(stream, check, Some(ws_config)) {
+        Ok(mut ws) => {
+            ws.get_mut().handshake_deadline = None;
+            Some(ws)
+        }
+        Err(HandshakeError::Interrupted(_)) => {
+            shared.trace.note(peer, "handshake timed out; dropped");
+            None
+        }
+        Err(HandshakeError::Failure(err)) => {
+            reject_failed_handshake(shared, socket, peer, err);
+            None
+        }
+    }
+}
+
+/// Answers a request that could not be upgraded, unless tungstenite already answered it.
+fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: SocketAddr, err: Error) {
+    let (status, body) = match err {
+        // tungstenite already wrote the response our callback returned.
+        Error::Http(response) => {
+            shared
+                .trace
+                .note(peer, &format!("answered HTTP {}", response.status()));
+            return;
+        }
+        Error::Protocol(
+            ProtocolError::MissingConnectionUpgradeHeader
+            | ProtocolError::MissingUpgradeWebSocketHeader
+            | ProtocolError::WrongHttpMethod,
+        ) => (
+            426,
+            format!(
+                "this is threadchat's WebSocket port; the chat page is at {}",
+                shared.page_url
+            ),
+        ),
+        Error::Protocol(p) => (400, format!("bad WebSocket handshake: {p}")),
+        // The client went away or sent nothing in time: nobody to answer.
+        _ => {
+            shared.trace.note(peer, &format!("handshake failed: {err}"));
+            return;
+        }
+    };
+    shared.trace.note(peer, &format!("answered HTTP {status}"));
+    let reason = match status {
+        426 => "Upgrade Required",
+        _ => "Bad Request",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nUpgrade: websocket\r\nConnection: close\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}\n",
+        body.len() + 1
+    );
+    let mut socket = socket;
+    let _ = socket.write_all(response.as_bytes());
+}
+
+fn http_error(status: u16, body: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(format!("{body}\n")));
+    *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
+        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    response.headers_mut().insert(
+        "Content-Type",
+        tungstenite::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Browsers send `Origin`; scripts usually do not. A page may talk to us if it was served
+/// by the same host (the page on one port, this server on another), or if its origin is
+/// allowed on the command line.
+fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let Some(origin) = header("Origin") else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    match header("Host") {
+        Some(host) => host_part(origin_host).eq_ignore_ascii_case(host_part(host)),
+        None => false,
+    }
+}
+
+/// `example.org:8080` -> `example.org`; `[::1]:8080` -> `[::1]`.
+fn host_part(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+/// The stream tungstenite reads and writes.
+///
+/// Reads come straight from the socket. Writes go to the socket during the handshake
+/// and, once the writer thread is running, into the client's outbox as whole frames.
+pub struct ClientStream {
+    socket: Arc<TcpStream>,
+    outbox: Option<Outbox>,
+    /// The whole handshake must finish by then; a per-read timeout alone would let a
+    /// client that sends one byte every few seconds hold the connection for ever.
+    handshake_deadline: Option<Instant>,
+}
+
+impl ClientStream {
+    fn start_queueing(&mut self, outbox: Outbox) {
+        self.outbox = Some(outbox);
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.handshake_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.socket.set_read_timeout(Some(left))?;
+        }
+        (&*self.socket).read(buf)
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.outbox {
+            None => (&*self.socket).write(buf),
+            // tungstenite hands over whole frames, so each chunk stays in one piece.
+            Some(outbox) if outbox.push(Outgoing::Frame(Frame::from(buf))) => Ok(buf.len()),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "outbox full or closed",
+            )),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &self.outbox {
+            None => (&*self.socket).flush(),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The writer thread: waits for frames and writes everything that is waiting at once.
+///
+/// It ends when the reader and the room have both let go of the outbox, when a write
+/// fails or times out, or after a final close frame; then it shuts the socket, which
+/// wakes the reader if it is still waiting.
+fn write_pump(socket: &TcpStream, inbox: Inbox) {
+    struct ShutdownOnDrop<'a>(&'a TcpStream);
+    impl Drop for ShutdownOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown(Shutdown::Both);
+        }
+    }
+    let _shutdown = ShutdownOnDrop(socket);
+
+    let mut batch: Vec<Frame> = Vec::new();
+    while let Ok(first) = inbox.frames.recv() {
+        let mut last = false;
+        for item in std::iter::once(first).chain(inbox.frames.try_iter()) {
+            match item {
+                Outgoing::Frame(frame) => batch.push(frame),
+                Outgoing::Last(frame) => {
+                    batch.push(frame);
+                    last = true;
+                }
+            }
+            if last || batch.len() == MAX_FRAMES_PER_WRITE {
+                break;
+            }
+        }
+        if inbox.evicted.load(Ordering::Acquire) && !last {
+            // The room gave up on this client: what is queued no longer matters.
+            batch.clear();
+            batch.push(wire::close_frame(wire::CLOSE_POLICY, "too slow"));
+            last = true;
+        }
+        if write_all(socket, &batch).is_err() || last {
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Writes whole frames with as few system calls as the kernel allows: usually one.
+fn write_all(mut socket: &TcpStream, frames: &[Frame]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice> = frames.iter().map(|f| IoSlice::new(f)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match socket.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A token bucket: `rate` messages a second on average, bursts up to twice that.
+///
+/// A client refused again and again, with no second of quiet between refusals, for
+/// `flood_close`, is closed.
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// When the current run of refusals began, and the latest refusal in it.
+    flood: Option<(Instant, Instant)>,
+    flood_close: Duration,
+}
+
+/// A gap this long between refusals ends a flood.
+const FLOOD_QUIET: Duration = Duration::from_secs(1);
+
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Send,
+    Refuse,
+    Close,
+}
+
+impl RateLimit {
+    fn new(per_second: u32, flood_close: Duration) -> RateLimit {
+        let rate = f64::from(per_second);
+        RateLimit {
+            rate,
+            burst: 2.0 * rate,
+            tokens: 2.0 * rate,
+            refilled: Instant::now(),
+            flood: None,
+            flood_close,
+        }
+    }
+
+    fn check(&mut self, now: Instant) -> Verdict {
+        if self.rate == 0.0 {
+            return Verdict::Send;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Verdict::Send;
+        }
+        let start = match self.flood {
+            Some((start, latest)) if now.saturating_duration_since(latest) < FLOOD_QUIET => start,
+            _ => now,
+        };
+        self.flood = Some((start, now));
+        if now.saturating_duration_since(start) >= self.flood_close {
+            Verdict::Close
+        } else {
+            Verdict::Refuse
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_of_twice_the_rate_then_refuses() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(20, Duration::from_secs(10));
+        for _ in 0..40 {
+            assert_eq!(limit.check(t0), Verdict::Send);
+        }
+        assert_eq!(limit.check(t0), Verdict::Refuse);
+        // 50 ms later one token has come back.
+        assert_eq!(limit.check(t0 + Duration::from_millis(50)), Verdict::Send);
+    }
+
+    #[test]
+    fn a_sustained_flood_is_closed_and_a_pause_forgives_it() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(1, Duration::from_secs(3));
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(limit.check(at(0)), Verdict::Send);
+        assert_eq!(limit.check(at(0)), Verdict::Send);
+        let mut verdicts = Vec::new();
+        let mut ms = 10;
+        while ms < 3_100 {
+            verdicts.push(limit.check(at(ms)));
+            ms += 10;
+        }
+        assert_eq!(verdicts.last(), Some(&Verdict::Close));
+        // Quiet for a while: the bucket refills and the flood is forgotten.
+        let mut calm = RateLimit::new(1, Duration::from_secs(3));
+        calm.check(at(0));
+        calm.check(at(0));
+        assert_eq!(calm.check(at(10)), Verdict::Refuse);
+        assert_eq!(calm.check(at(5_000)), Verdict::Send);
+    }
+
+    #[test]
+    fn zero_rate_means_no_limit() {
+        let mut limit = RateLimit::new(0, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!((0..10_000).all(|_| limit.check(t0) == Verdict::Send));
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let long = "é".repeat(100);
+        let short = short_reason(&long);
+        assert!(short.len() <= 123);
+        assert!(long.starts_with(&short));
+    }
+
+    #[test]
+    fn host_part_handles_names_and_ipv6() {
+        assert_eq!(host_part("example.org:8080"), "example.org");
+        assert_eq!(host_part("[::1]:8080"), "[::1]");
+        assert_eq!(host_part("localhost"), "localhost");
+    }
+}

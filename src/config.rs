@@ -1,0 +1,216 @@
+//! Command-line settings: where to listen and every limit, each with a default that suits
+//! a small public server. Parsed by hand to keep the dependency list short.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_BIND: &str = "127.0.0.1";
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+pub const DEFAULT_WS_PORT: u16 = 12345;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
+pub const DEFAULT_FLOOD_CLOSE: Duration = Duration::from_secs(10);
+
+/// Everything the server needs to know before it binds a socket.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub bind: IpAddr,
+    pub http_port: u16,
+    pub ws_port: u16,
+    /// Serve the page from this folder instead of the copy built into the binary.
+    pub www: Option<PathBuf>,
+    pub max_message_bytes: usize,
+    /// `None`: derived from the open-file limit at start.
+    pub max_clients: Option<usize>,
+    pub handshake_timeout: Duration,
+    pub write_timeout: Duration,
+    /// `None`: never ping.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    /// Messages per second per client; the burst is twice that. 0 turns it off.
+    pub rate_limit: u32,
+    pub flood_close: Duration,
+    /// Origins allowed besides the server's own host; `*` allows any.
+    pub allow_origins: Vec<String>,
+    pub trace: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            http_port: DEFAULT_HTTP_PORT,
+            ws_port: DEFAULT_WS_PORT,
+            www: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_clients: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
+            rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
+            flood_close: DEFAULT_FLOOD_CLOSE,
+            allow_origins: Vec::new(),
+            trace: false,
+        }
+    }
+}
+
+/// What the command line asks for.
+pub enum Command {
+    Run(Config),
+    Help,
+}
+
+pub fn usage() -> String {
+    format!(
+        "threadchat: the Common Lisp Cookbook's WebSocket chat room, as threads
+
+Usage: threadchat [OPTIONS]
+
+Listening:
+  --bind ADDR                address for both listeners [default: {DEFAULT_BIND}]
+  --http-port N              port of the chat page, 0 picks one [default: {DEFAULT_HTTP_PORT}]
+  --ws-port N                port of the WebSocket server, 0 picks one [default: {DEFAULT_WS_PORT}]
+  --www DIR                  serve the page from DIR instead of the built-in copy
+
+Limits (times in seconds, fractions allowed):
+  --max-message-bytes N      longest text message; longer closes with 1009 [default: {DEFAULT_MAX_MESSAGE_BYTES}]
+  --max-clients N            connections at once; more get HTTP 503 [default: from the open-file limit]
+  --handshake-timeout S      time to finish the HTTP upgrade [default: {}]
+  --write-timeout S          time a write to a client may block before it is dropped [default: {}]
+  --ping-interval S          ping every client this often, 0 for never [default: {}]
+  --pong-timeout S           drop a client silent for this long [default: {}]
+  --rate-limit N             messages per second per client, burst 2N, 0 for no limit [default: {DEFAULT_RATE_LIMIT_PER_SEC}]
+  --flood-close S            close a client that floods this long with 1008 [default: {}]
+  --allow-origin ORIGIN      also accept pages from ORIGIN (repeatable, * for any)
+
+Learning:
+  --trace                    print the handshake, every frame and every decision on stderr
+  -h, --help                 print this help
+",
+        DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+        DEFAULT_WRITE_TIMEOUT.as_secs(),
+        DEFAULT_PING_INTERVAL.as_secs(),
+        DEFAULT_PONG_TIMEOUT.as_secs(),
+        DEFAULT_FLOOD_CLOSE.as_secs(),
+    )
+}
+
+/// Reads the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut config = Config::default();
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(Command::Help);
+        }
+        if flag == "--trace" {
+            config.trace = true;
+            continue;
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--bind" => config.bind = parse_value(&flag, &value)?,
+            "--http-port" => config.http_port = parse_value(&flag, &value)?,
+            "--ws-port" => config.ws_port = parse_value(&flag, &value)?,
+            "--www" => config.www = Some(PathBuf::from(value)),
+            "--max-message-bytes" => config.max_message_bytes = positive(&flag, &value)?,
+            "--max-clients" => config.max_clients = Some(positive(&flag, &value)?),
+            "--handshake-timeout" => config.handshake_timeout = seconds(&flag, &value)?,
+            "--write-timeout" => config.write_timeout = seconds(&flag, &value)?,
+            "--ping-interval" => {
+                let every = seconds_or_zero(&flag, &value)?;
+                config.ping_interval = (!every.is_zero()).then_some(every);
+            }
+            "--pong-timeout" => config.pong_timeout = seconds(&flag, &value)?,
+            "--rate-limit" => config.rate_limit = parse_value(&flag, &value)?,
+            "--flood-close" => config.flood_close = seconds(&flag, &value)?,
+            "--allow-origin" => config.allow_origins.push(value),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(Command::Run(config))
+}
+
+fn parse_value<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: cannot read {value:?}"))
+}
+
+fn positive(flag: &str, value: &str) -> Result<usize, String> {
+    match parse_value(flag, value)? {
+        0 => Err(format!("{flag} must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn seconds_or_zero(flag: &str, value: &str) -> Result<Duration, String> {
+    let secs: f64 = parse_value(flag, value)?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{flag}: {value:?} is not a time in seconds"))
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    match seconds_or_zero(flag, value)? {
+        d if d.is_zero() => Err(format!("{flag} must be more than 0")),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Command::Run(config) => Ok(config),
+            Command::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_cookbook_ports() {
+        let config = run(&[]).unwrap();
+        assert_eq!((config.http_port, config.ws_port), (8080, 12345));
+        assert_eq!(config.bind.to_string(), DEFAULT_BIND);
+    }
+
+    #[test]
+    fn fractional_seconds_and_repeated_origins() {
+        let config = run(&[
+            "--write-timeout",
+            "0.25",
+            "--allow-origin",
+            "http://a.example",
+            "--allow-origin",
+            "*",
+            "--ping-interval",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(config.write_timeout, Duration::from_millis(250));
+        assert_eq!(config.allow_origins, ["http://a.example", "*"]);
+        assert_eq!(config.ping_interval, None);
+    }
+
+    #[test]
+    fn bad_values_are_named_in_the_error() {
+        assert!(run(&["--ws-port", "huge"])
+            .unwrap_err()
+            .contains("--ws-port"));
+        assert!(run(&["--max-clients", "0"])
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(run(&["--nope", "1"])
+            .unwrap_err()
+            .contains("unknown option"));
+        assert!(run(&["--bind"]).unwrap_err().contains("needs a value"));
+    }
+}

@@ -1,0 +1,169 @@
+//! threadchat: the Common Lisp Cookbook's WebSocket chat room as a small threaded server.
+//!
+//! ```text
+//!  browser ──HTTP──> page thread (tiny_http)          serves www/ and /config.js
+//!  browser ──WS────> listener thread ──spawns──> client-N thread (reader, tungstenite)
+//!                                                   │ Join / Say / Leave
+//!                                                   ▼
+//!                                  room thread (broadcaster, owns the nicknames)
+//!                                                   │ the same framed bytes to every outbox
+//!                                                   ▼
+//!                                   write-N thread (one writev for all that waits)
+//! ```
+
+mod client;
+mod config;
+mod listener;
+mod page;
+mod room;
+mod sys;
+mod trace;
+mod wire;
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::client::Shared;
+use crate::config::{Command, Config};
+use crate::room::{Event, Room, NICKNAME_SPACE};
+use crate::sys::ShutdownSignals;
+use crate::trace::Trace;
+
+/// Descriptors kept back from the client limit for the listeners, the page server's
+/// connections and the odd file.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How long clients get to receive their close frame when the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// How often the stopping server checks whether every client is gone.
+const SHUTDOWN_CHECK_EVERY: Duration = Duration::from_millis(10);
+
+/// Events waiting for the room; a client that sends faster than the room can keep up
+/// waits here, which slows the sender and nobody else.
+const EVENT_QUEUE: usize = 4096;
+
+fn main() -> ExitCode {
+    let config = match config::parse(std::env::args().skip(1)) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", config::usage());
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("threadchat: {message}\nTry 'threadchat --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("threadchat: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
+    let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let open_files = sys::raise_open_file_limit().map_err(|e| format!("open-file limit: {e}"))?;
+    let max_clients = config
+        .max_clients
+        .unwrap_or_else(|| default_max_clients(open_files));
+
+    let page_server = tiny_http::Server::http((config.bind, config.http_port)).map_err(|e| {
+        format!(
+            "cannot listen for HTTP on {}:{}: {e}",
+            config.bind, config.http_port
+        )
+    })?;
+    let ws_listener = TcpListener::bind((config.bind, config.ws_port)).map_err(|e| {
+        format!(
+            "cannot listen for WebSockets on {}:{}: {e}",
+            config.bind, config.ws_port
+        )
+    })?;
+    let page_addr = page_server
+        .server_addr()
+        .to_ip()
+        .ok_or("the page server is not on an IP address")?;
+    let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
+    let page_url = format!("http://{page_addr}/");
+
+    let site = match &config.www {
+        None => page::Site::BuiltIn,
+        Some(dir) => page::Site::Folder(
+            dir.canonicalize()
+                .map_err(|e| format!("--www {}: {e}", dir.display()))?,
+        ),
+    };
+
+    println!("threadchat: chat page on {page_url}");
+    println!("threadchat: WebSocket server on ws://{ws_addr}/");
+    println!("threadchat: open-file limit {open_files}, so at most {max_clients} clients");
+
+    let trace = Trace::new(config.trace);
+    let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
+    let shared = Arc::new(Shared {
+        events: events.clone(),
+        connections: AtomicUsize::new(0),
+        max_clients,
+        page_url,
+        trace,
+        config,
+    });
+
+    let settings = page::PageSettings {
+        ws_port: ws_addr.port(),
+        max_message_bytes: shared.config.max_message_bytes,
+    };
+    spawn("page", move || page::run(page_server, site, settings))?;
+    let ping_interval = shared.config.ping_interval;
+    let room = spawn("room", move || {
+        Room::new(trace).run(room_events, ping_interval)
+    })?;
+    let stopping = shared.clone();
+    spawn("signals", move || {
+        let signal = signals.wait();
+        eprintln!("threadchat: signal {signal}, closing every connection");
+        stop(&stopping, events, room);
+    })?;
+
+    listener::run(ws_listener, shared);
+    Ok(())
+}
+
+/// Leaves room under the open-file limit for everything that is not a client.
+fn default_max_clients(open_files: u64) -> usize {
+    let for_clients = open_files.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    usize::try_from(for_clients)
+        .unwrap_or(usize::MAX)
+        .min(NICKNAME_SPACE as usize / 2)
+}
+
+/// Says goodbye to every client (close 1001), gives the writers a moment to send it, and
+/// ends the process.
+fn stop(shared: &Shared, events: crossbeam_channel::Sender<Event>, room: thread::JoinHandle<()>) {
+    let _ = events.send(Event::Shutdown);
+    let _ = room.join();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        thread::sleep(SHUTDOWN_CHECK_EVERY);
+    }
+    std::process::exit(0);
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<T>, String> {
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}

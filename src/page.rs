@@ -1,0 +1,224 @@
+//! The page server: the cookbook's `client-server`, on tiny_http.
+//!
+//! It serves the chat page and `/config.js`, which tells the page which port the
+//! WebSocket server really listens on (the cookbook hard-codes 12345). The page is built
+//! into the binary, so `threadchat` runs from anywhere; `--www DIR` serves a folder
+//! instead, for people editing the page. Nothing outside that folder is ever served.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// The page compiled into the binary.
+const BUILT_IN_PAGE: &str = include_str!("../www/index.html");
+
+/// Where the page comes from.
+pub enum Site {
+    BuiltIn,
+    /// A folder, already canonical so that containment can be checked by prefix.
+    Folder(PathBuf),
+}
+
+/// What the page needs to know about the WebSocket server.
+pub struct PageSettings {
+    pub ws_port: u16,
+    pub max_message_bytes: usize,
+}
+
+/// Answers requests until the server is dropped.
+pub fn run(server: Server, site: Site, settings: PageSettings) {
+    let config_js = format!(
+        "window.THREADCHAT = {{ wsPort: {}, maxMessageBytes: {} }};\n",
+        settings.ws_port, settings.max_message_bytes
+    );
+    for request in server.incoming_requests() {
+        let reply = answer(&site, &config_js, request.method(), request.url());
+        respond(request, reply);
+    }
+}
+
+/// A response before it is turned into tiny_http's type, so the routing can be tested.
+#[derive(Debug, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
+            status: 200,
+            content_type,
+            body,
+        }
+    }
+
+    fn error(status: u16, line: &str) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{line}\n").into_bytes(),
+        }
+    }
+}
+
+/// Routes one request.
+pub fn answer(site: &Site, config_js: &str, method: &Method, url: &str) -> Reply {
+    if !matches!(method, Method::Get | Method::Head) {
+        return Reply::error(405, "only GET and HEAD are served here");
+    }
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    if path == "/config.js" {
+        return Reply::ok(
+            "text/javascript; charset=utf-8",
+            config_js.as_bytes().to_vec(),
+        );
+    }
+    let Some(relative) = percent_decode(path) else {
+        return Reply::error(400, "bad percent-encoding in the path");
+    };
+    match site {
+        Site::BuiltIn if relative == "/" || relative == "/index.html" => Reply::ok(
+            "text/html; charset=utf-8",
+            BUILT_IN_PAGE.as_bytes().to_vec(),
+        ),
+        Site::BuiltIn => not_found(),
+        Site::Folder(root) => serve_file(root, &relative),
+    }
+}
+
+fn not_found() -> Reply {
+    Reply::error(404, "not found")
+}
+
+/// Serves `relative` from `root`, refusing anything that would leave it: `..` segments
+/// (however they were encoded) and symbolic links that point outside.
+fn serve_file(root: &Path, relative: &str) -> Reply {
+    let mut path = root.to_path_buf();
+    for part in Path::new(relative.trim_start_matches('/')).components() {
+        match part {
+            Component::Normal(name) => path.push(name),
+            Component::CurDir => {}
+            _ => return not_found(),
+        }
+    }
+    if path.is_dir() {
+        path.push("index.html");
+    }
+    let Ok(real) = path.canonicalize() else {
+        return not_found();
+    };
+    if !real.starts_with(root) {
+        return not_found();
+    }
+    match fs::read(&real) {
+        Ok(body) => Reply::ok(content_type(&real), body),
+        Err(_) => not_found(),
+    }
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "ico" => "image/x-icon",
+        "webp" => "image/webp",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Decodes `%XX` escapes. `None` for a malformed escape, a NUL or a backslash, or a
+/// result that is not UTF-8: none of those name a file we serve.
+fn percent_decode(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    (!text.contains(['\0', '\\'])).then_some(text)
+}
+
+fn respond(request: Request, reply: Reply) {
+    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
+    if let Ok(header) = Header::from_bytes("Content-Type", reply.content_type) {
+        response.add_header(header);
+    }
+    if reply.status == 405 {
+        if let Ok(header) = Header::from_bytes("Allow", "GET, HEAD") {
+            response.add_header(header);
+        }
+    }
+    // The client may have gone; there is nobody to tell.
+    let _ = request.respond(response);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn www() -> Site {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("www");
+        Site::Folder(root.canonicalize().unwrap())
+    }
+
+    fn get(site: &Site, url: &str) -> Reply {
+        answer(site, "cfg", &Method::Get, url)
+    }
+
+    #[test]
+    fn index_is_served_as_html_from_both_sites() {
+        for site in [Site::BuiltIn, www()] {
+            let reply = get(&site, "/");
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.content_type, "text/html; charset=utf-8");
+            assert!(String::from_utf8_lossy(&reply.body).contains("<title>"));
+        }
+    }
+
+    #[test]
+    fn traversal_in_any_spelling_is_not_found() {
+        let site = www();
+        for url in [
+            "/../Cargo.toml",
+            "/%2e%2e/Cargo.toml",
+            "/%2E%2E/%2e%2e/etc/passwd",
+            "/..%2fCargo.toml",
+            "/%2e%2e%5cCargo.toml",
+            "/%00",
+        ] {
+            let status = get(&site, url).status;
+            assert!(status == 404 || status == 400, "{url} gave {status}");
+        }
+    }
+
+    #[test]
+    fn only_get_and_head() {
+        assert_eq!(answer(&Site::BuiltIn, "", &Method::Post, "/").status, 405);
+        assert_eq!(answer(&Site::BuiltIn, "", &Method::Head, "/").status, 200);
+    }
+
+    #[test]
+    fn config_js_is_javascript() {
+        let reply = get(&Site::BuiltIn, "/config.js?v=1");
+        assert_eq!(reply.body, b"cfg");
+        assert!(reply.content_type.starts_with("text/javascript"));
+    }
+}

@@ -1,0 +1,74 @@
+//! Server-to-client frames, built by hand so each is encoded exactly once.
+//!
+//! A server frame is never masked (RFC 6455 section 5.1), so the bytes of one broadcast
+//! are the same for every client: the room builds them here once and shares them.
+
+use std::sync::Arc;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// The encoded bytes of one or more whole frames, shared between client queues.
+pub type Frame = Arc<[u8]>;
+
+/// Close codes the server sends (RFC 6455 section 7.4.1).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_UNSUPPORTED: u16 = 1003;
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// A final, unmasked text frame carrying `line`.
+pub fn text_frame(line: &str) -> Frame {
+    frame(OpCode::Data(Data::Text), line.as_bytes())
+}
+
+/// A close frame: the code in network byte order, then the reason.
+pub fn close_frame(code: u16, reason: &str) -> Frame {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    frame(OpCode::Control(Control::Close), &payload)
+}
+
+/// An empty ping; the client's pong proves it is still there.
+pub fn ping_frame() -> Frame {
+    frame(OpCode::Control(Control::Ping), b"")
+}
+
+fn frame(opcode: OpCode, payload: &[u8]) -> Frame {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let len = payload.len() as u64;
+    let mut bytes = Vec::with_capacity(header.len(len) + payload.len());
+    // Writing into a Vec cannot fail.
+    let _ = header.format(len, &mut bytes);
+    bytes.extend_from_slice(payload);
+    bytes.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_uses_the_seven_bit_length() {
+        assert_eq!(&*text_frame("hi"), &[0x81, 2, b'h', b'i']);
+    }
+
+    #[test]
+    fn longer_text_uses_the_sixteen_bit_length() {
+        let line = "x".repeat(200);
+        let bytes = text_frame(&line);
+        assert_eq!(&bytes[..4], &[0x81, 126, 0, 200]);
+        assert_eq!(bytes.len(), 4 + 200);
+    }
+
+    #[test]
+    fn close_frame_carries_code_then_reason() {
+        assert_eq!(&close_frame(1008, "too slow")[..4], &[0x88, 10, 0x03, 0xF0]);
+    }
+}
