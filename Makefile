@@ -1,0 +1,46 @@
+# threadchat: `make run` starts the chat, `make test` runs every test.
+# `make test` installs what the tests need (websocat, Chromium) when it is missing.
+
+TOOLS    := $(CURDIR)/.tools
+export PATH := $(TOOLS)/bin:$(PATH)
+ARGS     ?=
+
+.PHONY: run test test-rust test-shell test-browser tools websocat chromium bench check
+
+## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
+run:
+	cargo run --release -- $(ARGS)
+
+## test: every test: Rust unit and integration tests, websocat shell tests, the browser test
+test: test-rust test-shell test-browser
+
+test-rust:
+	cargo test --all-targets
+
+test-shell: websocat
+	cargo build --quiet
+	@passed=0; failed=0; \
+	for t in tests/shell/*.sh; do \
+	  [ "$$(basename $$t)" = lib.sh ] && continue; \
+	  if bash "$$t"; then passed=$$((passed+1)); else failed=$$((failed+1)); echo "FAILED: $$t"; fi; \
+	done; \
+	echo "shell: $$passed passed, $$failed failed"; [ $$failed -eq 0 ]
+
+test-browser: chromium
+	cargo build --quiet
+	bash tests/browser/run.sh
+
+## websocat: use the one on PATH, or build it once into .tools/
+websocat:
+	@command -v websocat >/dev/null || { \
+	  echo "websocat not found: installing it into $(TOOLS) (a few minutes, once)"; \
+	  cargo install --locked --quiet websocat --root "$(TOOLS)"; }
+
+## chromium: Debian's Chromium, installed with apt when missing and possible
+chromium:
+	@bash tests/browser/ensure-chromium.sh
+
+## check: what CI checks besides the tests
+check:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings

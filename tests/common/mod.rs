@@ -1,0 +1,348 @@
+//! Test harness: runs the real `threadchat` binary on free ports and talks to it as
+//! clients do. Every wait has a deadline, so a broken server fails a test instead of
+//! hanging it; no test depends on how fast anything is.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// The longest any single expected event may take before the test gives up.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub http: SocketAddr,
+    pub ws: SocketAddr,
+    pub startup: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the server on free ports with extra flags.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_on(0, 0, args)
+    }
+
+    pub fn start_on(http_port: u16, ws_port: u16, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_threadchat"))
+            .args(["--http-port", &http_port.to_string()])
+            .args(["--ws-port", &ws_port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start threadchat");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut startup = Vec::new();
+        let (mut http, mut ws) = (None, None);
+        while http.is_none() || ws.is_none() {
+            let line = lines
+                .next()
+                .expect("threadchat exited before printing its addresses")
+                .unwrap();
+            if let Some(addr) = address_after(&line, "http://") {
+                http = Some(addr);
+            }
+            if let Some(addr) = address_after(&line, "ws://") {
+                ws = Some(addr);
+            }
+            startup.push(line);
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            http: http.unwrap(),
+            ws: ws.unwrap(),
+            startup,
+            stderr,
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.ws, path)
+    }
+
+    pub fn join(&self) -> Client {
+        Client::connect(&self.ws_url("/"))
+    }
+
+    /// Everything the server wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal and waits (with a deadline) for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIG{signal}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
+    let start = line.find(scheme)? + scheme.len();
+    let rest = &line[start..];
+    rest[..rest.find('/')?].parse().ok()
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A chat client over tungstenite.
+pub struct Client {
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    pub nickname: String,
+}
+
+impl Client {
+    /// Connects and reads the client's own join line, which names it.
+    pub fn connect(url: &str) -> Client {
+        Client::connect_with(url, &[])
+    }
+
+    pub fn connect_with(url: &str, headers: &[(&str, &str)]) -> Client {
+        let mut ws = handshake(url, headers).expect("handshake");
+        let first = read_text(&mut ws);
+        let nickname = first
+            .strip_prefix(" .... ")
+            .and_then(|rest| rest.strip_suffix(" has joined."))
+            .unwrap_or_else(|| panic!("first line was not our join: {first:?}"))
+            .to_owned();
+        Client { ws, nickname }
+    }
+
+    pub fn say(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next text line; fails the test if none arrives in time.
+    pub fn line(&mut self) -> String {
+        read_text(&mut self.ws)
+    }
+
+    /// Reads lines until `want` arrives, returning the lines read before it.
+    pub fn until(&mut self, want: &str) -> Vec<String> {
+        let mut before = Vec::new();
+        loop {
+            let line = self.line();
+            if line == want {
+                return before;
+            }
+            before.push(line);
+        }
+    }
+
+    /// Reads until the server closes, and returns its close code and reason.
+    pub fn close_frame(&mut self) -> (u16, String) {
+        expect_close(&mut self.ws)
+    }
+}
+
+pub fn handshake(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<WebSocket<MaybeTlsStream<TcpStream>>, tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let (ws, _) = tungstenite::connect(request)?;
+    if let MaybeTlsStream::Plain(socket) = ws.get_ref() {
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+    Ok(ws)
+}
+
+pub fn read_text(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> String {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => return text.as_str().to_owned(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a text line, got {other:?}"),
+        }
+    }
+}
+
+/// Reads past any text until the close frame, and returns its code and reason.
+pub fn expect_close(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> (u16, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => {
+                return (u16::from(frame.code), frame.reason.as_str().to_owned())
+            }
+            Ok(Message::Close(None)) => return (u16::from(CloseCode::Status), String::new()),
+            Ok(_) => continue,
+            Err(err) => panic!("connection ended without a close frame: {err}"),
+        }
+    }
+}
+
+/// One raw HTTP/1.1 exchange; returns the status code, the headers and the body.
+pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = socket.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    (status, head.to_owned(), body.to_owned())
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// A TCP connection that has finished the WebSocket handshake, for sending hand-made
+/// (and malformed) frames.
+pub struct RawClient {
+    pub socket: TcpStream,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let mut socket = TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        socket
+            .write_all(
+                format!(
+                    "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        RawClient { socket }
+    }
+
+    /// Sends one frame as given: `first` is FIN/RSV/opcode, `mask` None means unmasked.
+    pub fn send_frame(&mut self, first: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
+        let mut frame = vec![first];
+        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => frame.push(mask_bit | n as u8),
+            n if n < 65536 => {
+                frame.push(mask_bit | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(mask_bit | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(key) => {
+                frame.extend_from_slice(&key);
+                frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            }
+            None => frame.extend_from_slice(payload),
+        }
+        let _ = self.socket.write_all(&frame);
+    }
+
+    /// Reads server frames until a close frame, and returns its code and reason.
+    pub fn close_code(&mut self) -> (u16, String) {
+        loop {
+            let mut head = [0u8; 2];
+            self.socket
+                .read_exact(&mut head)
+                .expect("a frame from the server");
+            let mut len = u64::from(head[1] & 0x7f);
+            if len == 126 {
+                let mut ext = [0u8; 2];
+                self.socket.read_exact(&mut ext).unwrap();
+                len = u64::from(u16::from_be_bytes(ext));
+            } else if len == 127 {
+                let mut ext = [0u8; 8];
+                self.socket.read_exact(&mut ext).unwrap();
+                len = u64::from_be_bytes(ext);
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.socket.read_exact(&mut payload).unwrap();
+            if head[0] & 0x0f == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+            }
+        }
+    }
+}
+
+pub const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);

@@ -1,0 +1,51 @@
+# Helpers for the shell tests: start threadchat on free ports, wait for conditions with
+# a deadline, and clean up whatever a test started.
+set -euo pipefail
+
+THREADCHAT=${THREADCHAT:-target/debug/threadchat}
+PATIENCE_S=${PATIENCE_S:-10}
+WORK=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# wait_for DESCRIPTION COMMAND...: runs COMMAND until it succeeds or the deadline passes.
+wait_for() {
+  local what=$1; shift
+  local deadline=$((SECONDS + PATIENCE_S))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "timed out waiting for: $what"
+    sleep 0.05
+  done
+}
+
+# start_server [FLAGS...]: sets HTTP_URL and WS_URL from the startup lines.
+start_server() {
+  "$THREADCHAT" --http-port 0 --ws-port 0 "$@" >"$WORK/server.out" 2>"$WORK/server.err" &
+  PIDS+=($!)
+  wait_for "server start" grep -q 'ws://' "$WORK/server.out"
+  HTTP_URL=$(grep -o 'http://[^ ]*/' "$WORK/server.out" | head -n1)
+  WS_URL=$(grep -o 'ws://[^ ]*/' "$WORK/server.out" | head -n1)
+}
+
+# open_client NAME: a websocat client whose input is file descriptor NAME_FD.
+# Lines it receives go to $WORK/NAME.out.
+open_client() {
+  local name=$1
+  mkfifo "$WORK/$name.in"
+  websocat "$WS_URL" <"$WORK/$name.in" >"$WORK/$name.out" &
+  PIDS+=($!)
+  eval "exec {${name}_fd}>\"\$WORK/$name.in\""
+  wait_for "$name's join" grep -q 'has joined\.$' "$WORK/$name.out"
+}
+
+# nickname_of NAME: the user-N in the client's first line.
+nickname_of() { head -n1 "$WORK/$1.out" | sed -E 's/^ \.\.\.\. (user-[0-9]+) has joined\.$/\1/'; }
+
+has_line() { grep -qxF -- "$2" "$WORK/$1.out"; }
