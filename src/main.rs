@@ -103,9 +103,10 @@ fn run(config: Config) -> Result<(), String> {
         ),
     };
 
+    // The addresses come last: scripts may take them as the sign that we are ready.
+    println!("threadchat: open-file limit {open_files}, so at most {max_clients} clients");
     println!("threadchat: chat page on {page_url}");
     println!("threadchat: WebSocket server on ws://{ws_addr}/");
-    println!("threadchat: open-file limit {open_files}, so at most {max_clients} clients");
 
     let trace = Trace::new(config.trace);
     let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);

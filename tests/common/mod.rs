@@ -33,10 +33,28 @@ impl Server {
     }
 
     pub fn start_on(http_port: u16, ws_port: u16, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_threadchat"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
+        command
             .args(["--http-port", &http_port.to_string()])
             .args(["--ws-port", &ws_port.to_string()])
-            .args(args)
+            .args(args);
+        Server::spawn(command)
+    }
+
+    /// Starts the server from a shell that first lowers the soft open-file limit.
+    pub fn start_with_soft_file_limit(soft: u64) -> Server {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "ulimit -Sn \"$0\" && exec \"$@\" --http-port 0 --ws-port 0",
+            &soft.to_string(),
+            env!("CARGO_BIN_EXE_threadchat"),
+        ]);
+        Server::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -212,7 +230,7 @@ pub fn handshake(
     Ok(ws)
 }
 
-pub fn read_text(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> String {
+pub fn read_text<S: Read + Write>(ws: &mut WebSocket<S>) -> String {
     loop {
         match ws.read() {
             Ok(Message::Text(text)) => return text.as_str().to_owned(),
@@ -223,7 +241,7 @@ pub fn read_text(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> String {
 }
 
 /// Reads past any text until the close frame, and returns its code and reason.
-pub fn expect_close(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> (u16, String) {
+pub fn expect_close<S: Read + Write>(ws: &mut WebSocket<S>) -> (u16, String) {
     loop {
         match ws.read() {
             Ok(Message::Close(Some(frame))) => {
