@@ -575,6 +575,21 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_panics_still_reports_its_leave() {
+        let (events, heard) = crossbeam_channel::unbounded();
+        let outcome = thread::spawn(move || {
+            let _leave = LeaveOnDrop {
+                id: 7,
+                events: &events,
+            };
+            panic!("a bug in the reader");
+        })
+        .join();
+        assert!(outcome.is_err());
+        assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 7 })));
+    }
+
+    #[test]
     fn zero_rate_means_no_limit() {
         let mut limit = RateLimit::new(0, Duration::from_secs(1));
         let t0 = Instant::now();
