@@ -31,7 +31,7 @@ use tungstenite::{Error, Message, WebSocket};
 
 use crate::config::Config;
 use crate::room::{self, ClientId, Event, Inbox, Outbox, Outgoing};
-use crate::trace::Trace;
+use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
 
 /// tungstenite's read buffer; its 128 KiB default would cost more than everything else a
@@ -89,16 +89,19 @@ pub fn handle_new_connection(
     }
 
     let (outbox, inbox) = room::outbox();
+    let trace = shared.trace;
+    let frames_out = trace.frames(Direction::Out, peer, &inbox.link);
     let writer_socket = socket.clone();
     let writer = thread::Builder::new()
         .name(format!("write-{id}"))
         .stack_size(WRITER_STACK_BYTES)
-        .spawn(move || write_pump(&writer_socket, inbox));
+        .spawn(move || write_pump(&writer_socket, inbox, frames_out, Wrote { trace, peer }));
     if writer.is_err() {
         eprintln!("threadchat: no thread for {peer}'s writer; dropping it");
         return;
     }
-    ws.get_mut().start_queueing(outbox.clone());
+    let frames_in = trace.frames(Direction::In, peer, &outbox.link);
+    ws.get_mut().start_queueing(outbox.clone(), frames_in);
 
     let leave = LeaveOnDrop {
         id,
@@ -119,6 +122,11 @@ pub fn handle_new_connection(
     drop(leave);
 
     if let Ending::Close(code, reason) = ending {
+        trace.client(
+            peer,
+            &outbox.link,
+            &format!("closing with {code} {reason:?}"),
+        );
         close_and_linger(&mut ws, &socket, code, reason);
     }
 }
@@ -241,6 +249,7 @@ fn handshake(
         socket: socket.clone(),
         outbox: None,
         handshake_deadline: Some(deadline),
+        frames_in: None,
     };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -376,11 +385,16 @@ pub struct ClientStream {
     /// The whole handshake must finish by then; a per-read timeout alone would let a
     /// client that sends one byte every few seconds hold the connection for ever.
     handshake_deadline: Option<Instant>,
+    /// With `--trace`: decodes what the client sends, frame by frame.
+    frames_in: Option<FrameTrace>,
 }
 
 impl ClientStream {
-    fn start_queueing(&mut self, outbox: Outbox) {
+    /// Called once the handshake is done: from now on writes go to the writer thread,
+    /// and what is read is WebSocket frames.
+    fn start_queueing(&mut self, outbox: Outbox, frames_in: Option<FrameTrace>) {
         self.outbox = Some(outbox);
+        self.frames_in = frames_in;
     }
 }
 
@@ -393,7 +407,11 @@ impl Read for ClientStream {
             }
             self.socket.set_read_timeout(Some(left))?;
         }
-        (&*self.socket).read(buf)
+        let n = (&*self.socket).read(buf)?;
+        if let Some(frames) = &mut self.frames_in {
+            frames.feed(&buf[..n]);
+        }
+        Ok(n)
     }
 }
 
@@ -423,7 +441,7 @@ impl Write for ClientStream {
 /// It ends when the reader and the room have both let go of the outbox, when a write
 /// fails or times out, or after a final close frame; then it shuts the socket, which
 /// wakes the reader if it is still waiting.
-fn write_pump(socket: &TcpStream, inbox: Inbox) {
+fn write_pump(socket: &TcpStream, inbox: Inbox, mut frames_out: Option<FrameTrace>, wrote: Wrote) {
     struct ShutdownOnDrop<'a>(&'a TcpStream);
     impl Drop for ShutdownOnDrop<'_> {
         fn drop(&mut self) {
@@ -447,24 +465,53 @@ fn write_pump(socket: &TcpStream, inbox: Inbox) {
                 break;
             }
         }
-        if inbox.evicted.load(Ordering::Acquire) && !last {
+        if inbox.link.evicted.load(Ordering::Acquire) && !last {
             // The room gave up on this client: what is queued no longer matters.
             batch.clear();
             batch.push(wire::close_frame(wire::CLOSE_POLICY, "too slow"));
             last = true;
         }
-        if write_all(socket, &batch).is_err() || last {
+        if let Some(frames) = &mut frames_out {
+            batch.iter().for_each(|frame| frames.feed(frame));
+        }
+        match write_all(socket, &batch) {
+            Ok(calls) => wrote.report(&inbox.link, &batch, calls),
+            Err(_) => return,
+        }
+        if last {
             return;
         }
         batch.clear();
     }
 }
 
-/// Writes whole frames with as few system calls as the kernel allows: usually one.
-fn write_all(mut socket: &TcpStream, frames: &[Frame]) -> io::Result<()> {
+/// What the writer tells `--trace` after each write.
+struct Wrote {
+    trace: Trace,
+    peer: SocketAddr,
+}
+
+impl Wrote {
+    fn report(&self, link: &room::Link, batch: &[Frame], calls: usize) {
+        if self.trace.is_on() {
+            let bytes: usize = batch.iter().map(|f| f.len()).sum();
+            let what = format!(
+                "wrote {} frames, {bytes} bytes, in {calls} system call(s)",
+                batch.len()
+            );
+            self.trace.client(self.peer, link, &what);
+        }
+    }
+}
+
+/// Writes whole frames with as few system calls as the kernel allows (usually one), and
+/// says how many it took.
+fn write_all(mut socket: &TcpStream, frames: &[Frame]) -> io::Result<usize> {
     let mut slices: Vec<IoSlice> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let mut rest = &mut slices[..];
+    let mut calls = 0;
     while !rest.is_empty() {
+        calls += 1;
         match socket.write_vectored(rest) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut rest, n),
@@ -472,7 +519,7 @@ fn write_all(mut socket: &TcpStream, frames: &[Frame]) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(calls)
 }
 
 /// A token bucket: `rate` messages a second on average, bursts up to twice that.

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam_channel::{select, tick, Receiver, Sender};
@@ -53,18 +53,26 @@ pub enum Event {
     Shutdown,
 }
 
-/// The sending half of one client's queue of outgoing frames, plus the flag that tells
-/// its writer thread the room has given up on it.
+/// The sending half of one client's queue of outgoing frames.
 #[derive(Clone)]
 pub struct Outbox {
     frames: Sender<Outgoing>,
-    evicted: Arc<AtomicBool>,
+    pub link: Arc<Link>,
 }
 
 /// The receiving half of an [`Outbox`], owned by the client's writer thread.
 pub struct Inbox {
     pub frames: Receiver<Outgoing>,
-    pub evicted: Arc<AtomicBool>,
+    pub link: Arc<Link>,
+}
+
+/// What the room and a client's two threads share about the client, besides its queue.
+#[derive(Default)]
+pub struct Link {
+    /// Set by the room when it gives up on the client; the writer then closes with 1008.
+    pub evicted: AtomicBool,
+    /// Set by the room at the join, so that trace lines can name the client.
+    pub nickname: OnceLock<String>,
 }
 
 /// One item in a client's outgoing queue.
@@ -78,16 +86,13 @@ pub enum Outgoing {
 /// Makes the queue that joins a client's reader, the room and the client's writer.
 pub fn outbox() -> (Outbox, Inbox) {
     let (tx, rx) = crossbeam_channel::bounded(OUTBOX_FRAMES + OUTBOX_SPARE);
-    let evicted = Arc::new(AtomicBool::new(false));
+    let link = Arc::new(Link::default());
     (
         Outbox {
             frames: tx,
-            evicted: evicted.clone(),
+            link: link.clone(),
         },
-        Inbox {
-            frames: rx,
-            evicted,
-        },
+        Inbox { frames: rx, link },
     )
 }
 
@@ -155,6 +160,7 @@ impl Room {
     fn handle_new_connection(&mut self, id: ClientId, peer: SocketAddr, outbox: Outbox) {
         let number = self.free_number();
         let nickname = format!("user-{number}");
+        let _ = outbox.link.nickname.set(nickname.clone());
         eprintln!("join  {nickname} from {peer}");
         self.trace.decision(&nickname, "joined the room");
         let line = format!(" .... {nickname} has joined.");
@@ -226,7 +232,7 @@ impl Room {
     fn evict(&self, id: ClientId) {
         if let Some(member) = self.members.get(&id) {
             self.trace.decision(&member.nickname, "evicted: too slow");
-            member.outbox.evicted.store(true, Ordering::Release);
+            member.outbox.link.evicted.store(true, Ordering::Release);
             // The spare room in the queue is there for this; if even that is full, the
             // writer still sees the flag after its current write.
             member.outbox.push(Outgoing::Last(wire::close_frame(

@@ -3,9 +3,17 @@
 //! Off by default; every method starts with one well-predicted branch on a `bool`, so the
 //! message path pays nothing measurable for it.
 
+use std::io::Cursor;
 use std::net::SocketAddr;
 
 use tungstenite::handshake::server::{Request, Response};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+use crate::room::Link;
+
+/// How much of a payload a trace line shows.
+const PREVIEW_BYTES: usize = 60;
 
 /// Whether to print, copied into every thread that may print.
 #[derive(Clone, Copy, Debug, Default)]
@@ -16,6 +24,36 @@ pub struct Trace {
 impl Trace {
     pub fn new(on: bool) -> Trace {
         Trace { on }
+    }
+
+    /// A frame decoder for one direction of one connection, or `None` when tracing is
+    /// off, so that untraced connections carry nothing extra.
+    pub fn frames(
+        self,
+        direction: Direction,
+        peer: SocketAddr,
+        link: &std::sync::Arc<Link>,
+    ) -> Option<FrameTrace> {
+        self.on.then(|| FrameTrace {
+            direction,
+            label: Label {
+                peer,
+                link: link.clone(),
+            },
+            buffer: Vec::new(),
+            current: None,
+        })
+    }
+
+    pub fn is_on(self) -> bool {
+        self.on
+    }
+
+    /// A decision about one client, labelled with its nickname once it has one.
+    pub fn client(self, peer: SocketAddr, link: &Link, what: &str) {
+        if self.on {
+            eprintln!("{} | {what}", label(peer, link));
+        }
     }
 
     /// Something the server decided about one client.
@@ -106,4 +144,160 @@ pub fn escape(text: &str, max: usize) -> String {
         out.push('…');
     }
     out
+}
+
+fn label(peer: SocketAddr, link: &Link) -> String {
+    match link.nickname.get() {
+        Some(name) => name.clone(),
+        None => peer.to_string(),
+    }
+}
+
+/// Which way frames go, as trace lines show it.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    /// From the client to the server: always masked.
+    In,
+    /// From the server to the client: never masked.
+    Out,
+}
+
+struct Label {
+    peer: SocketAddr,
+    link: std::sync::Arc<Link>,
+}
+
+/// Turns the bytes of one direction of a connection back into frames and prints one line
+/// per frame. Bytes may arrive in any pieces; only a payload's first bytes are kept.
+pub struct FrameTrace {
+    direction: Direction,
+    label: Label,
+    buffer: Vec<u8>,
+    current: Option<Partial>,
+}
+
+/// A frame whose header has been read and whose payload is still arriving.
+struct Partial {
+    header: FrameHeader,
+    len: u64,
+    /// 7, 16 or 64: how the length was written on the wire.
+    length_bits: u8,
+    remaining: u64,
+    preview: Vec<u8>,
+}
+
+impl FrameTrace {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+        loop {
+            if self.current.is_none() {
+                let mut cursor = Cursor::new(&self.buffer);
+                match FrameHeader::parse(&mut cursor) {
+                    Ok(Some((header, len))) => {
+                        let used = cursor.position() as usize;
+                        let length_bits = match used - if header.mask.is_some() { 4 } else { 0 } {
+                            2 => 7,
+                            4 => 16,
+                            _ => 64,
+                        };
+                        self.buffer.drain(..used);
+                        self.current = Some(Partial {
+                            header,
+                            len,
+                            length_bits,
+                            remaining: len,
+                            preview: Vec::new(),
+                        });
+                    }
+                    Ok(None) => return,
+                    Err(err) => {
+                        self.print(&format!("unreadable frame header: {err}"));
+                        self.buffer.clear();
+                        return;
+                    }
+                }
+            }
+            let Some(partial) = self.current.as_mut() else {
+                return;
+            };
+            let take = self
+                .buffer
+                .len()
+                .min(usize::try_from(partial.remaining).unwrap_or(usize::MAX));
+            let keep = take.min(125usize.saturating_sub(partial.preview.len()));
+            partial.preview.extend_from_slice(&self.buffer[..keep]);
+            self.buffer.drain(..take);
+            partial.remaining -= take as u64;
+            if partial.remaining > 0 {
+                return;
+            }
+            if let Some(done) = self.current.take() {
+                let line = describe(&done);
+                self.print(&line);
+            }
+        }
+    }
+
+    fn print(&self, what: &str) {
+        let arrow = match self.direction {
+            Direction::In => "<-",
+            Direction::Out => "->",
+        };
+        eprintln!(
+            "{} | {arrow} {what}",
+            label(self.label.peer, &self.label.link)
+        );
+    }
+}
+
+/// One line for one frame: the header bit by bit, then what the payload says.
+fn describe(frame: &Partial) -> String {
+    let header = &frame.header;
+    let mut payload = frame.preview.clone();
+    let mask = match header.mask {
+        Some(key) => {
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= key[i % 4];
+            }
+            format!(
+                "MASK=1 key={:02x}{:02x}{:02x}{:02x}",
+                key[0], key[1], key[2], key[3]
+            )
+        }
+        None => "MASK=0".to_owned(),
+    };
+    let opcode = match header.opcode {
+        OpCode::Data(Data::Continue) => "continuation".to_owned(),
+        OpCode::Data(Data::Text) => "text".to_owned(),
+        OpCode::Data(Data::Binary) => "binary".to_owned(),
+        OpCode::Data(Data::Reserved(n)) | OpCode::Control(Control::Reserved(n)) => {
+            format!("reserved({n:#x})")
+        }
+        OpCode::Control(Control::Close) => "close".to_owned(),
+        OpCode::Control(Control::Ping) => "ping".to_owned(),
+        OpCode::Control(Control::Pong) => "pong".to_owned(),
+    };
+    let rsv = if header.rsv1 || header.rsv2 || header.rsv3 {
+        format!(
+            " RSV={}{}{}",
+            header.rsv1 as u8, header.rsv2 as u8, header.rsv3 as u8
+        )
+    } else {
+        String::new()
+    };
+    let body = match header.opcode {
+        OpCode::Control(Control::Close) if payload.len() >= 2 => format!(
+            "code={} reason={:?}",
+            u16::from_be_bytes([payload[0], payload[1]]),
+            String::from_utf8_lossy(&payload[2..])
+        ),
+        _ => format!(
+            "\"{}\"",
+            escape(&String::from_utf8_lossy(&payload), PREVIEW_BYTES)
+        ),
+    };
+    format!(
+        "FIN={} {opcode}{rsv} {mask} len={} ({}-bit) {body}",
+        header.is_final as u8, frame.len, frame.length_bits
+    )
 }

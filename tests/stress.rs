@@ -47,11 +47,17 @@ fn visit(server: &Server, worker: usize, n: usize) -> Visit {
             assert_eq!(client.close_frame().0, 1009);
         }
         2 => {
-            client.ws.send(raw_frame(Data::Text, &[0xff, 0xfe])).unwrap();
+            client
+                .ws
+                .send(raw_frame(Data::Text, &[0xff, 0xfe]))
+                .unwrap();
             assert_eq!(client.close_frame().0, 1007);
         }
         3 => {
-            client.ws.send(raw_frame(Data::Continue, b"orphan")).unwrap();
+            client
+                .ws
+                .send(raw_frame(Data::Continue, b"orphan"))
+                .unwrap();
             assert_eq!(client.close_frame().0, 1002);
         }
         // Well-behaved: say a few lines, wait for the last to come back, then go.
@@ -95,7 +101,10 @@ fn two_hundred_clients_come_and_go_and_the_witnesses_miss_nothing() {
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
 
     let done = format!("{}: done", witnesses[0].nickname);
@@ -110,12 +119,25 @@ fn two_hundred_clients_come_and_go_and_the_witnesses_miss_nothing() {
     let mut present: HashMap<&str, bool> = HashMap::new();
     let (mut joins, mut leaves) = (0, 0);
     for line in transcript {
-        if let Some(name) = line.strip_prefix(" .... ").and_then(|r| r.strip_suffix(" has joined.")) {
-            assert!(!present.get(name).copied().unwrap_or(false), "{name} joined twice");
+        if let Some(name) = line
+            .strip_prefix(" .... ")
+            .and_then(|r| r.strip_suffix(" has joined."))
+        {
+            assert!(
+                !present.get(name).copied().unwrap_or(false),
+                "{name} joined twice"
+            );
             present.insert(name, true);
             joins += 1;
-        } else if let Some(name) = line.strip_prefix(" .... ").and_then(|r| r.strip_suffix(" has left.")) {
-            assert_eq!(present.insert(name, false), Some(true), "{name} left without joining");
+        } else if let Some(name) = line
+            .strip_prefix(" .... ")
+            .and_then(|r| r.strip_suffix(" has left."))
+        {
+            assert_eq!(
+                present.insert(name, false),
+                Some(true),
+                "{name} left without joining"
+            );
             leaves += 1;
         } else {
             let name = line.split(": ").next().unwrap();
@@ -135,11 +157,21 @@ fn two_hundred_clients_come_and_go_and_the_witnesses_miss_nothing() {
                     .filter(|(_, l)| *l == line)
                     .map(|(i, _)| i)
                     .collect();
-                assert_eq!(found.len(), 1, "{} saw {line:?} {} times", visit.nickname, found.len());
+                assert_eq!(
+                    found.len(),
+                    1,
+                    "{} saw {line:?} {} times",
+                    visit.nickname,
+                    found.len()
+                );
                 found[0]
             })
             .collect();
-        assert!(positions.windows(2).all(|p| p[0] < p[1]), "{}'s lines out of order", visit.nickname);
+        assert!(
+            positions.windows(2).all(|p| p[0] < p[1]),
+            "{}'s lines out of order",
+            visit.nickname
+        );
     }
 
     eventually("threads and descriptors back to where they started", || {

@@ -39,7 +39,7 @@ start_server() {
 open_client() {
   local name=$1
   mkfifo "$WORK/$name.in"
-  websocat "$WS_URL" <"$WORK/$name.in" >"$WORK/$name.out" &
+  websocat --linemode-strip-newlines "$WS_URL" <"$WORK/$name.in" >"$WORK/$name.out" &
   PIDS+=($!)
   eval "exec {${name}_fd}>\"\$WORK/$name.in\""
   wait_for "$name's join" grep -q 'has joined\.$' "$WORK/$name.out"
