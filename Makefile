@@ -5,7 +5,7 @@ TOOLS    := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 ARGS     ?=
 
-.PHONY: run test test-rust test-shell test-browser tools websocat chromium bench check
+.PHONY: run test test-rust test-shell test-browser websocat chromium bench check trace-session
 
 ## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
 run:
@@ -39,6 +39,10 @@ websocat:
 ## chromium: Debian's Chromium, installed with apt when missing and possible
 chromium:
 	@bash tests/browser/ensure-chromium.sh
+
+## trace-session: print the --trace session that docs/WALKTHROUGH.md quotes
+trace-session:
+	@cargo test --quiet --test walkthrough -- --ignored --nocapture print_trace_session
 
 ## check: what CI checks besides the tests
 check:

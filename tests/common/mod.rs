@@ -336,26 +336,42 @@ impl RawClient {
         let _ = self.socket.write_all(&frame);
     }
 
+    /// Reads one whole server frame: its opcode and payload.
+    pub fn next_frame(&mut self) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        self.socket
+            .read_exact(&mut head)
+            .expect("a frame from the server");
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut ext = [0u8; 2];
+            self.socket.read_exact(&mut ext).unwrap();
+            len = u64::from(u16::from_be_bytes(ext));
+        } else if len == 127 {
+            let mut ext = [0u8; 8];
+            self.socket.read_exact(&mut ext).unwrap();
+            len = u64::from_be_bytes(ext);
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.socket.read_exact(&mut payload).unwrap();
+        (head[0] & 0x0f, payload)
+    }
+
+    /// The next text message, skipping pings and pongs.
+    pub fn text(&mut self) -> String {
+        loop {
+            match self.next_frame() {
+                (0x1, payload) => return String::from_utf8(payload).unwrap(),
+                (0x9 | 0xA, _) => continue,
+                (op, _) => panic!("expected text, got opcode {op:#x}"),
+            }
+        }
+    }
+
     /// Reads server frames until a close frame, and returns its code and reason.
     pub fn close_code(&mut self) -> (u16, String) {
         loop {
-            let mut head = [0u8; 2];
-            self.socket
-                .read_exact(&mut head)
-                .expect("a frame from the server");
-            let mut len = u64::from(head[1] & 0x7f);
-            if len == 126 {
-                let mut ext = [0u8; 2];
-                self.socket.read_exact(&mut ext).unwrap();
-                len = u64::from(u16::from_be_bytes(ext));
-            } else if len == 127 {
-                let mut ext = [0u8; 8];
-                self.socket.read_exact(&mut ext).unwrap();
-                len = u64::from_be_bytes(ext);
-            }
-            let mut payload = vec![0u8; len as usize];
-            self.socket.read_exact(&mut payload).unwrap();
-            if head[0] & 0x0f == 0x8 {
+            if let (0x8, payload) = self.next_frame() {
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
                 return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
             }

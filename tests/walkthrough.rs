@@ -1,0 +1,165 @@
+//! Keeps docs/WALKTHROUGH.md honest.
+//!
+//! The walk-through quotes `--trace` output from one scripted session (below). This test
+//! runs that session and fails if any trace line quoted in the document no longer
+//! appears in the real output, or if a link to a line of code no longer lands on the
+//! function it names. `make trace-session` prints the session's trace.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+const DOC: &str = include_str!("../docs/WALKTHROUGH.md");
+
+/// RFC 6455 section 5.7's masking key, so the masked bytes match the RFC's example.
+const RFC_MASK: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+
+/// The session the walk-through follows: two clients join, one says "Hello", pings,
+/// and the other says goodbye with a close frame.
+fn run_session() -> Vec<String> {
+    let server = Server::start(&["--trace"]);
+    let mut alice = RawClient::connect(server.ws);
+    let _alice_join = alice.text();
+    let mut bob = RawClient::connect(server.ws);
+    let _bob_join = bob.text();
+    alice.text(); // bob's join, as alice sees it
+    alice.send_frame(0x81, RFC_MASK, b"Hello");
+    alice.text();
+    bob.text();
+    alice.send_frame(0x89, RFC_MASK, b"still there?");
+    alice.next_frame();
+    let mut bye = 1000u16.to_be_bytes().to_vec();
+    bye.extend_from_slice(b"bye");
+    bob.send_frame(0x88, RFC_MASK, &bye);
+    assert_eq!(bob.close_code(), (1000, "bye".to_owned()));
+    let left = alice.text();
+    assert!(left.ends_with("has left."));
+    eventually("the last trace lines", || {
+        server
+            .stderr()
+            .contains("room | broadcast to 1 clients:  .... user-")
+    });
+    normalise(&server.stderr(), &server)
+}
+
+/// Random nicknames, ports and peer addresses become fixed stand-ins, in order of first
+/// appearance, so the document can quote the output word for word.
+fn normalise(stderr: &str, server: &Server) -> Vec<String> {
+    const NAMES: [&str; 2] = ["user-4127", "user-90211"];
+    const PEERS: [&str; 2] = ["127.0.0.1:50312", "127.0.0.1:50318"];
+    let mut names: HashMap<String, &str> = HashMap::new();
+    let mut peers: HashMap<String, &str> = HashMap::new();
+    let ws_addr = server.ws.to_string();
+    stderr
+        .lines()
+        .filter(|l| l.contains(" | "))
+        .map(|line| {
+            let mut out = line.replace(&ws_addr, "127.0.0.1:12345");
+            for word in words_like(&out, "user-") {
+                let n = names.len();
+                let stand_in = *names.entry(word.clone()).or_insert(NAMES[n.min(1)]);
+                out = out.replace(&word, stand_in);
+            }
+            for word in words_like(&out, "127.0.0.1:") {
+                if word == "127.0.0.1:12345" || PEERS.contains(&word.as_str()) {
+                    continue;
+                }
+                let n = peers.len();
+                let stand_in = *peers.entry(word.clone()).or_insert(PEERS[n.min(1)]);
+                out = out.replace(&word, stand_in);
+            }
+            out
+        })
+        .collect()
+}
+
+/// Every `prefix` followed by digits in `line`.
+fn words_like(line: &str, prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find(prefix) {
+        let tail = &rest[at + prefix.len()..];
+        let digits = tail.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits > 0 {
+            found.push(format!("{prefix}{}", &tail[..digits]));
+        }
+        rest = &tail[digits..];
+    }
+    found
+}
+
+/// The lines of every ```` ```text trace ```` block in the document.
+fn quoted_trace_lines() -> Vec<&'static str> {
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for line in DOC.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = line.trim() == "```text trace";
+            continue;
+        }
+        if inside && !line.trim().is_empty() {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+#[test]
+fn every_trace_line_quoted_in_the_walkthrough_is_real() {
+    let real = run_session();
+    let quoted = quoted_trace_lines();
+    assert!(
+        quoted.len() >= 20,
+        "the walk-through quotes too little trace"
+    );
+    let missing: Vec<&&str> = quoted
+        .iter()
+        .filter(|q| !real.iter().any(|r| r == **q))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/WALKTHROUGH.md quotes trace lines the server no longer prints:\n{}\n\nreal output:\n{}",
+        missing.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n"),
+        real.join("\n")
+    );
+}
+
+#[test]
+fn every_link_to_a_line_of_code_lands_on_what_it_names() {
+    // Links look like [`read_pump`](../src/client.rs#L149).
+    let mut checked = 0;
+    for piece in DOC.split("[`").skip(1) {
+        let Some((name, rest)) = piece.split_once("`](../") else {
+            continue;
+        };
+        let Some((target, _)) = rest.split_once(')') else {
+            continue;
+        };
+        let Some((file, line)) = target.split_once("#L") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|_| panic!("the walk-through links to a missing file {file}"));
+        let number: usize = line.parse().unwrap();
+        let at = text.lines().nth(number - 1).unwrap_or("");
+        let bare = name.trim_end_matches("()").rsplit("::").next().unwrap();
+        assert!(
+            at.contains(bare),
+            "{file}#L{number} is `{at}`, not `{name}`"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "the walk-through links to too few lines of code"
+    );
+}
+
+/// `make trace-session` runs this to print the session for the document.
+#[test]
+#[ignore]
+fn print_trace_session() {
+    println!("{}", run_session().join("\n"));
+}
