@@ -73,6 +73,10 @@ pub fn handle_new_connection(
     peer: SocketAddr,
     over_capacity: bool,
 ) {
+    // Chat lines are small and must not wait for the previous one's ACK (Nagle).
+    if socket.set_nodelay(true).is_err() {
+        return;
+    }
     let socket = Arc::new(socket);
     let Some(mut ws) = handshake(shared, &socket, peer, over_capacity) else {
         return;

@@ -94,10 +94,7 @@ fn fifty_clients_twenty_messages_each_all_see_one_order() {
     let server = Server::start(&[]);
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.join()).collect();
     // Everyone has seen everyone's join before anyone speaks.
-    let last = format!(" .... {} has joined.", clients[CLIENTS - 1].nickname);
-    for client in &mut clients[..CLIENTS - 1] {
-        client.until(&last);
-    }
+    settle(&mut clients);
     let names: HashSet<String> = clients.iter().map(|c| c.nickname.clone()).collect();
     assert_eq!(names.len(), CLIENTS, "nicknames must be unique");
 

@@ -82,10 +82,7 @@ fn visit(server: &Server, worker: usize, n: usize) -> Visit {
 fn two_hundred_clients_come_and_go_and_the_witnesses_miss_nothing() {
     let server = Server::start(&["--max-message-bytes", "1000"]);
     let mut witnesses: Vec<Client> = (0..3).map(|_| server.join()).collect();
-    let last_witness = format!(" .... {} has joined.", witnesses[2].nickname);
-    for w in &mut witnesses[..2] {
-        w.until(&last_witness);
-    }
+    settle(&mut witnesses);
     let pid = server.pid();
     let threads_before = count_entries(format!("/proc/{pid}/task"));
     let files_before = count_entries(format!("/proc/{pid}/fd"));

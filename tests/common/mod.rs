@@ -254,6 +254,19 @@ pub fn expect_close<S: Read + Write>(ws: &mut WebSocket<S>) -> (u16, String) {
     }
 }
 
+/// Returns once every client has heard every join that happened before this call.
+///
+/// Clients get their `101` before the room announces them, so two clients that connect
+/// close together may be announced in either order: waiting for "the last one's join"
+/// can wait for ever. A line sent now reaches everyone after every earlier join.
+pub fn settle(clients: &mut [Client]) {
+    let marker = format!("{}: settle", clients[0].nickname);
+    clients[0].say("settle");
+    for client in clients.iter_mut() {
+        client.until(&marker);
+    }
+}
+
 /// One raw HTTP/1.1 exchange; returns the status code, the headers and the body.
 pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
     let mut socket = TcpStream::connect(addr).unwrap();

@@ -1,0 +1,697 @@
+//! `make bench`: how far a thread-per-client chat server goes on a small machine.
+//!
+//! Starts threadchat as a child process, drives it with up to 10,000 clients from one
+//! event-loop thread (so the generator is not the bottleneck), measures the server from
+//! the outside, and prints one table. Every scenario is bounded in time and count, and
+//! all traffic stays on 127.0.0.x.
+
+mod conn;
+mod probe;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use probe::Server;
+
+/// Clients that send in the fanout scenarios.
+const SENDERS: usize = 10;
+/// Fixed aggregate rate for the steady fanout runs.
+const STEADY_RATE_PER_S: u64 = 200;
+/// How long each measured phase sends.
+const SEND_FOR: Duration = Duration::from_secs(5);
+/// At full speed, each sender keeps at most this many of its messages unanswered.
+const WINDOW_PER_SENDER: u32 = 40;
+/// Longest wait for the last deliveries after sending stops.
+const DRAIN_FOR: Duration = Duration::from_secs(10);
+/// Longest wait for all clients to join.
+const JOIN_FOR: Duration = Duration::from_secs(20);
+
+struct Client {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    reads: bool,
+    open: bool,
+    nickname: String,
+    joins_seen: u64,
+    got: u64,
+    /// A hash chain over the ids of received messages: equal chains, equal order.
+    order: u64,
+    in_flight: u32,
+    /// The latest settle marker this client has heard.
+    settled: usize,
+}
+
+/// One scenario's clients and what they observed.
+struct Load {
+    poll: Poll,
+    events: Events,
+    clients: Vec<Client>,
+    epoch: Instant,
+    latencies_us: Vec<u32>,
+    sent: u64,
+    delivered: u64,
+    first_receipt: HashMap<u64, u32>,
+    /// The most recent join any client heard: the name of a client that never reads.
+    last_joined: String,
+    watch_leave: Option<String>,
+    left_at: Option<Duration>,
+    scratch: Vec<u8>,
+    next_source: u32,
+}
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            poll: Poll::new().expect("epoll"),
+            events: Events::with_capacity(4096),
+            clients: Vec::new(),
+            epoch: Instant::now(),
+            latencies_us: Vec::new(),
+            sent: 0,
+            delivered: 0,
+            first_receipt: HashMap::new(),
+            last_joined: String::new(),
+            watch_leave: None,
+            left_at: None,
+            scratch: vec![0; 256 * 1024],
+            next_source: 0,
+        }
+    }
+
+    /// Connects `count` clients, draining what they receive as it goes, and waits until
+    /// every one has heard the last one join.
+    fn join(&mut self, server: &Server, count: usize, reads: bool) {
+        let start = Instant::now();
+        for _ in 0..count {
+            let source = 2 + (self.next_source % 250) as u8;
+            self.next_source += 1;
+            let (std_stream, early) = conn::connect(server.ws, source).expect("connect");
+            std_stream.set_nonblocking(true).expect("nonblocking");
+            let mut stream = TcpStream::from_std(std_stream);
+            let token = Token(self.clients.len());
+            let interest = if reads {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::WRITABLE
+            };
+            self.poll
+                .registry()
+                .register(&mut stream, token, interest)
+                .expect("register");
+            self.clients.push(Client {
+                stream,
+                inbuf: early,
+                outbuf: Vec::new(),
+                reads,
+                open: true,
+                nickname: String::new(),
+                joins_seen: 0,
+                got: 0,
+                order: 0,
+                in_flight: 0,
+                settled: 0,
+            });
+            let i = self.clients.len() - 1;
+            self.parse(i);
+            if i % 32 == 0 {
+                self.turn(Duration::ZERO);
+            }
+            assert!(start.elapsed() < JOIN_FOR, "joining took too long");
+        }
+        // Clients get their 101 before the room announces them, so joins may be
+        // announced in another order than they connected. Wait for each reader's own
+        // join (or, for a client that never reads, for the others to hear it), then
+        // send a marker: once everyone has it, everyone has heard every join.
+        let heard_before = self.clients[0].joins_seen;
+        let announced = self.run_until(JOIN_FOR, |load| {
+            if reads {
+                load.clients
+                    .iter()
+                    .all(|c| !c.reads || !c.nickname.is_empty())
+            } else {
+                load.clients[0].joins_seen > heard_before
+            }
+        });
+        assert!(announced, "not every client was announced in time");
+        let marker = self.clients.len();
+        let text = format!("settle {marker}");
+        conn::client_frame(0x1, text.as_bytes(), &mut self.clients[0].outbuf);
+        self.flush(0);
+        let settled = self.run_until(JOIN_FOR, |load| {
+            load.clients.iter().all(|c| !c.reads || c.settled == marker)
+        });
+        assert!(settled, "the settle marker did not reach every client");
+    }
+
+    /// One pass of the event loop: waits up to `timeout` for readiness, then reads and
+    /// writes whatever is ready.
+    fn turn(&mut self, timeout: Duration) {
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            assert_eq!(e.kind(), io::ErrorKind::Interrupted, "poll: {e}");
+            return;
+        }
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed(),
+                    e.is_writable(),
+                )
+            })
+            .collect();
+        for (i, readable, writable) in ready {
+            if readable && self.clients[i].reads {
+                self.read(i);
+            }
+            if writable {
+                self.flush(i);
+            }
+        }
+    }
+
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Load) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.turn((deadline - now).min(Duration::from_millis(50)));
+        }
+        true
+    }
+
+    fn read(&mut self, i: usize) {
+        loop {
+            let client = &mut self.clients[i];
+            match client.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    client.open = false;
+                    break;
+                }
+                Ok(n) => {
+                    client.inbuf.extend_from_slice(&self.scratch[..n]);
+                    self.parse(i);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    client.open = false;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn parse(&mut self, i: usize) {
+        let mut used = 0;
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        let mut pong = None;
+        while let Some((opcode, range)) = conn::next_frame(&self.clients[i].inbuf[used..]) {
+            let start = used + range.start;
+            let end = used + range.end;
+            match opcode {
+                0x1 => {
+                    let text = &self.clients[i].inbuf[start..end];
+                    self.on_text(i, text.to_vec(), now_us);
+                }
+                0x8 => self.clients[i].open = false,
+                0x9 => pong = Some(self.clients[i].inbuf[start..end].to_vec()),
+                _ => {}
+            }
+            used = end;
+        }
+        self.clients[i].inbuf.drain(..used);
+        if let Some(payload) = pong {
+            conn::client_frame(0xA, &payload, &mut self.clients[i].outbuf);
+            self.flush(i);
+        }
+    }
+
+    fn on_text(&mut self, i: usize, text: Vec<u8>, now_us: u64) {
+        let text = String::from_utf8_lossy(&text);
+        if let Some(notice) = text.strip_prefix(" .... ") {
+            let client = &mut self.clients[i];
+            if let Some(name) = notice.strip_suffix(" has joined.") {
+                if client.nickname.is_empty() {
+                    client.nickname = name.to_owned();
+                }
+                client.joins_seen += 1;
+                if self.last_joined != name {
+                    self.last_joined = name.to_owned();
+                }
+            } else if let Some(name) = notice.strip_suffix(" has left.") {
+                if self.watch_leave.as_deref() == Some(name) && self.left_at.is_none() {
+                    self.left_at = Some(self.epoch.elapsed());
+                }
+            }
+            return;
+        }
+        if let Some((_, marker)) = text.split_once(": settle ") {
+            self.clients[i].settled = marker.parse().unwrap_or(0);
+            return;
+        }
+        // "user-N: b <id> <sender> <sent_us>"
+        let Some((_, body)) = text.split_once(": b ") else {
+            return;
+        };
+        let mut fields = body.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
+        let (id, sender, sent_us) = (
+            fields.next().unwrap_or(0),
+            fields.next().unwrap_or(0) as usize,
+            fields.next().unwrap_or(0),
+        );
+        let client = &mut self.clients[i];
+        client.got += 1;
+        client.order = (client.order ^ id).wrapping_mul(0x0100_0000_01b3);
+        if sender == i {
+            client.in_flight = client.in_flight.saturating_sub(1);
+        }
+        self.delivered += 1;
+        self.latencies_us
+            .push(now_us.saturating_sub(sent_us) as u32);
+        *self.first_receipt.entry(id).or_insert(0) += 1;
+    }
+
+    fn flush(&mut self, i: usize) {
+        let client = &mut self.clients[i];
+        while !client.outbuf.is_empty() {
+            match client.stream.write(&client.outbuf) {
+                Ok(n) => {
+                    client.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Queues one timestamped message from client `sender`.
+    fn send(&mut self, sender: usize, padding: &str) {
+        let id = self.sent;
+        self.sent += 1;
+        let now_us = self.epoch.elapsed().as_micros();
+        let text = format!("b {id} {sender} {now_us} {padding}");
+        let client = &mut self.clients[sender];
+        client.in_flight += 1;
+        conn::client_frame(0x1, text.as_bytes(), &mut client.outbuf);
+        self.flush(sender);
+    }
+
+    fn readers(&self) -> u64 {
+        self.clients.iter().filter(|c| c.reads && c.open).count() as u64
+    }
+}
+
+/// What one fanout run measured.
+struct Fanout {
+    deliveries_per_s: f64,
+    lost: u64,
+    one_order: bool,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    server_us_per_delivery: f64,
+    sends_per_delivery: Option<f64>,
+    loadgen_cpu: f64,
+    rss_peak_kib: u64,
+    evicted_after: Option<Duration>,
+}
+
+#[derive(Clone, Copy)]
+enum Pace {
+    Steady(u64),
+    AsFastAsItGoes,
+}
+
+fn fanout(binary: &str, clients: usize, pace: Pace, stalled: bool, padding: usize) -> Fanout {
+    let server = Server::start(binary, &["--ping-interval", "0"]);
+    let mut load = Load::new();
+    load.join(&server, clients, true);
+    if stalled {
+        load.join(&server, 1, false);
+        load.watch_leave = Some(load.last_joined.clone());
+    }
+    let padding = "p".repeat(padding);
+    let counter = server.count_sends();
+    let cpu_before = server.cpu();
+    let own_before = probe::cpu_of("/proc/self/stat");
+    let started = Instant::now();
+    load.epoch = Instant::now();
+    let stop_sending = started + SEND_FOR;
+    let mut next_send = started;
+    let mut turn = 0usize;
+    while Instant::now() < stop_sending {
+        match pace {
+            Pace::Steady(rate) => {
+                let gap = Duration::from_nanos(1_000_000_000 / rate);
+                while Instant::now() >= next_send {
+                    load.send(turn % SENDERS, &padding);
+                    turn += 1;
+                    next_send += gap;
+                }
+                let wait = next_send.saturating_duration_since(Instant::now());
+                load.turn(wait.min(Duration::from_millis(5)));
+            }
+            Pace::AsFastAsItGoes => {
+                for s in 0..SENDERS {
+                    while load.clients[s].in_flight < WINDOW_PER_SENDER {
+                        load.send(s, &padding);
+                    }
+                }
+                load.turn(Duration::from_millis(1));
+            }
+        }
+    }
+    let readers = load.readers();
+    let expected = load.sent * readers;
+    load.run_until(DRAIN_FOR, |l| l.delivered >= expected);
+    let elapsed = started.elapsed();
+    let cpu = server.cpu() - cpu_before;
+    let own = probe::cpu_of("/proc/self/stat") - own_before;
+    let sends = counter.and_then(|c| c.finish());
+
+    let reading: Vec<&Client> = load.clients.iter().filter(|c| c.reads).collect();
+    let one_order = reading
+        .iter()
+        .all(|c| c.got == reading[0].got && c.order == reading[0].order);
+    let mut lat = std::mem::take(&mut load.latencies_us);
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let delivered = load.delivered.max(1);
+    Fanout {
+        deliveries_per_s: load.delivered as f64 / elapsed.as_secs_f64(),
+        lost: expected.saturating_sub(load.delivered),
+        one_order,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        server_us_per_delivery: cpu.as_secs_f64() * 1e6 / delivered as f64,
+        sends_per_delivery: sends.map(|s| s as f64 / delivered as f64),
+        loadgen_cpu: own.as_secs_f64() / elapsed.as_secs_f64(),
+        rss_peak_kib: server.status("VmHWM"),
+        evicted_after: load.left_at,
+    }
+}
+
+/// What the idle scenario measured.
+struct Idle {
+    joined: usize,
+    connected: usize,
+    rss_kib: u64,
+    per_client_kib: f64,
+    threads: u64,
+    open_files: usize,
+    idle_cpu: f64,
+    one_broadcast: Duration,
+}
+
+fn idle(binary: &str, clients: usize, hold: Duration, quiet: Duration) -> Idle {
+    let server = Server::start(binary, &[]);
+    let empty_rss = server.status("VmRSS");
+    let mut load = Load::new();
+    load.join(&server, clients, true);
+    let joined = load
+        .clients
+        .iter()
+        .filter(|c| !c.nickname.is_empty())
+        .count();
+    let held_from = Instant::now();
+    // Wait out the hold, answering pings; measure CPU over its quiet end.
+    load.run_until(hold.saturating_sub(quiet), |_| false);
+    let cpu_before = server.cpu();
+    let quiet_from = Instant::now();
+    load.run_until(quiet, |_| false);
+    let idle_cpu = (server.cpu() - cpu_before).as_secs_f64() / quiet_from.elapsed().as_secs_f64();
+    let _ = held_from;
+    let connected = load.readers() as usize;
+    let rss = server.status("VmRSS");
+    let threads = server.status("Threads");
+    let open_files = server.open_files();
+
+    let id = load.sent;
+    let start = Instant::now();
+    load.send(0, "");
+    let everyone = connected as u32;
+    load.run_until(Duration::from_secs(30), |l| {
+        l.first_receipt.get(&id).copied().unwrap_or(0) >= everyone
+    });
+    Idle {
+        joined,
+        connected,
+        rss_kib: rss,
+        per_client_kib: rss.saturating_sub(empty_rss) as f64 / clients.max(1) as f64,
+        threads,
+        open_files,
+        idle_cpu,
+        one_broadcast: start.elapsed(),
+    }
+}
+
+/// One row of the table.
+struct Row {
+    scenario: String,
+    figure: &'static str,
+    value: String,
+    target: &'static str,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let binary = args
+        .next()
+        .unwrap_or_else(|| "target/release/threadchat".into());
+    let untraced = args.next();
+    let quick = std::env::var("BENCH_QUICK").is_ok();
+    // BENCH_ONLY=text runs only the scenarios whose name contains it.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| name.contains(only.as_str());
+    raise_open_file_limit();
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row = |scenario: &str, figure: &'static str, value: String, target: &'static str| {
+        eprintln!("  {scenario:<28} {figure:<34} {value}");
+        rows.push(Row {
+            scenario: scenario.to_owned(),
+            figure,
+            value,
+            target,
+        });
+    };
+
+    for &clients in if quick {
+        &[10usize, 100][..]
+    } else {
+        &[10usize, 100, 1000][..]
+    } {
+        for (pace, label) in [
+            (Pace::Steady(STEADY_RATE_PER_S), "200 msg/s"),
+            (Pace::AsFastAsItGoes, "max"),
+        ] {
+            let name = format!("fanout C={clients} {label}");
+            if !wanted(&name) {
+                continue;
+            }
+            let f = fanout(&binary, clients, pace, false, 0);
+            let steady_1000 = clients == 1000 && matches!(pace, Pace::Steady(_));
+            let max_1000 = clients == 1000 && matches!(pace, Pace::AsFastAsItGoes);
+            row(
+                &name,
+                "deliveries/s",
+                format!("{:.0}", f.deliveries_per_s),
+                if max_1000 { ">= 600000" } else { "" },
+            );
+            row(&name, "lost deliveries", f.lost.to_string(), "0");
+            row(&name, "one order", f.one_order.to_string(), "true");
+            row(
+                &name,
+                "latency p50 / p99 / max (ms)",
+                format!("{:.1} / {:.1} / {:.1}", f.p50_ms, f.p99_ms, f.max_ms),
+                if steady_1000 { "p99 < 50" } else { "" },
+            );
+            row(
+                &name,
+                "server CPU per delivery (us)",
+                format!("{:.2}", f.server_us_per_delivery),
+                if steady_1000 { "<= 2.5" } else { "" },
+            );
+            row(
+                &name,
+                "send syscalls per delivery",
+                f.sends_per_delivery
+                    .map_or("n/a (no perf)".into(), |s| format!("{s:.4}")),
+                if max_1000 { "<= 0.15" } else { "" },
+            );
+            row(
+                &name,
+                "load generator CPU (cores)",
+                format!("{:.2}", f.loadgen_cpu),
+                "",
+            );
+        }
+    }
+
+    let holds: &[(usize, u64)] = if quick {
+        &[(1000, 10)]
+    } else {
+        &[(1000, 60), (10_000, 60)]
+    };
+    for &(clients, hold_s) in holds {
+        let name = format!("idle C={clients}");
+        if !wanted(&name) {
+            continue;
+        }
+        let i = idle(
+            &binary,
+            clients,
+            Duration::from_secs(hold_s),
+            Duration::from_secs(hold_s / 2),
+        );
+        let big = clients == 10_000;
+        row(
+            &name,
+            "joined / connected after hold",
+            format!("{} / {} (held {hold_s} s)", i.joined, i.connected),
+            if big { "10000 / 10000" } else { "" },
+        );
+        row(&name, "server RSS (KiB)", i.rss_kib.to_string(), "");
+        row(
+            &name,
+            "RSS per client (KiB)",
+            format!("{:.1}", i.per_client_kib),
+            if big { "<= 20" } else { "" },
+        );
+        row(
+            &name,
+            "threads / open files",
+            format!("{} / {}", i.threads, i.open_files),
+            "",
+        );
+        row(
+            &name,
+            "idle CPU (% of one core)",
+            format!("{:.2}", i.idle_cpu * 100.0),
+            if big { "< 1" } else { "" },
+        );
+        row(
+            &name,
+            "one broadcast reaches all (ms)",
+            format!("{:.1}", i.one_broadcast.as_secs_f64() * 1000.0),
+            if big { "< 250" } else { "" },
+        );
+    }
+
+    if wanted("slow C=100 500 msg/s 2 KiB") {
+        let healthy = fanout(&binary, 100, Pace::Steady(500), false, 2048);
+        let slowed = fanout(&binary, 100, Pace::Steady(500), true, 2048);
+        row(
+            "slow C=100 500 msg/s 2 KiB",
+            "healthy p99 alone (ms)",
+            format!("{:.1}", healthy.p99_ms),
+            "",
+        );
+        row(
+            "slow C=100 500 msg/s 2 KiB",
+            "healthy p99 with a stalled client",
+            format!("{:.1}", slowed.p99_ms),
+            "<= 1.5x alone",
+        );
+        row(
+            "slow C=100 500 msg/s 2 KiB",
+            "stalled client evicted after (s)",
+            slowed
+                .evicted_after
+                .map_or("not evicted".into(), |d| format!("{:.1}", d.as_secs_f64())),
+            "",
+        );
+        row(
+            "slow C=100 500 msg/s 2 KiB",
+            "lost by healthy clients",
+            slowed.lost.to_string(),
+            "0",
+        );
+        row(
+            "slow C=100 500 msg/s 2 KiB",
+            "server RSS peak (KiB)",
+            slowed.rss_peak_kib.to_string(),
+            "bounded",
+        );
+    }
+
+    if let Some(untraced) = untraced.filter(|_| wanted("trace")) {
+        let c = if quick { 100 } else { 1000 };
+        for (label, bin) in [
+            ("trace compiled in, off", binary.as_str()),
+            ("trace compiled out", untraced.as_str()),
+        ] {
+            let f = fanout(bin, c, Pace::Steady(STEADY_RATE_PER_S), false, 0);
+            let name = format!("{label} C={c}");
+            row(
+                &name,
+                "server CPU per delivery (us)",
+                format!("{:.2}", f.server_us_per_delivery),
+                "",
+            );
+            row(&name, "latency p99 (ms)", format!("{:.1}", f.p99_ms), "");
+        }
+    }
+
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Row]) {
+    let w0 = rows
+        .iter()
+        .map(|r| r.scenario.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let w1 = rows
+        .iter()
+        .map(|r| r.figure.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let w2 = rows.iter().map(|r| r.value.len()).max().unwrap_or(5).max(5);
+    println!(
+        "| {:<w0$} | {:<w1$} | {:<w2$} | target |",
+        "scenario", "figure", "value"
+    );
+    println!(
+        "|{}|{}|{}|--------|",
+        "-".repeat(w0 + 2),
+        "-".repeat(w1 + 2),
+        "-".repeat(w2 + 2)
+    );
+    for r in rows {
+        println!(
+            "| {:<w0$} | {:<w1$} | {:<w2$} | {} |",
+            r.scenario, r.figure, r.value, r.target
+        );
+    }
+}
+
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: live locals of the expected type.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}

@@ -1,0 +1,146 @@
+//! The server under test: started as a child process and measured from the outside,
+//! through /proc and perf, so that measuring it changes nothing inside it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    child: Child,
+    pub ws: SocketAddr,
+}
+
+impl Server {
+    pub fn start(binary: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(binary)
+            .args(["--http-port", "0", "--ws-port", "0", "--rate-limit", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut ws = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("server stdout");
+            if let Some(at) = line.find("ws://") {
+                let rest = &line[at + 5..];
+                ws = rest[..rest.find('/').unwrap_or(rest.len())].parse().ok();
+                break;
+            }
+        }
+        Server {
+            child,
+            ws: ws.expect("the server printed no ws:// address"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time used so far, user plus system.
+    pub fn cpu(&self) -> Duration {
+        cpu_of(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// A field of /proc/PID/status, in its own units (kB for memory).
+    pub fn status(&self, field: &str) -> u64 {
+        status_field(self.pid(), field)
+    }
+
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Starts counting the server's send-like system calls, if perf is available.
+    pub fn count_sends(&self) -> Option<SyscallCounter> {
+        SyscallCounter::attach(self.pid())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn cpu_of(stat_path: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / per_second)
+}
+
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `perf stat` attached to the server for one measured interval.
+pub struct SyscallCounter {
+    perf: Child,
+}
+
+const SEND_SYSCALLS: &str = "syscalls:sys_enter_write,syscalls:sys_enter_writev,\
+syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg";
+
+impl SyscallCounter {
+    fn attach(pid: u32) -> Option<SyscallCounter> {
+        let perf = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                SEND_SYSCALLS,
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        // perf needs a moment to attach; until it prints nothing it is not counting, and
+        // there is no signal for that, so give it a fixed head start before measuring.
+        std::thread::sleep(Duration::from_millis(300));
+        Some(SyscallCounter { perf })
+    }
+
+    /// Stops counting; returns the total of the send-like calls, or None if perf failed.
+    pub fn finish(self) -> Option<u64> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.perf.id() as i32, libc::SIGINT) };
+        let out = self.perf.wait_with_output().ok()?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let mut total = 0;
+        let mut seen = 0;
+        for line in text.lines() {
+            let mut parts = line.split(',');
+            if let (Some(count), Some(_), Some(event)) = (parts.next(), parts.next(), parts.next())
+            {
+                if event.starts_with("syscalls:") {
+                    total += count.trim().parse::<u64>().ok()?;
+                    seen += 1;
+                }
+            }
+        }
+        (seen > 0).then_some(total)
+    }
+}
