@@ -1,24 +1,19 @@
 //! One client connection, from the HTTP upgrade to the last frame.
 //!
-//! Each connection gets two threads, like gorilla/websocket's read pump and write pump:
+//! Each connection gets one thread, the **reader**, which runs tungstenite: the
+//! handshake, then `read()` in a loop, turning text messages into [`Event::Say`] for the
+//! room. It sleeps in `read()` until bytes arrive, so an idle client costs no CPU.
 //!
-//! - the **reader** (the connection's own thread) runs tungstenite: the handshake, then
-//!   `read()` in a loop, turning text messages into [`Event::Say`] for the room;
-//! - the **writer** waits on the client's outbox and writes whatever frames are waiting
-//!   in one vectored write.
-//!
-//! Only the writer writes to an open connection. tungstenite's own replies (the
-//! handshake response aside: pongs, close replies, our close frames) go through
-//! [`ClientStream`], which queues them in the same outbox as the room's broadcasts, so
-//! frames never interleave on the wire and one tungstenite state machine sees the whole
-//! conversation. A blocked `read()` wakes the moment bytes arrive; a blocked `recv()`
-//! wakes the moment the room queues a frame; an idle client costs no CPU at all.
+//! The reader never writes to an open connection. tungstenite's own replies (pongs,
+//! close replies, our close frames) go through [`ClientStream`], which queues them in the
+//! client's [`Outbox`], the same queue as the room's broadcasts. The flusher thread is the
+//! only writer, so frames never interleave on the wire, and one tungstenite state machine
+//! sees the whole conversation.
 
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -30,7 +25,8 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Error, Message, WebSocket};
 
 use crate::config::Config;
-use crate::room::{self, ClientId, Event, Inbox, Outbox, Outgoing};
+use crate::outbox::Outbox;
+use crate::room::{ClientId, Event};
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
 
@@ -38,13 +34,9 @@ use crate::wire::{self, Frame};
 /// client holds. Messages longer than this still arrive, in several reads.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Stack reserved for each thread. Only the pages a thread touches count against memory;
-/// this is the ceiling, well above the deepest call chain of either pump.
+/// Stack reserved for each reader thread. Only the pages a thread touches count against
+/// memory; this is the ceiling, well above the deepest call chain of the reader.
 pub const READER_STACK_BYTES: usize = 128 * 1024;
-pub const WRITER_STACK_BYTES: usize = 64 * 1024;
-
-/// Most frames handed to one `writev`; Linux takes at most 1024 slices.
-const MAX_FRAMES_PER_WRITE: usize = 512;
 
 /// How long a client that we closed may take to answer with its own close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -62,6 +54,8 @@ pub struct Shared {
     /// Where the chat page lives, for the answer to a plain HTTP request.
     pub page_url: String,
     pub trace: Trace,
+    /// Where outboxes with frames to send are handed to the flusher.
+    pub flusher: Sender<Arc<Outbox>>,
 }
 
 /// Serves one accepted socket until it is gone. `over_capacity` connections are answered
@@ -81,56 +75,38 @@ pub fn handle_new_connection(
     let Some(mut ws) = handshake(shared, &socket, peer, over_capacity) else {
         return;
     };
-    let config = &shared.config;
-    // Both timeouts are deadlines, not polling: an idle reader sleeps in `read` until a
-    // frame or a pong arrives, and the room pings more often than `pong_timeout`.
-    if socket.set_read_timeout(Some(config.pong_timeout)).is_err()
-        || socket
-            .set_write_timeout(Some(config.write_timeout))
-            .is_err()
+    // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
+    // arrives, and the room pings more often than `pong_timeout`.
+    if socket
+        .set_read_timeout(Some(shared.config.pong_timeout))
+        .is_err()
     {
         return;
     }
 
-    let (outbox, inbox) = room::outbox();
     let trace = shared.trace;
-    let frames_out = trace.frames(Direction::Out, peer, &inbox.link);
-    let writer_socket = socket.clone();
-    let writer = thread::Builder::new()
-        .name(format!("write-{id}"))
-        .stack_size(WRITER_STACK_BYTES)
-        .spawn(move || write_pump(&writer_socket, inbox, frames_out, Wrote { trace, peer }));
-    if writer.is_err() {
-        eprintln!("threadchat: no thread for {peer}'s writer; dropping it");
-        return;
-    }
-    let frames_in = trace.frames(Direction::In, peer, &outbox.link);
-    ws.get_mut().start_queueing(outbox.clone(), frames_in);
+    let outbox = Outbox::new(socket.clone(), peer, shared.flusher.clone(), trace);
+    ws.get_mut()
+        .start_queueing(outbox.clone(), trace.frames(Direction::In));
 
     let leave = LeaveOnDrop {
         id,
         events: &shared.events,
     };
-    if shared
-        .events
-        .send(Event::Join {
-            id,
-            peer,
-            outbox: outbox.clone(),
-        })
-        .is_err()
-    {
+    let join = Event::Join {
+        id,
+        peer,
+        outbox: outbox.clone(),
+    };
+    if shared.events.send(join).is_err() {
         return; // shutting down
     }
     let ending = read_pump(&mut ws, shared, id, &outbox);
     drop(leave);
 
     if let Ending::Close(code, reason) = ending {
-        trace.client(
-            peer,
-            &outbox.link,
-            &format!("closing with {code} {reason:?}"),
-        );
+        let what = format!("closing with {code} {reason:?}");
+        trace.client_label(&outbox.label(), &what);
         close_and_linger(&mut ws, &socket, code, reason);
     }
 }
@@ -162,7 +138,7 @@ fn read_pump(
     ws: &mut WebSocket<ClientStream>,
     shared: &Shared,
     id: ClientId,
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
 ) -> Ending {
     let config = &shared.config;
     let mut limit = RateLimit::new(config.rate_limit, config.flood_close);
@@ -175,7 +151,8 @@ fn read_pump(
                     }
                 }
                 Verdict::Refuse => {
-                    outbox.push(Outgoing::Frame(wire::text_frame(SLOW_DOWN)));
+                    // If even this does not fit, the room evicts the client soon anyway.
+                    let _ = outbox.push(wire::text_frame(SLOW_DOWN));
                 }
                 Verdict::Close => {
                     return Ending::Close(wire::CLOSE_POLICY, "flooding".into());
@@ -385,7 +362,7 @@ fn host_part(authority: &str) -> &str {
 /// and, once the writer thread is running, into the client's outbox as whole frames.
 pub struct ClientStream {
     socket: Arc<TcpStream>,
-    outbox: Option<Outbox>,
+    outbox: Option<Arc<Outbox>>,
     /// The whole handshake must finish by then; a per-read timeout alone would let a
     /// client that sends one byte every few seconds hold the connection for ever.
     handshake_deadline: Option<Instant>,
@@ -394,9 +371,9 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
-    /// Called once the handshake is done: from now on writes go to the writer thread,
-    /// and what is read is WebSocket frames.
-    fn start_queueing(&mut self, outbox: Outbox, frames_in: Option<FrameTrace>) {
+    /// Called once the handshake is done: from now on writes go to the outbox, and what
+    /// is read is WebSocket frames.
+    fn start_queueing(&mut self, outbox: Arc<Outbox>, frames_in: Option<FrameTrace>) {
         self.outbox = Some(outbox);
         self.frames_in = frames_in;
     }
@@ -412,8 +389,8 @@ impl Read for ClientStream {
             self.socket.set_read_timeout(Some(left))?;
         }
         let n = (&*self.socket).read(buf)?;
-        if let Some(frames) = &mut self.frames_in {
-            frames.feed(&buf[..n]);
+        if let (Some(frames), Some(outbox)) = (&mut self.frames_in, &self.outbox) {
+            frames.feed(&buf[..n], &outbox.label());
         }
         Ok(n)
     }
@@ -424,11 +401,13 @@ impl Write for ClientStream {
         match &self.outbox {
             None => (&*self.socket).write(buf),
             // tungstenite hands over whole frames, so each chunk stays in one piece.
-            Some(outbox) if outbox.push(Outgoing::Frame(Frame::from(buf))) => Ok(buf.len()),
-            Some(_) => Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "outbox full or closed",
-            )),
+            Some(outbox) => match outbox.push(Frame::from(buf)) {
+                Ok(()) => Ok(buf.len()),
+                Err(why) => Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("{why:?}"),
+                )),
+            },
         }
     }
 
@@ -438,92 +417,6 @@ impl Write for ClientStream {
             Some(_) => Ok(()),
         }
     }
-}
-
-/// The writer thread: waits for frames and writes everything that is waiting at once.
-///
-/// It ends when the reader and the room have both let go of the outbox, when a write
-/// fails or times out, or after a final close frame; then it shuts the socket, which
-/// wakes the reader if it is still waiting.
-fn write_pump(socket: &TcpStream, inbox: Inbox, mut frames_out: Option<FrameTrace>, wrote: Wrote) {
-    struct ShutdownOnDrop<'a>(&'a TcpStream);
-    impl Drop for ShutdownOnDrop<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.shutdown(Shutdown::Both);
-        }
-    }
-    let _shutdown = ShutdownOnDrop(socket);
-
-    let mut batch: Vec<Frame> = Vec::new();
-    while let Ok(first) = inbox.frames.recv() {
-        let mut last = false;
-        for item in std::iter::once(first).chain(inbox.frames.try_iter()) {
-            match item {
-                Outgoing::Frame(frame) => batch.push(frame),
-                Outgoing::Last(frame) => {
-                    batch.push(frame);
-                    last = true;
-                }
-            }
-            if last || batch.len() == MAX_FRAMES_PER_WRITE {
-                break;
-            }
-        }
-        if inbox.link.evicted.load(Ordering::Acquire) && !last {
-            // The room gave up on this client: what is queued no longer matters.
-            batch.clear();
-            batch.push(wire::close_frame(wire::CLOSE_POLICY, "too slow"));
-            last = true;
-        }
-        if let Some(frames) = &mut frames_out {
-            batch.iter().for_each(|frame| frames.feed(frame));
-        }
-        match write_all(socket, &batch) {
-            Ok(calls) => wrote.report(&inbox.link, &batch, calls),
-            Err(_) => return,
-        }
-        if last {
-            return;
-        }
-        batch.clear();
-    }
-}
-
-/// What the writer tells `--trace` after each write.
-struct Wrote {
-    trace: Trace,
-    peer: SocketAddr,
-}
-
-impl Wrote {
-    fn report(&self, link: &room::Link, batch: &[Frame], calls: usize) {
-        if self.trace.is_on() {
-            let bytes: usize = batch.iter().map(|f| f.len()).sum();
-            let what = format!(
-                "wrote {} frames, {bytes} bytes, in {calls} system call(s)",
-                batch.len()
-            );
-            self.trace.client(self.peer, link, &what);
-        }
-    }
-}
-
-/// Writes whole frames with as few system calls as the kernel allows (usually one), and
-/// says how many it took.
-fn write_all(mut socket: &TcpStream, frames: &[Frame]) -> io::Result<usize> {
-    let mut slices: Vec<IoSlice> = frames.iter().map(|f| IoSlice::new(f)).collect();
-    let mut rest = &mut slices[..];
-    let mut calls = 0;
-    while !rest.is_empty() {
-        calls += 1;
-        match socket.write_vectored(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(calls)
 }
 
 /// A token bucket: `rate` messages a second on average, bursts up to twice that.
@@ -628,7 +521,7 @@ mod tests {
     #[test]
     fn a_reader_that_panics_still_reports_its_leave() {
         let (events, heard) = crossbeam_channel::unbounded();
-        let outcome = thread::spawn(move || {
+        let outcome = std::thread::spawn(move || {
             let _leave = LeaveOnDrop {
                 id: 7,
                 events: &events,

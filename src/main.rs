@@ -8,12 +8,13 @@
 //!                                  room thread (broadcaster, owns the nicknames)
 //!                                                   │ the same framed bytes to every outbox
 //!                                                   ▼
-//!                                   write-N thread (one writev for all that waits)
+//!                             flusher thread (one non-blocking sendmsg per client a round)
 //! ```
 
 mod client;
 mod config;
 mod listener;
+mod outbox;
 mod page;
 mod room;
 mod sys;
@@ -110,12 +111,15 @@ fn run(config: Config) -> Result<(), String> {
 
     let trace = Trace::new(config.trace);
     let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
+    let (flusher, ready_outboxes) = crossbeam_channel::unbounded();
+    let write_timeout = config.write_timeout;
     let shared = Arc::new(Shared {
         events: events.clone(),
         connections: AtomicUsize::new(0),
         max_clients,
         page_url,
         trace,
+        flusher,
         config,
     });
 
@@ -124,6 +128,9 @@ fn run(config: Config) -> Result<(), String> {
         max_message_bytes: shared.config.max_message_bytes,
     };
     spawn("page", move || page::run(page_server, site, settings))?;
+    spawn("flusher", move || {
+        outbox::run_flusher(ready_outboxes, write_timeout)
+    })?;
     let ping_interval = shared.config.ping_interval;
     let room = spawn("room", move || {
         Room::new(trace).run(room_events, ping_interval)

@@ -7,32 +7,23 @@
 //! order, and no lock is needed anywhere.
 //!
 //! The broadcaster never touches a socket. Each line is framed once, and the same bytes
-//! are handed to every member's [`Outbox`]; each client's writer thread does the slow
-//! part. A member whose outbox is full is evicted rather than waited for.
+//! are queued in every member's [`Outbox`]; the flusher thread does the slow part. A
+//! member whose outbox is full is evicted rather than waited for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{select, tick, Receiver, Sender};
+use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
+use crate::outbox::{Outbox, Refused};
 use crate::trace::Trace;
-use crate::wire::{self, Frame};
+use crate::wire;
 
 /// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
 pub const NICKNAME_SPACE: u32 = 100_000;
-
-/// How many frames may wait for one client before it counts as too slow.
-///
-/// Frames are shared, so a full queue costs `OUTBOX_FRAMES` pointers, not copies.
-pub const OUTBOX_FRAMES: usize = 1024;
-
-/// Room left in each outbox past [`OUTBOX_FRAMES`] for the client's own control frames
-/// (pongs, close replies) and the eviction notice, so those are never refused.
-const OUTBOX_SPARE: usize = 8;
 
 /// Identifies one connection for its whole life, before and after it has a nickname.
 pub type ClientId = u64;
@@ -43,7 +34,7 @@ pub enum Event {
     Join {
         id: ClientId,
         peer: SocketAddr,
-        outbox: Outbox,
+        outbox: Arc<Outbox>,
     },
     /// A text message arrived from a member.
     Say { id: ClientId, text: Utf8Bytes },
@@ -53,67 +44,12 @@ pub enum Event {
     Shutdown,
 }
 
-/// The sending half of one client's queue of outgoing frames.
-#[derive(Clone)]
-pub struct Outbox {
-    frames: Sender<Outgoing>,
-    pub link: Arc<Link>,
-}
-
-/// The receiving half of an [`Outbox`], owned by the client's writer thread.
-pub struct Inbox {
-    pub frames: Receiver<Outgoing>,
-    pub link: Arc<Link>,
-}
-
-/// What the room and a client's two threads share about the client, besides its queue.
-#[derive(Default)]
-pub struct Link {
-    /// Set by the room when it gives up on the client; the writer then closes with 1008.
-    pub evicted: AtomicBool,
-    /// Set by the room at the join, so that trace lines can name the client.
-    pub nickname: OnceLock<String>,
-}
-
-/// One item in a client's outgoing queue.
-pub enum Outgoing {
-    /// Bytes of one or more whole frames, written as they are.
-    Frame(Frame),
-    /// A final frame (a close): write it, then shut the socket.
-    Last(Frame),
-}
-
-/// Makes the queue that joins a client's reader, the room and the client's writer.
-pub fn outbox() -> (Outbox, Inbox) {
-    let (tx, rx) = crossbeam_channel::bounded(OUTBOX_FRAMES + OUTBOX_SPARE);
-    let link = Arc::new(Link::default());
-    (
-        Outbox {
-            frames: tx,
-            link: link.clone(),
-        },
-        Inbox { frames: rx, link },
-    )
-}
-
-impl Outbox {
-    /// Queues a frame unless the queue is full or the writer has gone; never blocks.
-    pub fn push(&self, item: Outgoing) -> bool {
-        self.frames.try_send(item).is_ok()
-    }
-
-    /// True once the client has fallen [`OUTBOX_FRAMES`] frames behind.
-    fn is_backed_up(&self) -> bool {
-        self.frames.len() >= OUTBOX_FRAMES
-    }
-}
-
 /// A connected client as the room sees it.
 struct Member {
     number: u32,
     nickname: String,
     peer: SocketAddr,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
 }
 
 /// The nickname table and everything the broadcaster decides.
@@ -157,10 +93,10 @@ impl Room {
     }
 
     /// Gives the newcomer a free `user-N` and tells everyone, the newcomer first of all.
-    fn handle_new_connection(&mut self, id: ClientId, peer: SocketAddr, outbox: Outbox) {
+    fn handle_new_connection(&mut self, id: ClientId, peer: SocketAddr, outbox: Arc<Outbox>) {
         let number = self.free_number();
         let nickname = format!("user-{number}");
-        let _ = outbox.link.nickname.set(nickname.clone());
+        let _ = outbox.nickname.set(nickname.clone());
         eprintln!("join  {nickname} from {peer}");
         self.trace.decision(&nickname, "joined the room");
         let line = format!(" .... {nickname} has joined.");
@@ -213,8 +149,7 @@ impl Room {
             let frame = wire::text_frame(&line);
             let mut too_slow = Vec::new();
             for (&id, member) in &self.members {
-                let outbox = &member.outbox;
-                if outbox.is_backed_up() || !outbox.push(Outgoing::Frame(frame.clone())) {
+                if member.outbox.push(frame.clone()) == Err(Refused::Full) {
                     too_slow.push(id);
                 }
             }
@@ -227,36 +162,30 @@ impl Room {
         }
     }
 
-    /// Tells a member's writer that the room gave up on it: it sends close 1008 and
-    /// shuts the socket, and the client's reader then ends.
+    /// Gives up on a member: the flusher sends it close 1008 and shuts the socket, and
+    /// the client's reader then ends.
     fn evict(&self, id: ClientId) {
         if let Some(member) = self.members.get(&id) {
             self.trace.decision(&member.nickname, "evicted: too slow");
-            member.outbox.link.evicted.store(true, Ordering::Release);
-            // The spare room in the queue is there for this; if even that is full, the
-            // writer still sees the flag after its current write.
-            member.outbox.push(Outgoing::Last(wire::close_frame(
-                wire::CLOSE_POLICY,
-                "too slow",
-            )));
+            member.outbox.evict();
         }
     }
 
-    /// Queues one shared ping for everyone. A client whose queue is full gets none: it
-    /// is already on its way out, and the next line will evict it.
+    /// Queues one shared ping for everyone. A client whose queue is full gets none: the
+    /// next line will evict it.
     fn ping_everyone(&mut self) {
         let ping = wire::ping_frame();
         for member in self.members.values() {
-            member.outbox.push(Outgoing::Frame(ping.clone()));
+            let _ = member.outbox.push(ping.clone());
         }
         self.trace.pinged(self.members.len());
     }
 
-    /// Sends close 1001 to every member; their writers shut the sockets after it.
+    /// Sends close 1001 to every member; the flusher shuts each socket after it.
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
         for member in self.members.values() {
-            member.outbox.push(Outgoing::Last(bye.clone()));
+            member.outbox.push_last(bye.clone());
         }
         self.members.clear();
     }

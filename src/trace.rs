@@ -10,8 +10,6 @@ use tungstenite::handshake::server::{Request, Response};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-use crate::room::Link;
-
 /// How much of a payload a trace line shows.
 const PREVIEW_BYTES: usize = 60;
 
@@ -28,18 +26,9 @@ impl Trace {
 
     /// A frame decoder for one direction of one connection, or `None` when tracing is
     /// off, so that untraced connections carry nothing extra.
-    pub fn frames(
-        self,
-        direction: Direction,
-        peer: SocketAddr,
-        link: &std::sync::Arc<Link>,
-    ) -> Option<FrameTrace> {
+    pub fn frames(self, direction: Direction) -> Option<FrameTrace> {
         self.on.then(|| FrameTrace {
             direction,
-            label: Label {
-                peer,
-                link: link.clone(),
-            },
             buffer: Vec::new(),
             current: None,
         })
@@ -50,9 +39,9 @@ impl Trace {
     }
 
     /// A decision about one client, labelled with its nickname once it has one.
-    pub fn client(self, peer: SocketAddr, link: &Link, what: &str) {
+    pub fn client_label(self, label: &str, what: &str) {
         if self.on {
-            eprintln!("{} | {what}", label(peer, link));
+            eprintln!("{label} | {what}");
         }
     }
 
@@ -146,13 +135,6 @@ pub fn escape(text: &str, max: usize) -> String {
     out
 }
 
-fn label(peer: SocketAddr, link: &Link) -> String {
-    match link.nickname.get() {
-        Some(name) => name.clone(),
-        None => peer.to_string(),
-    }
-}
-
 /// Which way frames go, as trace lines show it.
 #[derive(Clone, Copy, Debug)]
 pub enum Direction {
@@ -162,16 +144,10 @@ pub enum Direction {
     Out,
 }
 
-struct Label {
-    peer: SocketAddr,
-    link: std::sync::Arc<Link>,
-}
-
 /// Turns the bytes of one direction of a connection back into frames and prints one line
 /// per frame. Bytes may arrive in any pieces; only a payload's first bytes are kept.
 pub struct FrameTrace {
     direction: Direction,
-    label: Label,
     buffer: Vec<u8>,
     current: Option<Partial>,
 }
@@ -187,7 +163,9 @@ struct Partial {
 }
 
 impl FrameTrace {
-    pub fn feed(&mut self, bytes: &[u8]) {
+    /// Takes the next bytes of the stream; prints a line, labelled `who`, for each frame
+    /// they complete.
+    pub fn feed(&mut self, bytes: &[u8], who: &str) {
         self.buffer.extend_from_slice(bytes);
         loop {
             if self.current.is_none() {
@@ -211,7 +189,7 @@ impl FrameTrace {
                     }
                     Ok(None) => return,
                     Err(err) => {
-                        self.print(&format!("unreadable frame header: {err}"));
+                        self.print(who, &format!("unreadable frame header: {err}"));
                         self.buffer.clear();
                         return;
                     }
@@ -233,20 +211,17 @@ impl FrameTrace {
             }
             if let Some(done) = self.current.take() {
                 let line = describe(&done);
-                self.print(&line);
+                self.print(who, &line);
             }
         }
     }
 
-    fn print(&self, what: &str) {
+    fn print(&self, who: &str, what: &str) {
         let arrow = match self.direction {
             Direction::In => "<-",
             Direction::Out => "->",
         };
-        eprintln!(
-            "{} | {arrow} {what}",
-            label(self.label.peer, &self.label.link)
-        );
+        eprintln!("{who} | {arrow} {what}");
     }
 }
 
