@@ -1,8 +1,15 @@
 //! One client connection, from the HTTP upgrade to the last frame.
 //!
-//! Each connection gets one thread, the **reader**, which runs tungstenite: the
-//! handshake, then `read()` in a loop, turning text messages into [`Event::Say`] for the
-//! room. It sleeps in `read()` until bytes arrive, so an idle client costs no CPU.
+//! Each connection gets a short-lived **upgrade** thread for the HTTP handshake, then a
+//! **reader** thread for the rest of its life. The reader runs tungstenite's `read()` in
+//! a loop, turning text messages into [`Event::Say`] for the room. It sleeps in `read()`
+//! until bytes arrive, so an idle client costs no CPU.
+//!
+//! Why two threads in turn: the handshake needs a deep stack for a moment (tungstenite's
+//! request parser alone keeps 4 KB of header slots on it), and stack pages a thread has
+//! touched stay in memory for as long as the thread lives. An exiting thread gives its
+//! stack back, so the connection's long life runs on a fresh stack that only the shallow
+//! read path ever touches.
 //!
 //! The reader never writes to an open connection. tungstenite's own replies (pongs,
 //! close replies, our close frames) go through [`ClientStream`], which queues them in the
@@ -12,8 +19,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -30,13 +38,17 @@ use crate::room::{ClientId, Event};
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
 
-/// tungstenite's read buffer; its 128 KiB default would cost more than everything else a
-/// client holds. Messages longer than this still arrive, in several reads.
-pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// tungstenite's read buffer, which it fills with zeros before each read, so every byte
+/// of it is memory an idle client holds. Its 128 KiB default would cost more than all
+/// the rest of a client; chat lines are short, and longer ones arrive in several reads.
+pub const READ_BUFFER_BYTES: usize = 1024;
 
-/// Stack reserved for each reader thread. Only the pages a thread touches count against
-/// memory; this is the ceiling, well above the deepest call chain of the reader.
-pub const READER_STACK_BYTES: usize = 128 * 1024;
+/// Stack reserved for the upgrade thread, which runs the handshake and exits.
+pub const UPGRADE_STACK_BYTES: usize = 128 * 1024;
+
+/// Stack reserved for the reader thread. Only the pages it touches count against memory;
+/// this is the ceiling, well above the deepest call chain of the read path.
+pub const READER_STACK_BYTES: usize = 64 * 1024;
 
 /// How long a client that we closed may take to answer with its own close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -58,15 +70,26 @@ pub struct Shared {
     pub flusher: Sender<Arc<Outbox>>,
 }
 
-/// Serves one accepted socket until it is gone. `over_capacity` connections are answered
-/// with HTTP 503 instead of being upgraded.
+/// Counts a connection as open until the last thread serving it has ended, however it
+/// ends. It moves from the upgrade thread to the reader thread.
+pub struct ConnectionCount(pub Arc<Shared>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs on the upgrade thread: the handshake, then hands the open WebSocket to a new
+/// reader thread. `over_capacity` connections are answered with HTTP 503 instead.
 pub fn handle_new_connection(
-    shared: &Shared,
+    count: ConnectionCount,
     id: ClientId,
     socket: TcpStream,
     peer: SocketAddr,
     over_capacity: bool,
 ) {
+    let shared = &*count.0;
     // Chat lines are small and must not wait for the previous one's ACK (Nagle).
     if socket.set_nodelay(true).is_err() {
         return;
@@ -83,12 +106,32 @@ pub fn handle_new_connection(
     {
         return;
     }
-
     let trace = shared.trace;
     let outbox = Outbox::new(socket.clone(), peer, shared.flusher.clone(), trace);
     ws.get_mut()
         .start_queueing(outbox.clone(), trace.frames(Direction::In));
 
+    let reader = thread::Builder::new()
+        .name(format!("client-{id}"))
+        .stack_size(READER_STACK_BYTES)
+        .spawn(move || run_reader(count, id, peer, ws, outbox, socket));
+    if let Err(err) = reader {
+        // The connection, its outbox and its count go with the failed closure.
+        eprintln!("threadchat: no reader thread for {peer}: {err}");
+    }
+}
+
+/// The reader thread: announces the client, reads until the connection ends, and makes
+/// sure the room hears that it left.
+fn run_reader(
+    count: ConnectionCount,
+    id: ClientId,
+    peer: SocketAddr,
+    mut ws: WebSocket<ClientStream>,
+    outbox: Arc<Outbox>,
+    socket: Arc<TcpStream>,
+) {
+    let shared = &*count.0;
     let leave = LeaveOnDrop {
         id,
         events: &shared.events,
@@ -106,7 +149,7 @@ pub fn handle_new_connection(
 
     if let Ending::Close(code, reason) = ending {
         let what = format!("closing with {code} {reason:?}");
-        trace.client_label(&outbox.label(), &what);
+        shared.trace.client_label(&outbox.label(), &what);
         close_and_linger(&mut ws, &socket, code, reason);
     }
 }

@@ -1,7 +1,7 @@
 //! The WebSocket listener: the cookbook's `chat-server`, as a blocking accept loop.
 //!
-//! Every accepted socket gets a thread of its own that runs the handshake and then reads
-//! the client's messages ([`client::handle_new_connection`]). The loop itself never
+//! Every accepted socket gets a thread of its own that runs the handshake and then
+//! starts the client's reader ([`client::handle_new_connection`]). The loop itself never
 //! waits on a client, so a thousand half-finished handshakes do not delay the next one.
 
 use std::io;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::client::{self, Shared, READER_STACK_BYTES};
+use crate::client::{self, ConnectionCount, Shared, UPGRADE_STACK_BYTES};
 
 /// Pause after `accept` fails for lack of file descriptors, so the loop does not spin
 /// while the process is at its limit; connections that end free descriptors meanwhile.
@@ -39,27 +39,15 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
         // Over the limit, the connection still gets a thread, but only long enough to
         // read its request and answer 503: a client deserves a reason, not a reset.
         let over_capacity = shared.connections.fetch_add(1, Ordering::AcqRel) >= shared.max_clients;
-        let thread_shared = shared.clone();
+        let count = ConnectionCount(shared.clone());
         let spawned = thread::Builder::new()
-            .name(format!("client-{id}"))
-            .stack_size(READER_STACK_BYTES)
-            .spawn(move || {
-                let _count = ConnectionCount(&thread_shared);
-                client::handle_new_connection(&thread_shared, id, socket, peer, over_capacity);
-            });
+            .name(format!("upgrade-{id}"))
+            .stack_size(UPGRADE_STACK_BYTES)
+            .spawn(move || client::handle_new_connection(count, id, socket, peer, over_capacity));
+        // On failure the closure is dropped, and the count with it.
         if let Err(err) = spawned {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
             eprintln!("threadchat: no thread for {peer}: {err}");
         }
-    }
-}
-
-/// Counts a connection as open until its thread ends, however it ends.
-struct ConnectionCount<'a>(&'a Shared);
-
-impl Drop for ConnectionCount<'_> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -70,6 +70,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), String> {
+    sys::limit_malloc_arenas();
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
     let open_files = sys::raise_open_file_limit().map_err(|e| format!("open-file limit: {e}"))?;
