@@ -40,6 +40,14 @@ websocat:
 chromium:
 	@bash tests/browser/ensure-chromium.sh
 
+## bench: drive the release server with up to 10,000 clients; prints one table (~8 min)
+bench:
+	cargo build --release
+	cargo build --release --no-default-features --target-dir target/untraced
+	cargo build --release --manifest-path tests/loadgen/Cargo.toml --target-dir target
+	@bash tests/loadgen/ensure-perf.sh
+	target/release/threadchat-loadgen target/release/threadchat target/untraced/release/threadchat | tee target/bench.md
+
 ## trace-session: print the --trace session that docs/WALKTHROUGH.md quotes
 trace-session:
 	@cargo test --quiet --test walkthrough -- --ignored --nocapture print_trace_session
@@ -48,3 +56,5 @@ trace-session:
 check:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo fmt --manifest-path tests/loadgen/Cargo.toml -- --check
+	cargo clippy --manifest-path tests/loadgen/Cargo.toml --target-dir target -- -D warnings

@@ -402,7 +402,7 @@ fn host_part(authority: &str) -> &str {
 /// The stream tungstenite reads and writes.
 ///
 /// Reads come straight from the socket. Writes go to the socket during the handshake
-/// and, once the writer thread is running, into the client's outbox as whole frames.
+/// and, once the reader is running, into the client's outbox as whole frames.
 pub struct ClientStream {
     socket: Arc<TcpStream>,
     outbox: Option<Arc<Outbox>>,

@@ -83,7 +83,7 @@ Limits (times in seconds, fractions allowed):
   --max-message-bytes N      longest text message; longer closes with 1009 [default: {DEFAULT_MAX_MESSAGE_BYTES}]
   --max-clients N            connections at once; more get HTTP 503 [default: from the open-file limit]
   --handshake-timeout S      time to finish the HTTP upgrade [default: {}]
-  --write-timeout S          time a write to a client may block before it is dropped [default: {}]
+  --write-timeout S          drop a client whose socket takes nothing for this long [default: {}]
   --ping-interval S          ping every client this often, 0 for never [default: {}]
   --pong-timeout S           drop a client silent for this long [default: {}]
   --rate-limit N             messages per second per client, burst 2N, 0 for no limit [default: {DEFAULT_RATE_LIMIT_PER_SEC}]

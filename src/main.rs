@@ -70,6 +70,9 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), String> {
+    if config.trace && !cfg!(feature = "trace") {
+        return Err("this build has no --trace (built without the trace feature)".into());
+    }
     sys::limit_malloc_arenas();
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;

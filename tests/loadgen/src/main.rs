@@ -21,8 +21,12 @@ use probe::Server;
 const SENDERS: usize = 10;
 /// Fixed aggregate rate for the steady fanout runs.
 const STEADY_RATE_PER_S: u64 = 200;
-/// How long each measured phase sends.
+/// How long each measured fanout phase sends.
 const SEND_FOR: Duration = Duration::from_secs(5);
+/// The slow scenario sends longer and bigger lines: the stalled client's kernel buffers
+/// (several MB) must fill before its outbox can.
+const SLOW_SEND_FOR: Duration = Duration::from_secs(10);
+const SLOW_LINE_BYTES: usize = 4096;
 /// At full speed, each sender keeps at most this many of its messages unanswered.
 const WINDOW_PER_SENDER: u32 = 40;
 /// Longest wait for the last deliveries after sending stops.
@@ -118,7 +122,7 @@ impl Load {
             });
             let i = self.clients.len() - 1;
             self.parse(i);
-            if i % 32 == 0 {
+            if i.is_multiple_of(32) {
                 self.turn(Duration::ZERO);
             }
             assert!(start.elapsed() < JOIN_FOR, "joining took too long");
@@ -331,7 +335,23 @@ enum Pace {
     AsFastAsItGoes,
 }
 
-fn fanout(binary: &str, clients: usize, pace: Pace, stalled: bool, padding: usize) -> Fanout {
+/// One fanout run; `stalled` adds a client that never reads.
+struct Shape {
+    clients: usize,
+    pace: Pace,
+    stalled: bool,
+    padding: usize,
+    send_for: Duration,
+}
+
+fn fanout(binary: &str, shape: Shape) -> Fanout {
+    let Shape {
+        clients,
+        pace,
+        stalled,
+        padding,
+        send_for,
+    } = shape;
     let server = Server::start(binary, &["--ping-interval", "0"]);
     let mut load = Load::new();
     load.join(&server, clients, true);
@@ -345,7 +365,7 @@ fn fanout(binary: &str, clients: usize, pace: Pace, stalled: bool, padding: usiz
     let own_before = probe::cpu_of("/proc/self/stat");
     let started = Instant::now();
     load.epoch = Instant::now();
-    let stop_sending = started + SEND_FOR;
+    let stop_sending = started + send_for;
     let mut next_send = started;
     let mut turn = 0usize;
     while Instant::now() < stop_sending {
@@ -491,6 +511,31 @@ fn main() {
         });
     };
 
+    if wanted("build") {
+        if let Some(seconds) = cold_build_seconds() {
+            row(
+                "build",
+                "cold cargo build --release (s)",
+                format!("{seconds:.1}"),
+                "< 60",
+            );
+        }
+        let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
+        row(
+            "build",
+            "release binary (KiB)",
+            (size / 1024).to_string(),
+            "< 2048",
+        );
+        let server = Server::start(&binary, &[]);
+        row(
+            "build",
+            "RSS with no clients (KiB)",
+            server.status("VmRSS").to_string(),
+            "< 4096",
+        );
+    }
+
     for &clients in if quick {
         &[10usize, 100][..]
     } else {
@@ -504,7 +549,16 @@ fn main() {
             if !wanted(&name) {
                 continue;
             }
-            let f = fanout(&binary, clients, pace, false, 0);
+            let f = fanout(
+                &binary,
+                Shape {
+                    clients,
+                    pace,
+                    stalled: false,
+                    padding: 0,
+                    send_for: SEND_FOR,
+                },
+            );
             let steady_1000 = clients == 1000 && matches!(pace, Pace::Steady(_));
             let max_1000 = clients == 1000 && matches!(pace, Pace::AsFastAsItGoes);
             row(
@@ -593,23 +647,30 @@ fn main() {
         );
     }
 
-    if wanted("slow C=100 500 msg/s 2 KiB") {
-        let healthy = fanout(&binary, 100, Pace::Steady(500), false, 2048);
-        let slowed = fanout(&binary, 100, Pace::Steady(500), true, 2048);
+    if wanted("slow C=100 500 msg/s 4 KiB") {
+        let shape = |stalled| Shape {
+            clients: 100,
+            pace: Pace::Steady(500),
+            stalled,
+            padding: SLOW_LINE_BYTES,
+            send_for: SLOW_SEND_FOR,
+        };
+        let healthy = fanout(&binary, shape(false));
+        let slowed = fanout(&binary, shape(true));
         row(
-            "slow C=100 500 msg/s 2 KiB",
+            "slow C=100 500 msg/s 4 KiB",
             "healthy p99 alone (ms)",
             format!("{:.1}", healthy.p99_ms),
             "",
         );
         row(
-            "slow C=100 500 msg/s 2 KiB",
+            "slow C=100 500 msg/s 4 KiB",
             "healthy p99 with a stalled client",
             format!("{:.1}", slowed.p99_ms),
             "<= 1.5x alone",
         );
         row(
-            "slow C=100 500 msg/s 2 KiB",
+            "slow C=100 500 msg/s 4 KiB",
             "stalled client evicted after (s)",
             slowed
                 .evicted_after
@@ -617,13 +678,13 @@ fn main() {
             "",
         );
         row(
-            "slow C=100 500 msg/s 2 KiB",
+            "slow C=100 500 msg/s 4 KiB",
             "lost by healthy clients",
             slowed.lost.to_string(),
             "0",
         );
         row(
-            "slow C=100 500 msg/s 2 KiB",
+            "slow C=100 500 msg/s 4 KiB",
             "server RSS peak (KiB)",
             slowed.rss_peak_kib.to_string(),
             "bounded",
@@ -636,7 +697,16 @@ fn main() {
             ("trace compiled in, off", binary.as_str()),
             ("trace compiled out", untraced.as_str()),
         ] {
-            let f = fanout(bin, c, Pace::Steady(STEADY_RATE_PER_S), false, 0);
+            let f = fanout(
+                bin,
+                Shape {
+                    clients: c,
+                    pace: Pace::Steady(STEADY_RATE_PER_S),
+                    stalled: false,
+                    padding: 0,
+                    send_for: SEND_FOR,
+                },
+            );
             let name = format!("{label} C={c}");
             row(
                 &name,
@@ -651,7 +721,56 @@ fn main() {
     print_table(&rows);
 }
 
+/// Builds the server from nothing in a folder of its own, as a new user would.
+fn cold_build_seconds() -> Option<f64> {
+    let dir = "target/cold-build";
+    let _ = std::fs::remove_dir_all(dir);
+    let start = Instant::now();
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--release", "--quiet", "--target-dir", dir])
+        .status()
+        .ok()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(dir);
+    status.success().then_some(seconds)
+}
+
+/// The facts about this machine that bound the figures.
+fn describe_machine() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = read("/proc/sys/kernel/osrelease");
+    let memory_gib = read("/proc/meminfo")
+        .lines()
+        .next()
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / (1024 * 1024));
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a live local of the expected type.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    format!(
+        "machine: {cores} cores, {memory_gib} GiB, Linux {kernel}, open files {}, pid_max {}",
+        limit.rlim_max,
+        read("/proc/sys/kernel/pid_max")
+    )
+}
+
 fn print_table(rows: &[Row]) {
+    println!("{}\n", describe_machine());
     let w0 = rows
         .iter()
         .map(|r| r.scenario.len())
