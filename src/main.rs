@@ -2,7 +2,10 @@
 //!
 //! ```text
 //!  browser ──HTTP──> page thread (tiny_http)          serves www/ and /config.js
-//!  browser ──WS────> listener thread ──spawns──> client-N thread (reader, tungstenite)
+//!  browser ──WS────> listener thread ──spawns──> upgrade-N thread (handshake, then exits)
+//!                                                   │ starts
+//!                                                   ▼
+//!                                               client-N thread (reader, tungstenite)
 //!                                                   │ Join / Say / Leave
 //!                                                   ▼
 //!                                  room thread (broadcaster, owns the nicknames)

@@ -448,14 +448,12 @@ fn idle(binary: &str, clients: usize, hold: Duration, quiet: Duration) -> Idle {
         .iter()
         .filter(|c| !c.nickname.is_empty())
         .count();
-    let held_from = Instant::now();
     // Wait out the hold, answering pings; measure CPU over its quiet end.
     load.run_until(hold.saturating_sub(quiet), |_| false);
     let cpu_before = server.cpu();
     let quiet_from = Instant::now();
     load.run_until(quiet, |_| false);
     let idle_cpu = (server.cpu() - cpu_before).as_secs_f64() / quiet_from.elapsed().as_secs_f64();
-    let _ = held_from;
     let connected = load.readers() as usize;
     let rss = server.status("VmRSS");
     let threads = server.status("Threads");
