@@ -151,6 +151,28 @@ test("a message over the server's limit stays in the input with a reason", async
   await pageA.fill("#chat-input", "");
 });
 
+test("the keyboard alone is enough: the input has focus and Tab reaches Send", async () => {
+  assert.equal(await pageA.evaluate(() => document.activeElement.id), "chat-input");
+  await pageA.fill("#chat-input", "sent with the button");
+  await pageA.keyboard.press("Tab");
+  assert.equal(await pageA.evaluate(() => document.activeElement.tagName), "BUTTON");
+  await pageA.keyboard.press("Enter");
+  await waitForLine(pageB, `${nickA}: sent with the button`);
+});
+
+test("the list follows new lines unless the reader has scrolled up to read", async () => {
+  const gapBelow = (page) =>
+    page.$eval("#chat-echo-area", (el) => el.scrollHeight - el.scrollTop - el.clientHeight);
+  // Enough lines to overflow the list, within the default burst of 40.
+  for (let i = 0; i < 30; i++) await send(pageB, `filler ${i}`);
+  await waitForLine(pageA, `${nickB}: filler 29`);
+  assert.ok((await gapBelow(pageA)) < 2, "the list did not follow the newest line");
+  await pageA.$eval("#chat-echo-area", (el) => { el.scrollTop = 0; });
+  await send(pageB, "while A reads history");
+  await waitForLine(pageA, `${nickB}: while A reads history`);
+  assert.equal(await pageA.$eval("#chat-echo-area", (el) => el.scrollTop), 0, "the list jumped");
+});
+
 test("closing page B tells page A", async () => {
   await pageB.screenshot({ path: path.join(SHOTS, "page-b.png") });
   await pageB.close();
