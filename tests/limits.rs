@@ -186,14 +186,16 @@ fn stalled_client(server: &Server) -> tungstenite::WebSocket<TcpStream> {
 /// witness itself keeps up; returns how many of its own lines came back, and checks that
 /// the stalled client's leave arrived among them.
 fn flood_from(witness: Client, count: usize, size: usize, until_leave_of: String) -> usize {
-    const WINDOW: usize = 64;
+    // About 1 MB unread at most, so the witness never looks like a slow client itself,
+    // even next to a write timeout of a fraction of a second.
+    let window = ((1 << 20) / size).clamp(1, 64);
     let Client { mut ws, nickname } = witness;
     let line = "z".repeat(size);
     let mine = format!("{nickname}: {line}");
     let left = format!(" .... {until_leave_of} has left.");
     let (mut sent, mut echoed, mut saw_leave) = (0, 0, false);
     while echoed < count {
-        while sent < count && sent < echoed + WINDOW {
+        while sent < count && sent < echoed + window {
             ws.send(Message::text(line.clone())).unwrap();
             sent += 1;
         }
