@@ -161,7 +161,7 @@ fn default_max_clients(open_files: u64) -> usize {
         .min(NICKNAME_SPACE as usize / 2)
 }
 
-/// Says goodbye to every client (close 1001), gives the writers a moment to send it, and
+/// Says goodbye to every client (close 1001), gives the flusher a moment to send it, and
 /// ends the process.
 fn stop(shared: &Shared, events: crossbeam_channel::Sender<Event>, room: thread::JoinHandle<()>) {
     let _ = events.send(Event::Shutdown);

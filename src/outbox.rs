@@ -220,18 +220,22 @@ impl Outbox {
             (SendResult::WouldBlock, Some(since)) => now.duration_since(since) >= write_timeout,
             (SendResult::Failed, _) => true,
         };
-        if finished_last || stalled_too_long {
+        let shut = finished_last || stalled_too_long;
+        if shut {
+            queue.state = State::Done;
+            queue.frames.clear();
+        }
+        let again = queue.state != State::Done && !queue.frames.is_empty();
+        queue.with_flusher = again;
+        drop(queue);
+        if shut {
             if stalled_too_long {
                 self.trace
                     .client_label(&self.label(), "write timed out; dropped");
             }
             // Wakes the reader, whose read then ends: it reports the leave.
             let _ = self.socket.shutdown(Shutdown::Both);
-            queue.state = State::Done;
-            queue.frames.clear();
         }
-        let again = queue.state != State::Done && !queue.frames.is_empty();
-        queue.with_flusher = again;
         again
     }
 }

@@ -4,7 +4,7 @@
 //! handler mutates. Here a single thread owns the table, and client threads only talk to
 //! it by sending [`Event`]s over a channel. Because one thread decides the order of every
 //! line, any two clients that are connected throughout see the same lines in the same
-//! order, and no lock is needed anywhere.
+//! order, and the table needs no lock.
 //!
 //! The broadcaster never touches a socket. Each line is framed once, and the same bytes
 //! are queued in every member's [`Outbox`]; the flusher thread does the slow part. A
