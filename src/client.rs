@@ -43,8 +43,12 @@ use crate::wire::{self, Frame};
 /// the rest of a client; chat lines are short, and longer ones arrive in several reads.
 pub const READ_BUFFER_BYTES: usize = 1024;
 
-/// Stack reserved for the upgrade thread, which runs the handshake and exits.
-pub const UPGRADE_STACK_BYTES: usize = 128 * 1024;
+/// Stack reserved for the upgrade thread, which runs the handshake and exits. glibc
+/// keeps exited threads' stacks for reuse, with the 16 KiB under their first frame still
+/// in memory, and hands one to a new thread asking for at least a quarter of its size
+/// (guard page included). At eight times the reader's size, a reader never inherits one.
+/// Only address space is reserved; the handshake touches a few pages of it.
+pub const UPGRADE_STACK_BYTES: usize = 8 * READER_STACK_BYTES;
 
 /// Stack reserved for the reader thread. Only the pages it touches count against memory;
 /// this is the ceiling, well above the deepest call chain of the read path.
