@@ -5,7 +5,7 @@ TOOLS    := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 ARGS     ?=
 
-.PHONY: run test test-rust test-shell test-browser websocat chromium bench check trace-session
+.PHONY: run test test-rust test-shell test-browser websocat chromium bench check trace-session walkthrough-links
 
 ## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
 run:
@@ -51,6 +51,10 @@ bench:
 ## trace-session: print the --trace session that docs/WALKTHROUGH.md quotes
 trace-session:
 	@cargo test --quiet --test walkthrough -- --ignored --nocapture print_trace_session
+
+## walkthrough-links: after code moves, point docs/WALKTHROUGH.md's code links at it again
+walkthrough-links:
+	@cargo test --quiet --test walkthrough -- --ignored --exact repoint_code_links
 
 ## check: what CI checks besides the tests
 check:
