@@ -202,10 +202,14 @@ impl Outbox {
         }
 
         let mut queue = self.lock();
-        // Unsent frames go back in front of any that arrived meanwhile.
+        // Unsent frames go back in front of any that arrived meanwhile. A batch that all
+        // went is dropped rather than kept as the queue: after a burst it may have grown
+        // to hundreds of slots, which an idle client would then hold for ever.
         queue.traced = frames.len();
-        frames.append(&mut queue.frames);
-        queue.frames = frames;
+        if !frames.is_empty() {
+            frames.append(&mut queue.frames);
+            queue.frames = frames;
+        }
         queue.sent_of_first = offset;
         let finished_last = queue.frames.is_empty() && queue.state != State::Open;
         let stalled_too_long = match (result, queue.stalled_since) {
