@@ -109,7 +109,7 @@ impl Room {
                 outbox,
             },
         );
-        self.send_to_all(&line);
+        self.send_to_all(line);
     }
 
     /// Prefixes the sender's nickname and sends the line to every member, sender included.
@@ -118,7 +118,7 @@ impl Room {
             return; // evicted while its message was on the way
         };
         let line = format!("{}: {}", sender.nickname, text);
-        self.send_to_all(&line);
+        self.send_to_all(line);
     }
 
     /// Frees the nickname and tells the others. A second leave for the same id (the
@@ -126,7 +126,7 @@ impl Room {
     /// departure is announced exactly once.
     fn handle_close_connection(&mut self, id: ClientId) {
         if let Some(line) = self.remove(id) {
-            self.send_to_all(&line);
+            self.send_to_all(line);
         }
     }
 
@@ -143,8 +143,8 @@ impl Room {
     ///
     /// A member too far behind is evicted, and its leave is one more line to send; a
     /// loop rather than recursion, so a burst of evictions cannot grow the stack.
-    fn send_to_all(&mut self, line: &str) {
-        let mut lines = VecDeque::from([line.to_owned()]);
+    fn send_to_all(&mut self, line: String) {
+        let mut lines = VecDeque::from([line]);
         while let Some(line) = lines.pop_front() {
             let frame = wire::text_frame(&line);
             let mut too_slow = Vec::new();
