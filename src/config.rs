@@ -16,6 +16,10 @@ pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 pub const DEFAULT_FLOOD_CLOSE: Duration = Duration::from_secs(10);
 
+/// More clients than this and a join could wait a long time for a free `user-N`: the
+/// room draws nicknames at random from 100,000.
+pub const MOST_CLIENTS: usize = crate::room::NICKNAME_SPACE as usize / 2;
+
 /// Everything the server needs to know before it binds a socket.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -121,7 +125,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--ws-port" => config.ws_port = parse_value(&flag, &value)?,
             "--www" => config.www = Some(PathBuf::from(value)),
             "--max-message-bytes" => config.max_message_bytes = positive(&flag, &value)?,
-            "--max-clients" => config.max_clients = Some(positive(&flag, &value)?),
+            "--max-clients" => match positive(&flag, &value)? {
+                n if n > MOST_CLIENTS => {
+                    return Err(format!("--max-clients can be at most {MOST_CLIENTS}"))
+                }
+                n => config.max_clients = Some(n),
+            },
             "--handshake-timeout" => config.handshake_timeout = seconds(&flag, &value)?,
             "--write-timeout" => config.write_timeout = seconds(&flag, &value)?,
             "--ping-interval" => {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Shared;
 use crate::config::{Command, Config};
-use crate::room::{Event, Room, NICKNAME_SPACE};
+use crate::room::{Event, Room};
 use crate::sys::ShutdownSignals;
 use crate::trace::Trace;
 
@@ -158,7 +158,7 @@ fn default_max_clients(open_files: u64) -> usize {
     let for_clients = open_files.saturating_sub(RESERVED_DESCRIPTORS).max(1);
     usize::try_from(for_clients)
         .unwrap_or(usize::MAX)
-        .min(NICKNAME_SPACE as usize / 2)
+        .min(config::MOST_CLIENTS)
 }
 
 /// Says goodbye to every client (close 1001), gives the flusher a moment to send it, and

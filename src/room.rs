@@ -190,8 +190,9 @@ impl Room {
         self.members.clear();
     }
 
-    /// Draws N until it is free and reserves it. With at most a few thousand members out
-    /// of 100,000 names a clash is rare, and a redraw is cheap.
+    /// Draws N until it is free and reserves it. A room holds at most half of the 100,000
+    /// names (`config::MOST_CLIENTS`), so even a full one finds a free name in two draws
+    /// on average.
     fn free_number(&mut self) -> u32 {
         loop {
             let n = rand::random_range(0..NICKNAME_SPACE);
