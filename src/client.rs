@@ -153,7 +153,7 @@ fn run_reader(
 
     if let Ending::Close(code, reason) = ending {
         let what = format!("closing with {code} {reason:?}");
-        shared.trace.client_label(&outbox.label(), &what);
+        shared.trace.decision(outbox.label(), &what);
         close_and_linger(&mut ws, &socket, code, reason);
     }
 }
@@ -238,11 +238,7 @@ fn ending_for(err: Error) -> Ending {
 
 /// A close reason must fit in a control frame: 125 bytes less the 2-byte code.
 fn short_reason(reason: &str) -> String {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
+    reason[..reason.floor_char_boundary(123)].to_owned()
 }
 
 /// Sends our close frame and waits briefly for the client's, so the client sees a clean
@@ -311,7 +307,7 @@ fn handshake(
             Some(ws)
         }
         Err(HandshakeError::Interrupted(_)) => {
-            shared.trace.note(peer, "handshake timed out; dropped");
+            shared.trace.decision(peer, "handshake timed out; dropped");
             None
         }
         Err(HandshakeError::Failure(err)) => {
@@ -328,7 +324,7 @@ fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: SocketAddr
         Error::Http(response) => {
             shared
                 .trace
-                .note(peer, &format!("answered HTTP {}", response.status()));
+                .decision(peer, &format!("answered HTTP {}", response.status()));
             return;
         }
         Error::Protocol(
@@ -345,11 +341,15 @@ fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: SocketAddr
         Error::Protocol(p) => (400, format!("bad WebSocket handshake: {p}")),
         // The client went away or sent nothing in time: nobody to answer.
         _ => {
-            shared.trace.note(peer, &format!("handshake failed: {err}"));
+            shared
+                .trace
+                .decision(peer, &format!("handshake failed: {err}"));
             return;
         }
     };
-    shared.trace.note(peer, &format!("answered HTTP {status}"));
+    shared
+        .trace
+        .decision(peer, &format!("answered HTTP {status}"));
     let reason = match status {
         426 => "Upgrade Required",
         _ => "Bad Request",

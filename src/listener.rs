@@ -52,6 +52,5 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn is_out_of_descriptors(err: &io::Error) -> bool {
-    // EMFILE (process) and ENFILE (system).
-    matches!(err.raw_os_error(), Some(24) | Some(23))
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }

@@ -195,8 +195,8 @@ impl Outbox {
 
         let (sent, calls, result) = send_nonblocking(&self.socket, &mut frames, &mut offset);
         if self.trace.is_on() && calls > 0 {
-            self.trace.client_label(
-                &self.label(),
+            self.trace.decision(
+                self.label(),
                 &format!("wrote {sent} bytes in {calls} system call(s)"),
             );
         }
@@ -235,7 +235,7 @@ impl Outbox {
         if shut {
             if stalled_too_long {
                 self.trace
-                    .client_label(&self.label(), "write timed out; dropped");
+                    .decision(self.label(), "write timed out; dropped");
             }
             // Wakes the reader, whose read then ends: it reports the leave.
             let _ = self.socket.shutdown(Shutdown::Both);

@@ -41,24 +41,11 @@ impl Trace {
         })
     }
 
-    /// A decision about one client, labelled with its nickname once it has one.
-    pub fn client_label(self, label: &str, what: &str) {
-        if self.is_on() {
-            eprintln!("{label} | {what}");
-        }
-    }
-
-    /// Something the server decided about one client.
-    pub fn decision(self, who: &str, what: &str) {
+    /// Something the server did or decided about one client, labelled with its nickname,
+    /// or with its address while it has none.
+    pub fn decision(self, who: impl std::fmt::Display, what: &str) {
         if self.is_on() {
             eprintln!("{who} | {what}");
-        }
-    }
-
-    /// Something that happened to a connection that has no nickname yet.
-    pub fn note(self, peer: SocketAddr, what: &str) {
-        if self.is_on() {
-            eprintln!("{peer} | {what}");
         }
     }
 
@@ -127,10 +114,7 @@ impl Trace {
 
 /// At most `max` bytes of `text`, with control characters escaped, for one trace line.
 pub fn escape(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = text.floor_char_boundary(max);
     let mut out: String = text[..end].escape_debug().collect();
     if end < text.len() {
         out.push('…');
