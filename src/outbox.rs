@@ -28,9 +28,14 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
 
-/// How many frames may wait for one client before it counts as too slow.
-/// Frames are shared, so a full queue costs this many pointers, not copies.
+/// How many frames may wait for a client whose socket has stopped taking them before
+/// it counts as too slow. Frames are shared, so a full queue holds pointers, not copies.
 pub const OUTBOX_FRAMES: usize = 1024;
+
+/// How many frames may wait for any client, even one whose socket takes all it is given.
+/// A long queue alone may only mean that a burst outran the flusher; it is the socket
+/// pushing back that marks a slow client. This bounds memory all the same.
+pub const MAX_BACKLOG_FRAMES: usize = 4 * OUTBOX_FRAMES;
 
 /// After a round, the flusher rests this many times as long as the round took.
 pub const REST_PER_WORK: u32 = 2;
@@ -64,6 +69,8 @@ struct Queue {
     state: State,
     /// Since when sends have made no progress: the client is not reading.
     stalled_since: Option<Instant>,
+    /// The last send left bytes behind: the client's socket is full.
+    backed_up: bool,
     /// With `--trace`: decodes what is sent, frame by frame.
     frames_out: Option<FrameTrace>,
     /// How many frames at the front were already traced in an earlier round.
@@ -104,6 +111,7 @@ impl Outbox {
                 with_flusher: false,
                 state: State::Open,
                 stalled_since: None,
+                backed_up: false,
                 frames_out: trace.frames(Direction::Out),
                 traced: 0,
             }),
@@ -121,7 +129,8 @@ impl Outbox {
         if queue.state != State::Open {
             return Err(Refused::Closed);
         }
-        if queue.frames.len() >= OUTBOX_FRAMES {
+        let waiting = queue.frames.len();
+        if waiting >= MAX_BACKLOG_FRAMES || (waiting >= OUTBOX_FRAMES && queue.backed_up) {
             return Err(Refused::Full);
         }
         queue.frames.push_back(frame);
@@ -206,6 +215,7 @@ impl Outbox {
         // went is dropped rather than kept as the queue: after a burst it may have grown
         // to hundreds of slots, which an idle client would then hold for ever.
         queue.traced = frames.len();
+        queue.backed_up = !frames.is_empty();
         if !frames.is_empty() {
             frames.append(&mut queue.frames);
             queue.frames = frames;

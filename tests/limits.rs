@@ -394,3 +394,25 @@ fn raise_own_open_file_limit() {
     // SAFETY: a live local of the expected type.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 }
+
+#[test]
+fn a_burst_longer_than_the_outbox_does_not_evict_clients_that_read() {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let mut reader = server.join();
+    let mut sender = server.join();
+    let sender_name = offender_joined(&mut reader);
+    const BURST: usize = 3000;
+    let reading = std::thread::spawn(move || {
+        for i in 0..BURST {
+            assert_eq!(reader.line(), format!("{sender_name}: burst {i}"));
+        }
+    });
+    for i in 0..BURST {
+        sender.say(&format!("burst {i}"));
+    }
+    // The sender reads only now: its socket buffers hold what the flusher sent meanwhile.
+    for i in 0..BURST {
+        assert_eq!(sender.line(), format!("{}: burst {i}", sender.nickname));
+    }
+    reading.join().expect("the reading client lost lines");
+}
