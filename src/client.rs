@@ -11,13 +11,10 @@
 //! stack back, so the connection's long life runs on a fresh stack that only the shallow
 //! read path ever touches.
 //!
-//! The reader never writes to an open connection. tungstenite's own replies (pongs,
-//! close replies, our close frames) go through [`ClientStream`], which queues them in the
-//! client's [`Outbox`], the same queue as the room's broadcasts. The flusher thread is the
-//! only writer, so frames never interleave on the wire, and one tungstenite state machine
-//! sees the whole conversation.
+//! The reader never writes to an open connection: see [`ClientStream`]. The client's
+//! writer thread, one of a few shared by all clients, does that.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,17 +23,19 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use tungstenite::error::ProtocolError;
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error, Message, WebSocket};
 
 use crate::config::Config;
-use crate::outbox::Outbox;
+use crate::handshake::handshake;
+use crate::log::LogReader;
+use crate::rate::{RateLimit, Verdict};
 use crate::room::{ClientId, Event};
-use crate::trace::{Direction, FrameTrace, Trace};
-use crate::wire::{self, Frame};
+use crate::stream::ClientStream;
+use crate::trace::{Direction, Trace};
+use crate::wire;
+use crate::writer::{Outbox, Writer};
 
 /// tungstenite's read buffer, which it fills with zeros before each read, so every byte
 /// of it is memory an idle client holds. Its 128 KiB default would cost more than all
@@ -70,8 +69,10 @@ pub struct Shared {
     /// Where the chat page lives, for the answer to a plain HTTP request.
     pub page_url: String,
     pub trace: Trace,
-    /// Where outboxes with frames to send are handed to the flusher.
-    pub flusher: Sender<Arc<Outbox>>,
+    /// The writer threads; a client belongs to one of them for its whole life.
+    pub writers: Vec<Arc<Writer>>,
+    /// Where private frames learn their place among the room's lines.
+    pub log: LogReader,
 }
 
 /// Counts a connection as open until the last thread serving it has ended, however it
@@ -111,7 +112,8 @@ pub fn handle_new_connection(
         return;
     }
     let trace = shared.trace;
-    let outbox = Outbox::new(socket.clone(), peer, shared.flusher.clone(), trace);
+    let writer = shared.writers[id as usize % shared.writers.len()].clone();
+    let outbox = Outbox::new(socket.clone(), peer, writer, shared.log.clone());
     ws.get_mut()
         .start_queueing(outbox.clone(), trace.frames(Direction::In));
 
@@ -136,6 +138,8 @@ fn run_reader(
     socket: Arc<TcpStream>,
 ) {
     let shared = &*count.0;
+    // Dropped last: whatever happens, the writer sends what is queued and shuts the socket.
+    let _finish = FinishOnDrop(outbox.clone());
     let leave = LeaveOnDrop {
         id,
         events: &shared.events,
@@ -168,6 +172,15 @@ struct LeaveOnDrop<'a> {
 impl Drop for LeaveOnDrop<'_> {
     fn drop(&mut self) {
         let _ = self.events.send(Event::Leave { id: self.id });
+    }
+}
+
+/// Tells the writer that the reader is done, however it ends.
+struct FinishOnDrop(Arc<Outbox>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
@@ -259,311 +272,9 @@ fn close_and_linger(
     while ws.read().is_ok() {}
 }
 
-/// The HTTP upgrade. Returns the open WebSocket, or `None` once the client has been
-/// answered with an HTTP error (or has timed out).
-fn handshake(
-    shared: &Shared,
-    socket: &Arc<TcpStream>,
-    peer: SocketAddr,
-    over_capacity: bool,
-) -> Option<WebSocket<ClientStream>> {
-    let config = &shared.config;
-    let deadline = Instant::now() + config.handshake_timeout;
-    let stream = ClientStream {
-        socket: socket.clone(),
-        outbox: None,
-        handshake_deadline: Some(deadline),
-        frames_in: None,
-    };
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_message_bytes));
-    // The error type is tungstenite's, so its size is not ours to choose.
-    #[allow(clippy::result_large_err)]
-    let check = |request: &Request, response: Response| {
-        shared.trace.handshake_request(peer, request);
-        if over_capacity {
-            return Err(http_error(
-                503,
-                &format!(
-                    "server full: {} clients connected, try again later",
-                    shared.max_clients
-                ),
-            ));
-        }
-        if !origin_allowed(request, &config.allow_origins) {
-            return Err(http_error(
-                403,
-                "this page's origin may not use this chat server",
-            ));
-        }
-        shared.trace.handshake_response(peer, request, &response);
-        Ok(response)
-    };
-    match tungstenite::accept_hdr_with_config(stream, check, Some(ws_config)) {
-        Ok(mut ws) => {
-            ws.get_mut().handshake_deadline = None;
-            Some(ws)
-        }
-        Err(HandshakeError::Interrupted(_)) => {
-            shared.trace.decision(peer, "handshake timed out; dropped");
-            None
-        }
-        Err(HandshakeError::Failure(err)) => {
-            reject_failed_handshake(shared, socket, peer, err);
-            None
-        }
-    }
-}
-
-/// Answers a request that could not be upgraded, unless tungstenite already answered it.
-fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: SocketAddr, err: Error) {
-    let (status, body) = match err {
-        // tungstenite already wrote the response our callback returned.
-        Error::Http(response) => {
-            shared
-                .trace
-                .decision(peer, &format!("answered HTTP {}", response.status()));
-            return;
-        }
-        Error::Protocol(
-            ProtocolError::MissingConnectionUpgradeHeader
-            | ProtocolError::MissingUpgradeWebSocketHeader
-            | ProtocolError::WrongHttpMethod,
-        ) => (
-            426,
-            format!(
-                "this is threadchat's WebSocket port; the chat page is at {}",
-                shared.page_url
-            ),
-        ),
-        Error::Protocol(p) => (400, format!("bad WebSocket handshake: {p}")),
-        // The client went away or sent nothing in time: nobody to answer.
-        _ => {
-            shared
-                .trace
-                .decision(peer, &format!("handshake failed: {err}"));
-            return;
-        }
-    };
-    shared
-        .trace
-        .decision(peer, &format!("answered HTTP {status}"));
-    let reason = match status {
-        426 => "Upgrade Required",
-        _ => "Bad Request",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nUpgrade: websocket\r\nConnection: close\r\n\
-         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}\n",
-        body.len() + 1
-    );
-    let mut socket = socket;
-    let _ = socket.write_all(response.as_bytes());
-}
-
-fn http_error(status: u16, body: &str) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(format!("{body}\n")));
-    *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
-        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
-    response.headers_mut().insert(
-        "Content-Type",
-        tungstenite::http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// Browsers send `Origin`; scripts usually do not. A page may talk to us if it was served
-/// by the same host (the page on one port, this server on another), or if its origin is
-/// allowed on the command line.
-fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
-    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-    let Some(origin) = header("Origin") else {
-        return true;
-    };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    match header("Host") {
-        Some(host) => host_part(origin_host).eq_ignore_ascii_case(host_part(host)),
-        None => false,
-    }
-}
-
-/// `example.org:8080` -> `example.org`; `[::1]:8080` -> `[::1]`.
-fn host_part(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority.split_inclusive(']').next().unwrap_or(authority);
-    }
-    authority.split(':').next().unwrap_or(authority)
-}
-
-/// The stream tungstenite reads and writes.
-///
-/// Reads come straight from the socket. Writes go to the socket during the handshake
-/// and, once the reader is running, into the client's outbox as whole frames.
-pub struct ClientStream {
-    socket: Arc<TcpStream>,
-    outbox: Option<Arc<Outbox>>,
-    /// The whole handshake must finish by then; a per-read timeout alone would let a
-    /// client that sends one byte every few seconds hold the connection for ever.
-    handshake_deadline: Option<Instant>,
-    /// With `--trace`: decodes what the client sends, frame by frame.
-    frames_in: Option<FrameTrace>,
-}
-
-impl ClientStream {
-    /// Called once the handshake is done: from now on writes go to the outbox, and what
-    /// is read is WebSocket frames.
-    fn start_queueing(&mut self, outbox: Arc<Outbox>, frames_in: Option<FrameTrace>) {
-        self.outbox = Some(outbox);
-        self.frames_in = frames_in;
-    }
-}
-
-impl Read for ClientStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.handshake_deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            self.socket.set_read_timeout(Some(left))?;
-        }
-        let n = (&*self.socket).read(buf)?;
-        if let (Some(frames), Some(outbox)) = (&mut self.frames_in, &self.outbox) {
-            frames.feed(&buf[..n], &outbox.label());
-        }
-        Ok(n)
-    }
-}
-
-impl Write for ClientStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &self.outbox {
-            None => (&*self.socket).write(buf),
-            // tungstenite hands over whole frames, so each chunk stays in one piece.
-            Some(outbox) => match outbox.push(Frame::from(buf)) {
-                Ok(()) => Ok(buf.len()),
-                Err(why) => Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("{why:?}"),
-                )),
-            },
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &self.outbox {
-            None => (&*self.socket).flush(),
-            Some(_) => Ok(()),
-        }
-    }
-}
-
-/// A token bucket: `rate` messages a second on average, bursts up to twice that.
-///
-/// A client refused again and again, with no second of quiet between refusals, for
-/// `flood_close`, is closed.
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    refilled: Instant,
-    /// When the current run of refusals began, and the latest refusal in it.
-    flood: Option<(Instant, Instant)>,
-    flood_close: Duration,
-}
-
-/// A gap this long between refusals ends a flood.
-const FLOOD_QUIET: Duration = Duration::from_secs(1);
-
-#[derive(Debug, PartialEq)]
-enum Verdict {
-    Send,
-    Refuse,
-    Close,
-}
-
-impl RateLimit {
-    fn new(per_second: u32, flood_close: Duration) -> RateLimit {
-        let rate = f64::from(per_second);
-        RateLimit {
-            rate,
-            burst: 2.0 * rate,
-            tokens: 2.0 * rate,
-            refilled: Instant::now(),
-            flood: None,
-            flood_close,
-        }
-    }
-
-    fn check(&mut self, now: Instant) -> Verdict {
-        if self.rate == 0.0 {
-            return Verdict::Send;
-        }
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Verdict::Send;
-        }
-        let start = match self.flood {
-            Some((start, latest)) if now.saturating_duration_since(latest) < FLOOD_QUIET => start,
-            _ => now,
-        };
-        self.flood = Some((start, now));
-        if now.saturating_duration_since(start) >= self.flood_close {
-            Verdict::Close
-        } else {
-            Verdict::Refuse
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_allows_a_burst_of_twice_the_rate_then_refuses() {
-        let t0 = Instant::now();
-        let mut limit = RateLimit::new(20, Duration::from_secs(10));
-        for _ in 0..40 {
-            assert_eq!(limit.check(t0), Verdict::Send);
-        }
-        assert_eq!(limit.check(t0), Verdict::Refuse);
-        // 50 ms later one token has come back.
-        assert_eq!(limit.check(t0 + Duration::from_millis(50)), Verdict::Send);
-    }
-
-    #[test]
-    fn a_sustained_flood_is_closed_and_a_pause_forgives_it() {
-        let t0 = Instant::now();
-        let mut limit = RateLimit::new(1, Duration::from_secs(3));
-        let at = |ms| t0 + Duration::from_millis(ms);
-        assert_eq!(limit.check(at(0)), Verdict::Send);
-        assert_eq!(limit.check(at(0)), Verdict::Send);
-        let mut verdicts = Vec::new();
-        let mut ms = 10;
-        while ms < 3_100 {
-            verdicts.push(limit.check(at(ms)));
-            ms += 10;
-        }
-        assert_eq!(verdicts.last(), Some(&Verdict::Close));
-        // Quiet for a while: the bucket refills and the flood is forgotten.
-        let mut calm = RateLimit::new(1, Duration::from_secs(3));
-        calm.check(at(0));
-        calm.check(at(0));
-        assert_eq!(calm.check(at(10)), Verdict::Refuse);
-        assert_eq!(calm.check(at(5_000)), Verdict::Send);
-    }
 
     #[test]
     fn a_reader_that_panics_still_reports_its_leave() {
@@ -581,24 +292,10 @@ mod tests {
     }
 
     #[test]
-    fn zero_rate_means_no_limit() {
-        let mut limit = RateLimit::new(0, Duration::from_secs(1));
-        let t0 = Instant::now();
-        assert!((0..10_000).all(|_| limit.check(t0) == Verdict::Send));
-    }
-
-    #[test]
     fn close_reasons_fit_a_control_frame() {
         let long = "é".repeat(100);
         let short = short_reason(&long);
         assert!(short.len() <= 123);
         assert!(long.starts_with(&short));
-    }
-
-    #[test]
-    fn host_part_handles_names_and_ipv6() {
-        assert_eq!(host_part("example.org:8080"), "example.org");
-        assert_eq!(host_part("[::1]:8080"), "[::1]");
-        assert_eq!(host_part("localhost"), "localhost");
     }
 }

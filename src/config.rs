@@ -15,6 +15,7 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 pub const DEFAULT_FLOOD_CLOSE: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_LAG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// More clients than this and a join could wait a long time for a free `user-N`: the
 /// room draws nicknames at random from 100,000.
@@ -33,6 +34,8 @@ pub struct Config {
     pub max_clients: Option<usize>,
     pub handshake_timeout: Duration,
     pub write_timeout: Duration,
+    /// A client this many bytes behind the room is too slow; the log keeps this much.
+    pub max_lag_bytes: u64,
     /// `None`: never ping.
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
@@ -55,6 +58,7 @@ impl Default for Config {
             max_clients: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_lag_bytes: DEFAULT_MAX_LAG_BYTES,
             ping_interval: Some(DEFAULT_PING_INTERVAL),
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
@@ -88,6 +92,7 @@ Limits (times in seconds, fractions allowed):
   --max-clients N            connections at once; more get HTTP 503 [default: from the open-file limit]
   --handshake-timeout S      time to finish the HTTP upgrade [default: {}]
   --write-timeout S          drop a client whose socket takes nothing for this long [default: {}]
+  --max-lag-bytes N          close (1008) a client this far behind the room [default: {DEFAULT_MAX_LAG_BYTES}]
   --ping-interval S          ping every client this often, 0 for never [default: {}]
   --pong-timeout S           drop a client silent for this long [default: {}]
   --rate-limit N             messages per second per client, burst 2N, 0 for no limit [default: {DEFAULT_RATE_LIMIT_PER_SEC}]
@@ -133,6 +138,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             },
             "--handshake-timeout" => config.handshake_timeout = seconds(&flag, &value)?,
             "--write-timeout" => config.write_timeout = seconds(&flag, &value)?,
+            "--max-lag-bytes" => config.max_lag_bytes = parse_value(&flag, &value)?,
             "--ping-interval" => {
                 let every = seconds_or_zero(&flag, &value)?;
                 config.ping_interval = (!every.is_zero()).then_some(every);
@@ -143,6 +149,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--allow-origin" => config.allow_origins.push(value),
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    // A client must be able to fall behind by a whole message or two without being evicted.
+    let least_lag = 2 * config.max_message_bytes as u64;
+    if config.max_lag_bytes < least_lag {
+        return Err(format!(
+            "--max-lag-bytes must be at least twice --max-message-bytes ({least_lag})"
+        ));
     }
     Ok(Command::Run(config))
 }
@@ -221,5 +234,8 @@ mod tests {
             .unwrap_err()
             .contains("unknown option"));
         assert!(run(&["--bind"]).unwrap_err().contains("needs a value"));
+        assert!(run(&["--max-lag-bytes", "1000"])
+            .unwrap_err()
+            .contains("--max-lag-bytes"));
     }
 }

@@ -9,20 +9,27 @@
 //!                                                   │ Join / Say / Leave
 //!                                                   ▼
 //!                                  room thread (broadcaster, owns the nicknames)
-//!                                                   │ the same framed bytes to every outbox
+//!                                                   │ each line framed once, appended once
 //!                                                   ▼
-//!                             flusher thread (one non-blocking sendmsg per client a round)
+//!                                  the log (segments of frames; a client is a cursor)
+//!                                                   │ read by
+//!                                                   ▼
+//!                   writer-0 .. writer-N threads, one per core (one sendmsg per client a pass)
 //! ```
 
 mod client;
 mod config;
+mod handshake;
 mod listener;
-mod outbox;
+mod log;
 mod page;
+mod rate;
 mod room;
+mod stream;
 mod sys;
 mod trace;
 mod wire;
+mod writer;
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -33,9 +40,11 @@ use std::time::{Duration, Instant};
 
 use crate::client::Shared;
 use crate::config::{Command, Config};
+use crate::log::Log;
 use crate::room::{Event, Room};
 use crate::sys::ShutdownSignals;
 use crate::trace::Trace;
+use crate::writer::Writer;
 
 /// Descriptors kept back from the client limit for the listeners, the page server's
 /// connections and the odd file.
@@ -118,15 +127,21 @@ fn run(config: Config) -> Result<(), String> {
 
     let trace = Trace::new(config.trace);
     let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
-    let (flusher, ready_outboxes) = crossbeam_channel::unbounded();
-    let write_timeout = config.write_timeout;
+    let log = Log::new(config.max_lag_bytes);
+    // Sending is most of the work, so every core gets a writer.
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let writers = (0..cores)
+        .map(|i| Writer::spawn(i, log.reader(), config.write_timeout, trace))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot start the writer threads: {e}"))?;
     let shared = Arc::new(Shared {
         events: events.clone(),
         connections: AtomicUsize::new(0),
         max_clients,
         page_url,
         trace,
-        flusher,
+        writers: writers.clone(),
+        log: log.reader(),
         config,
     });
 
@@ -135,12 +150,9 @@ fn run(config: Config) -> Result<(), String> {
         max_message_bytes: shared.config.max_message_bytes,
     };
     spawn("page", move || page::run(page_server, site, settings))?;
-    spawn("flusher", move || {
-        outbox::run_flusher(ready_outboxes, write_timeout)
-    })?;
     let ping_interval = shared.config.ping_interval;
     let room = spawn("room", move || {
-        Room::new(trace).run(room_events, ping_interval)
+        Room::new(log, writers, trace).run(room_events, ping_interval)
     })?;
     let stopping = shared.clone();
     spawn("signals", move || {
@@ -161,7 +173,7 @@ fn default_max_clients(open_files: u64) -> usize {
         .min(config::MOST_CLIENTS)
 }
 
-/// Says goodbye to every client (close 1001), gives the flusher a moment to send it, and
+/// Says goodbye to every client (close 1001), gives the writers a moment to send it, and
 /// ends the process.
 fn stop(shared: &Shared, events: crossbeam_channel::Sender<Event>, room: thread::JoinHandle<()>) {
     let _ = events.send(Event::Shutdown);

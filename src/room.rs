@@ -6,11 +6,12 @@
 //! line, any two clients that are connected throughout see the same lines in the same
 //! order, and the table needs no lock.
 //!
-//! The broadcaster never touches a socket. Each line is framed once, and the same bytes
-//! are queued in every member's [`Outbox`]; the flusher thread does the slow part. A
-//! member whose outbox is full is evicted rather than waited for.
+//! The broadcaster never touches a socket. Each line is framed once and appended once to
+//! the [`Log`]; a newcomer's writer gets a cursor at the newcomer's own join line, and the
+//! writer threads do the slow part. The room never waits on anyone, and never looks at
+//! each member to send a line: a line costs the same with ten members or ten thousand.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,10 @@ use std::time::Duration;
 use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
-use crate::outbox::{Outbox, Refused};
+use crate::log::Log;
 use crate::trace::Trace;
 use crate::wire;
+use crate::writer::{Outbox, Writer};
 
 /// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
 pub const NICKNAME_SPACE: u32 = 100_000;
@@ -57,14 +59,20 @@ pub struct Room {
     members: HashMap<ClientId, Member>,
     /// The N of every `user-N` in use, so a join finds a free name without a scan.
     taken: HashSet<u32>,
+    /// Every line, in the one order every member sees.
+    log: Log,
+    /// Woken after each append, so that none sleeps through a line.
+    writers: Vec<Arc<Writer>>,
     trace: Trace,
 }
 
 impl Room {
-    pub fn new(trace: Trace) -> Room {
+    pub fn new(log: Log, writers: Vec<Arc<Writer>>, trace: Trace) -> Room {
         Room {
             members: HashMap::new(),
             taken: HashSet::new(),
+            log,
+            writers,
             trace,
         }
     }
@@ -106,10 +114,13 @@ impl Room {
                 number,
                 nickname,
                 peer,
-                outbox,
+                outbox: outbox.clone(),
             },
         );
-        self.send_to_all(line);
+        // The newcomer's cursor starts at its own join line: it sees everything from there.
+        let joined_at = self.send_to_all(&line);
+        let cursor = self.log.reader().cursor_at(joined_at);
+        outbox.writer().add(outbox.clone(), cursor);
     }
 
     /// Prefixes the sender's nickname and sends the line to every member, sender included.
@@ -118,70 +129,43 @@ impl Room {
             return; // evicted while its message was on the way
         };
         let line = format!("{}: {}", sender.nickname, text);
-        self.send_to_all(line);
+        self.send_to_all(&line);
     }
 
-    /// Frees the nickname and tells the others. A second leave for the same id (the
-    /// client's thread reporting after the room already evicted it) is ignored, so each
-    /// departure is announced exactly once.
+    /// Frees the nickname and tells the others. The reader reports every departure once,
+    /// whether the client closed, vanished, or was evicted by its writer.
     fn handle_close_connection(&mut self, id: ClientId) {
-        if let Some(line) = self.remove(id) {
-            self.send_to_all(line);
-        }
-    }
-
-    /// Takes a member out of the table and returns the line that announces it.
-    fn remove(&mut self, id: ClientId) -> Option<String> {
-        let gone = self.members.remove(&id)?;
+        let Some(gone) = self.members.remove(&id) else {
+            return;
+        };
         self.taken.remove(&gone.number);
         eprintln!("leave {} from {}", gone.nickname, gone.peer);
         self.trace.decision(&gone.nickname, "left the room");
-        Some(format!(" .... {} has left.", gone.nickname))
+        self.send_to_all(&format!(" .... {} has left.", gone.nickname));
     }
 
-    /// Frames `line` once and queues the same bytes for every member.
-    ///
-    /// A member too far behind is evicted, and its leave is one more line to send; a
-    /// loop rather than recursion, so a burst of evictions cannot grow the stack.
-    fn send_to_all(&mut self, line: String) {
-        let mut lines = VecDeque::from([line]);
-        while let Some(line) = lines.pop_front() {
-            let frame = wire::text_frame(&line);
-            let mut too_slow = Vec::new();
-            for (&id, member) in &self.members {
-                if member.outbox.push(frame.clone()) == Err(Refused::Full) {
-                    too_slow.push(id);
-                }
-            }
-            self.trace
-                .broadcast(self.members.len() - too_slow.len(), &line);
-            for id in too_slow {
-                self.evict(id);
-                lines.extend(self.remove(id));
-            }
+    /// Frames `line` once, appends it to the log, and returns where it starts.
+    fn send_to_all(&mut self, line: &str) -> u64 {
+        self.trace.broadcast(self.members.len(), line);
+        self.append(&wire::text_frame(line))
+    }
+
+    /// Appends a frame for everyone and wakes any writer that is asleep.
+    fn append(&mut self, frame: &[u8]) -> u64 {
+        let at = self.log.append(frame);
+        for writer in &self.writers {
+            writer.wake();
         }
+        at
     }
 
-    /// Gives up on a member: the flusher sends it close 1008 and shuts the socket, and
-    /// the client's reader then ends.
-    fn evict(&self, id: ClientId) {
-        if let Some(member) = self.members.get(&id) {
-            self.trace.decision(&member.nickname, "evicted: too slow");
-            member.outbox.evict();
-        }
-    }
-
-    /// Queues one shared ping for everyone. A client whose queue is full gets none: the
-    /// next line will evict it.
+    /// One shared ping in the log, for everyone.
     fn ping_everyone(&mut self) {
-        let ping = wire::ping_frame();
-        for member in self.members.values() {
-            let _ = member.outbox.push(ping.clone());
-        }
+        self.append(&wire::ping_frame());
         self.trace.pinged(self.members.len());
     }
 
-    /// Sends close 1001 to every member; the flusher shuts each socket after it.
+    /// Sends close 1001 to every member; its writer shuts the socket after it.
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
         for member in self.members.values() {

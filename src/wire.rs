@@ -37,6 +37,20 @@ pub fn ping_frame() -> Frame {
     frame(OpCode::Control(Control::Ping), b"")
 }
 
+/// The length of the whole server frame (unmasked) at the start of `bytes`, when its header is
+/// there: what a writer needs to finish a frame it stopped in the middle of.
+pub fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let (header, payload) = match *bytes.get(1)? & 0x7f {
+        126 => (
+            4,
+            u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)),
+        ),
+        127 => (10, u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)),
+        short => (2, u64::from(short)),
+    };
+    Some(header + usize::try_from(payload).ok()?)
+}
+
 fn frame(opcode: OpCode, payload: &[u8]) -> Frame {
     let header = FrameHeader {
         opcode,
@@ -65,6 +79,14 @@ mod tests {
         let bytes = text_frame(&line);
         assert_eq!(&bytes[..4], &[0x81, 126, 0, 200]);
         assert_eq!(bytes.len(), 4 + 200);
+    }
+
+    #[test]
+    fn frame_len_reads_every_length_form() {
+        assert_eq!(frame_len(&text_frame("hi")), Some(4));
+        assert_eq!(frame_len(&text_frame(&"x".repeat(200))), Some(204));
+        assert_eq!(frame_len(&text_frame(&"x".repeat(70_000))), Some(70_010));
+        assert_eq!(frame_len(&[0x81]), None);
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! The HTTP upgrade: from a TCP connection to a WebSocket, or to a one-line HTTP error.
+//!
+//! Runs on the connection's short-lived upgrade thread. tungstenite parses the request and
+//! computes `Sec-WebSocket-Accept`; here we decide who may upgrade (the client limit, the
+//! Origin check) and answer everything else with a status and a reason.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tungstenite::error::ProtocolError;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Error, WebSocket};
+
+use crate::client::{Shared, READ_BUFFER_BYTES};
+use crate::stream::ClientStream;
+
+/// The HTTP upgrade. Returns the open WebSocket, or `None` once the client has been
+/// answered with an HTTP error (or has timed out).
+pub fn handshake(
+    shared: &Shared,
+    socket: &Arc<TcpStream>,
+    peer: SocketAddr,
+    over_capacity: bool,
+) -> Option<WebSocket<ClientStream>> {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let stream = ClientStream::new(socket.clone(), deadline);
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes));
+    // The error type is tungstenite's, so its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    let check = |request: &Request, response: Response| {
+        shared.trace.handshake_request(peer, request);
+        if over_capacity {
+            return Err(http_error(
+                503,
+                &format!(
+                    "server full: {} clients connected, try again later",
+                    shared.max_clients
+                ),
+            ));
+        }
+        if !origin_allowed(request, &config.allow_origins) {
+            return Err(http_error(
+                403,
+                "this page's origin may not use this chat server",
+            ));
+        }
+        shared.trace.handshake_response(peer, request, &response);
+        Ok(response)
+    };
+    match tungstenite::accept_hdr_with_config(stream, check, Some(ws_config)) {
+        Ok(mut ws) => {
+            ws.get_mut().handshake_done();
+            Some(ws)
+        }
+        Err(HandshakeError::Interrupted(_)) => {
+            shared.trace.decision(peer, "handshake timed out; dropped");
+            None
+        }
+        Err(HandshakeError::Failure(err)) => {
+            reject_failed_handshake(shared, socket, peer, err);
+            None
+        }
+    }
+}
+
+/// Answers a request that could not be upgraded, unless tungstenite already answered it.
+fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: SocketAddr, err: Error) {
+    let (status, body) = match err {
+        // tungstenite already wrote the response our callback returned.
+        Error::Http(response) => {
+            shared
+                .trace
+                .decision(peer, &format!("answered HTTP {}", response.status()));
+            return;
+        }
+        Error::Protocol(
+            ProtocolError::MissingConnectionUpgradeHeader
+            | ProtocolError::MissingUpgradeWebSocketHeader
+            | ProtocolError::WrongHttpMethod,
+        ) => (
+            426,
+            format!(
+                "this is threadchat's WebSocket port; the chat page is at {}",
+                shared.page_url
+            ),
+        ),
+        Error::Protocol(p) => (400, format!("bad WebSocket handshake: {p}")),
+        // The client went away or sent nothing in time: nobody to answer.
+        _ => {
+            shared
+                .trace
+                .decision(peer, &format!("handshake failed: {err}"));
+            return;
+        }
+    };
+    shared
+        .trace
+        .decision(peer, &format!("answered HTTP {status}"));
+    let reason = match status {
+        426 => "Upgrade Required",
+        _ => "Bad Request",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nUpgrade: websocket\r\nConnection: close\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}\n",
+        body.len() + 1
+    );
+    let mut socket = socket;
+    let _ = socket.write_all(response.as_bytes());
+}
+
+fn http_error(status: u16, body: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(format!("{body}\n")));
+    *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
+        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    response.headers_mut().insert(
+        "Content-Type",
+        tungstenite::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Browsers send `Origin`; scripts usually do not. A page may talk to us if it was served
+/// by the same host (the page on one port, this server on another), or if its origin is
+/// allowed on the command line.
+fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let Some(origin) = header("Origin") else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    match header("Host") {
+        Some(host) => host_part(origin_host).eq_ignore_ascii_case(host_part(host)),
+        None => false,
+    }
+}
+
+/// `example.org:8080` -> `example.org`; `[::1]:8080` -> `[::1]`.
+fn host_part(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_part_handles_names_and_ipv6() {
+        assert_eq!(host_part("example.org:8080"), "example.org");
+        assert_eq!(host_part("[::1]:8080"), "[::1]");
+        assert_eq!(host_part("localhost"), "localhost");
+    }
+}

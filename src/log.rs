@@ -1,0 +1,467 @@
+//! The room's log: every frame the room sends to everyone, appended once, read by every writer.
+//!
+//! The room frames a line once and appends the bytes here. A client is only a [`Cursor`], an
+//! offset into the log: sending to it means sending the bytes from its cursor to the head.
+//! So a line costs one append however many clients there are, and a thousand joins cost a
+//! thousand appends, not a million queue entries.
+//!
+//! The log is a list of segments. A segment holds whole frames, and bytes once appended are
+//! never written again, so a writer can send them while the room goes on appending. A segment
+//! is dropped from the list when no cursor is in it any more, or when it falls more than the
+//! retention behind the head (a client still in it is then too slow, and is evicted). Each
+//! segment is its own memory mapping, so a dropped segment goes straight back to the system.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Room for about a thousand short lines. Larger frames get a segment of their own size.
+pub const SEGMENT_BYTES: usize = 64 * 1024;
+
+/// One mapping of memory holding whole frames, from log offset `base` on.
+pub struct Segment {
+    base: u64,
+    bytes: NonNull<u8>,
+    capacity: usize,
+    /// How many bytes are written and published; they never change again.
+    len: AtomicUsize,
+}
+
+// SAFETY: the mapping is owned by the segment. Bytes below `len` are only read; bytes above
+// it are written only by the log's single appender (`Log::append` takes `&mut Log`) and
+// become readable only after `len` is raised with release ordering.
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    fn new(base: u64, at_least: usize) -> Arc<Segment> {
+        let page = 4096;
+        let capacity = at_least.max(SEGMENT_BYTES).div_ceil(page) * page;
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                capacity,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let bytes = match mapped {
+            libc::MAP_FAILED => std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(capacity, page)
+                    .unwrap_or(std::alloc::Layout::new::<u8>()),
+            ),
+            // mmap never returns null for a request without a hint.
+            p => NonNull::new(p.cast::<u8>()).unwrap_or(NonNull::dangling()),
+        };
+        Arc::new(Segment {
+            base,
+            bytes,
+            capacity,
+            len: AtomicUsize::new(0),
+        })
+    }
+
+    /// The log offset of the first byte.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The log offset just past the last published byte.
+    pub fn end(&self) -> u64 {
+        self.base + self.len.load(Ordering::Acquire) as u64
+    }
+
+    /// The published bytes between two log offsets, clipped to this segment.
+    pub fn bytes(&self, from: u64, to: u64) -> &[u8] {
+        let len = self.len.load(Ordering::Acquire);
+        let start = (from.saturating_sub(self.base) as usize).min(len);
+        let end = (to.saturating_sub(self.base) as usize).clamp(start, len);
+        // SAFETY: `start..end` lies within the published bytes, which are never written again
+        // and live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.bytes.as_ptr().add(start), end - start) }
+    }
+
+    /// Where the frame holding log offset `at` ends: `at` itself when a frame starts there.
+    /// Segments begin on a frame boundary, so the walk starts at `base`.
+    pub fn frame_end(&self, at: u64) -> u64 {
+        let bytes = self.bytes(self.base, u64::MAX);
+        let mut start = 0usize;
+        while (self.base + start as u64) < at {
+            match crate::wire::frame_len(&bytes[start..]) {
+                Some(len) => start += len,
+                None => break,
+            }
+        }
+        self.base + start as u64
+    }
+
+    fn room_for(&self, len: usize) -> bool {
+        self.capacity - self.len.load(Ordering::Relaxed) >= len
+    }
+
+    /// Writes bytes after the published ones and publishes them.
+    ///
+    /// Only `Log::append` calls this, on the segment at the head.
+    fn append(&self, frame: &[u8]) {
+        let len = self.len.load(Ordering::Relaxed);
+        debug_assert!(self.capacity - len >= frame.len());
+        // SAFETY: the room was checked, no reader looks past `len`, and there is one appender.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                frame.as_ptr(),
+                self.bytes.as_ptr().add(len),
+                frame.len(),
+            );
+        }
+        self.len.store(len + frame.len(), Ordering::Release);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` with this size and nothing refers to it now.
+        unsafe { libc::munmap(self.bytes.as_ptr().cast(), self.capacity) };
+    }
+}
+
+/// What the room and the writers share.
+struct Shared {
+    /// The offset just past the last whole frame: where the next one will start.
+    head: AtomicU64,
+    /// Segments someone may still need, oldest first; the last is the one being filled.
+    segments: Mutex<VecDeque<Arc<Segment>>>,
+    retention: u64,
+}
+
+impl Shared {
+    fn segments(&self) -> MutexGuard<'_, VecDeque<Arc<Segment>>> {
+        // The list is consistent after every statement, so a panic elsewhere cannot spoil it.
+        self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the oldest segments that no cursor is in (the list holds the only reference)
+    /// or that lie wholly more than the retention behind the head.
+    fn trim(&self) {
+        let head = self.head.load(Ordering::SeqCst);
+        let mut segments = self.segments();
+        while segments.len() > 1 {
+            let oldest = &segments[0];
+            if Arc::strong_count(oldest) == 1 || oldest.end() + self.retention <= head {
+                segments.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// The appending end of the log, owned by the room: one appender, so one order.
+pub struct Log {
+    shared: Arc<Shared>,
+    /// The segment being filled (also the last in the shared list).
+    filling: Arc<Segment>,
+}
+
+impl Log {
+    /// A log that keeps at least `retention` bytes behind the head for clients that lag.
+    pub fn new(retention: u64) -> Log {
+        let filling = Segment::new(0, SEGMENT_BYTES);
+        Log {
+            shared: Arc::new(Shared {
+                head: AtomicU64::new(0),
+                segments: Mutex::new(VecDeque::from([filling.clone()])),
+                retention,
+            }),
+            filling,
+        }
+    }
+
+    /// The reading end, for writers and readers.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Where the next frame will start.
+    pub fn head(&self) -> u64 {
+        self.shared.head.load(Ordering::Relaxed)
+    }
+
+    /// Appends one or more whole frames and returns the offset where they start.
+    pub fn append(&mut self, frame: &[u8]) -> u64 {
+        let start = self.head();
+        if !self.filling.room_for(frame.len()) {
+            self.filling = Segment::new(start, frame.len());
+            self.shared.segments().push_back(self.filling.clone());
+            self.shared.trim();
+        }
+        self.filling.append(frame);
+        // SeqCst pairs with the writers' sleep check: either a writer going to sleep sees the
+        // new head, or its waker sees that it is asleep.
+        self.shared
+            .head
+            .store(start + frame.len() as u64, Ordering::SeqCst);
+        start
+    }
+}
+
+/// The reading end of the log, shared by the writers and the readers.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+impl LogReader {
+    /// The offset just past the last whole frame published.
+    pub fn head(&self) -> u64 {
+        self.shared.head.load(Ordering::SeqCst)
+    }
+
+    pub fn retention(&self) -> u64 {
+        self.shared.retention
+    }
+
+    /// The segments kept now, oldest first: what one writer's pass reads from.
+    pub fn snapshot(&self, into: &mut Vec<Arc<Segment>>) {
+        into.clear();
+        into.extend(self.shared.segments().iter().cloned());
+    }
+
+    /// A cursor at `at`, which must be a frame boundary at or before the head.
+    pub fn cursor_at(&self, at: u64) -> Cursor {
+        let segments = self.shared.segments();
+        let segment = segments
+            .iter()
+            .rev()
+            .find(|s| s.base() <= at)
+            .or(segments.back())
+            .cloned();
+        drop(segments);
+        Cursor {
+            at,
+            // The list always holds the segment being filled.
+            segment: segment.unwrap_or_else(|| Segment::new(at, 0)),
+        }
+    }
+
+    /// Lets go of segments that no cursor needs any more.
+    pub fn trim(&self) {
+        self.shared.trim();
+    }
+}
+
+/// One client's place in the log. It keeps its segment alive, so a client that falls behind
+/// can still finish the frame it is in the middle of before it is closed.
+pub struct Cursor {
+    at: u64,
+    segment: Arc<Segment>,
+}
+
+/// The client's cursor fell out of the log: it is more than the retention behind.
+#[derive(Debug, PartialEq)]
+pub struct Lapped;
+
+impl Cursor {
+    /// The log offset of the next byte this client gets.
+    pub fn at(&self) -> u64 {
+        self.at
+    }
+
+    /// Adds slices covering the log from the cursor to `to` (at most `head`).
+    pub fn gather<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        snapshot: &'a [Arc<Segment>],
+        into: &mut Vec<IoSlice<'a>>,
+    ) -> Result<(), Lapped> {
+        if from >= to {
+            return Ok(());
+        }
+        let mut at = from;
+        if at < self.segment.end() {
+            let bytes = self.segment.bytes(at, to);
+            at += bytes.len() as u64;
+            into.push(IoSlice::new(bytes));
+        }
+        let later = snapshot.partition_point(|s| s.base() < at);
+        for segment in &snapshot[later.saturating_sub(1)..] {
+            if at >= to {
+                break;
+            }
+            if segment.base() > at {
+                return Err(Lapped); // the bytes in between are gone
+            }
+            let bytes = segment.bytes(at, to);
+            if !bytes.is_empty() {
+                at += bytes.len() as u64;
+                into.push(IoSlice::new(bytes));
+            }
+        }
+        if at < to {
+            return Err(Lapped);
+        }
+        Ok(())
+    }
+
+    /// Moves the cursor `by` bytes on, and on to the next segment when it gets there.
+    pub fn advance(&mut self, by: u64, snapshot: &[Arc<Segment>]) {
+        self.at += by;
+        if self.at >= self.segment.end() {
+            if let Some(next) = snapshot.iter().rev().find(|s| s.base() <= self.at) {
+                if next.base() > self.segment.base() {
+                    self.segment = next.clone();
+                }
+            }
+        }
+    }
+
+    /// How far behind `head` the cursor is, in bytes.
+    pub fn behind(&self, head: u64) -> u64 {
+        head.saturating_sub(self.at)
+    }
+
+    /// Where the frame the cursor is in ends (the cursor itself at a boundary).
+    pub fn frame_end(&self) -> u64 {
+        self.segment.frame_end(self.at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+
+    fn concat(slices: &[IoSlice<'_>]) -> Vec<u8> {
+        slices.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    fn snapshot(reader: &LogReader) -> Vec<Arc<Segment>> {
+        let mut segments = Vec::new();
+        reader.snapshot(&mut segments);
+        segments
+    }
+
+    /// Appends `count` lines of `size` bytes and returns every frame's bytes, in order.
+    fn fill(log: &mut Log, count: usize, size: usize) -> Vec<u8> {
+        let mut all = Vec::new();
+        for i in 0..count {
+            let frame = wire::text_frame(&format!("{i:>size$}"));
+            log.append(&frame);
+            all.extend_from_slice(&frame);
+        }
+        all
+    }
+
+    #[test]
+    fn a_cursor_reads_from_where_it_joined_across_segments() {
+        let mut log = Log::new(1 << 30);
+        let reader = log.reader();
+        fill(&mut log, 10, 100);
+        let joined = log.head();
+        let cursor = reader.cursor_at(joined);
+        // Enough to fill several segments.
+        let expected = fill(&mut log, 2000, 100);
+        let snap = snapshot(&reader);
+        assert!(snap.len() >= 3, "the lines should span segments");
+        let mut slices = Vec::new();
+        cursor
+            .gather(cursor.at(), reader.head(), &snap, &mut slices)
+            .unwrap();
+        assert_eq!(concat(&slices), expected);
+        assert!(slices.len() >= 3, "one slice per segment touched");
+    }
+
+    #[test]
+    fn a_send_that_stops_mid_frame_and_mid_segment_resumes_there() {
+        let mut log = Log::new(1 << 30);
+        let reader = log.reader();
+        let mut cursor = reader.cursor_at(0);
+        let expected = fill(&mut log, 1500, 90);
+        let mut received = Vec::new();
+        // Sends of awkward sizes, as a full socket would take them.
+        for take in [7usize, 1000, 65_521, 3, 40_000].into_iter().cycle() {
+            let snap = snapshot(&reader);
+            let mut slices = Vec::new();
+            cursor
+                .gather(cursor.at(), reader.head(), &snap, &mut slices)
+                .unwrap();
+            let bytes = concat(&slices);
+            if bytes.is_empty() {
+                break;
+            }
+            let n = take.min(bytes.len());
+            received.extend_from_slice(&bytes[..n]);
+            drop(slices);
+            cursor.advance(n as u64, &snap);
+        }
+        assert_eq!(received, expected);
+    }
+
+    #[test]
+    fn a_cursor_lapped_by_the_retention_is_told_so() {
+        let retention = 3 * SEGMENT_BYTES as u64;
+        let mut log = Log::new(retention);
+        let reader = log.reader();
+        let slow = reader.cursor_at(0);
+        fill(&mut log, 10_000, 100);
+        let head = reader.head();
+        assert!(slow.behind(head) > retention);
+        let snap = snapshot(&reader);
+        let mut slices = Vec::new();
+        assert_eq!(
+            slow.gather(slow.at(), head, &snap, &mut slices),
+            Err(Lapped)
+        );
+        // The log itself let go of everything older than the retention.
+        assert!(head - snap[0].base() <= retention + 2 * SEGMENT_BYTES as u64);
+    }
+
+    #[test]
+    fn a_writer_holding_a_segment_keeps_its_bytes_while_the_room_moves_on() {
+        let mut log = Log::new(0);
+        let reader = log.reader();
+        let cursor = reader.cursor_at(0);
+        let expected = fill(&mut log, 3, 20);
+        let held = snapshot(&reader);
+        let mut slices = Vec::new();
+        cursor.gather(0, reader.head(), &held, &mut slices).unwrap();
+        // The room fills and drops many segments meanwhile.
+        fill(&mut log, 20_000, 50);
+        reader.trim();
+        assert_eq!(concat(&slices), expected);
+    }
+
+    #[test]
+    fn segments_nobody_is_in_are_let_go() {
+        let mut log = Log::new(1 << 30);
+        let reader = log.reader();
+        let mut cursor = reader.cursor_at(0);
+        fill(&mut log, 5000, 100);
+        assert!(snapshot(&reader).len() > 5);
+        let snap = snapshot(&reader);
+        cursor.advance(cursor.behind(reader.head()), &snap);
+        drop(snap);
+        reader.trim();
+        assert_eq!(snapshot(&reader).len(), 1, "only the segment being filled");
+    }
+
+    #[test]
+    fn frame_end_finds_the_boundary_after_a_partial_frame() {
+        let mut log = Log::new(1 << 30);
+        let reader = log.reader();
+        let first = wire::text_frame("hello");
+        log.append(&first);
+        log.append(&wire::text_frame("world"));
+        let mut cursor = reader.cursor_at(0);
+        assert_eq!(cursor.frame_end(), 0);
+        cursor.advance(3, &snapshot(&reader));
+        assert_eq!(cursor.frame_end(), first.len() as u64);
+    }
+}

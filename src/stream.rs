@@ -1,0 +1,93 @@
+//! The byte stream under tungstenite: reads from the socket, writes into the outbox.
+//!
+//! The reader thread never writes to an open connection. tungstenite's own replies (pongs,
+//! close replies, our close frames) are queued as whole frames in the client's [`Outbox`],
+//! and its writer thread places them between the room's lines. So frames never interleave
+//! on the wire, and one tungstenite state machine sees the whole conversation.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::trace::FrameTrace;
+use crate::wire::Frame;
+use crate::writer::Outbox;
+
+/// The stream tungstenite reads and writes.
+///
+/// Reads come straight from the socket. Writes go to the socket during the handshake
+/// and, once the reader is running, into the client's outbox as whole frames.
+pub struct ClientStream {
+    socket: Arc<TcpStream>,
+    outbox: Option<Arc<Outbox>>,
+    /// The whole handshake must finish by then; a per-read timeout alone would let a
+    /// client that sends one byte every few seconds hold the connection for ever.
+    handshake_deadline: Option<Instant>,
+    /// With `--trace`: decodes what the client sends, frame by frame.
+    frames_in: Option<FrameTrace>,
+}
+
+impl ClientStream {
+    /// A stream for the handshake, which must be done by `deadline`.
+    pub fn new(socket: Arc<TcpStream>, deadline: Instant) -> ClientStream {
+        ClientStream {
+            socket,
+            outbox: None,
+            handshake_deadline: Some(deadline),
+            frames_in: None,
+        }
+    }
+
+    /// The upgrade is done: reads now wait as long as the socket's own timeout says.
+    pub fn handshake_done(&mut self) {
+        self.handshake_deadline = None;
+    }
+
+    /// Called once the handshake is done: from now on writes go to the outbox, and what
+    /// is read is WebSocket frames.
+    pub fn start_queueing(&mut self, outbox: Arc<Outbox>, frames_in: Option<FrameTrace>) {
+        self.outbox = Some(outbox);
+        self.frames_in = frames_in;
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.handshake_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.socket.set_read_timeout(Some(left))?;
+        }
+        let n = (&*self.socket).read(buf)?;
+        if let (Some(frames), Some(outbox)) = (&mut self.frames_in, &self.outbox) {
+            frames.feed(&buf[..n], &outbox.label());
+        }
+        Ok(n)
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.outbox {
+            None => (&*self.socket).write(buf),
+            // tungstenite hands over whole frames, so each chunk stays in one piece.
+            Some(outbox) => match outbox.push(Frame::from(buf)) {
+                Ok(()) => Ok(buf.len()),
+                Err(why) => Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("{why:?}"),
+                )),
+            },
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &self.outbox {
+            None => (&*self.socket).flush(),
+            Some(_) => Ok(()),
+        }
+    }
+}
