@@ -30,12 +30,13 @@ use tungstenite::{Error, Message, WebSocket};
 use crate::config::Config;
 use crate::handshake::handshake;
 use crate::log::LogReader;
+use crate::outbox::Outbox;
 use crate::rate::{RateLimit, Verdict};
 use crate::room::{ClientId, Event};
 use crate::stream::ClientStream;
 use crate::trace::{Direction, Trace};
 use crate::wire;
-use crate::writer::{Outbox, Writer};
+use crate::writer::Writer;
 
 /// tungstenite's read buffer, which it fills with zeros before each read, so every byte
 /// of it is memory an idle client holds. Its 128 KiB default would cost more than all

@@ -197,8 +197,14 @@ impl Log {
     pub fn append(&mut self, frame: &[u8]) -> u64 {
         let start = self.head();
         if !self.filling.room_for(frame.len()) {
+            let was_empty = self.filling.end() == start && self.filling.base() == start;
             self.filling = Segment::new(start, frame.len());
-            self.shared.segments().push_back(self.filling.clone());
+            let mut segments = self.shared.segments();
+            if was_empty {
+                segments.pop_back(); // no two segments start at the same offset
+            }
+            segments.push_back(self.filling.clone());
+            drop(segments);
             self.shared.trim();
         }
         self.filling.append(frame);
@@ -315,7 +321,7 @@ impl Cursor {
         self.at += by;
         if self.at >= self.segment.end() {
             if let Some(next) = snapshot.iter().rev().find(|s| s.base() <= self.at) {
-                if next.base() > self.segment.base() {
+                if !Arc::ptr_eq(next, &self.segment) && next.base() >= self.segment.base() {
                     self.segment = next.clone();
                 }
             }

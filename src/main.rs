@@ -19,9 +19,11 @@
 
 mod client;
 mod config;
+mod delivery;
 mod handshake;
 mod listener;
 mod log;
+mod outbox;
 mod page;
 mod rate;
 mod room;

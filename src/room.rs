@@ -20,9 +20,10 @@ use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
 use crate::log::Log;
+use crate::outbox::Outbox;
 use crate::trace::Trace;
 use crate::wire;
-use crate::writer::{Outbox, Writer};
+use crate::writer::Writer;
 
 /// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
 pub const NICKNAME_SPACE: u32 = 100_000;

@@ -10,9 +10,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::outbox::Outbox;
 use crate::trace::FrameTrace;
 use crate::wire::Frame;
-use crate::writer::Outbox;
 
 /// The stream tungstenite reads and writes.
 ///

@@ -1,8 +1,11 @@
 //! What the standard library cannot do for a server: wait for SIGINT/SIGTERM, raise the
-//! open-file limit, and tune malloc for many threads. Thin calls into libc.
+//! open-file limit, tune malloc for many threads, send without blocking, and wait for many
+//! sockets at once (epoll). Thin calls into libc.
 
-use std::io;
-use std::mem::MaybeUninit;
+use std::io::{self, IoSlice};
+use std::mem::{self, MaybeUninit};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// SIGINT and SIGTERM, blocked in every thread so that one thread can wait for them.
 pub struct ShutdownSignals(libc::sigset_t);
@@ -68,5 +71,128 @@ pub fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets a tuning parameter; called before other threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// One `sendmsg` that fails with `WouldBlock` rather than wait, on a socket that stays
+/// blocking for its reader thread.
+pub fn send_nonblocking(socket: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is valid; IoSlice is ABI-compatible with iovec, and the slices
+    // outlive the call.
+    let sent = unsafe {
+        let mut message: libc::msghdr = mem::zeroed();
+        message.msg_iov = slices.as_ptr() as *mut libc::iovec;
+        message.msg_iovlen = slices.len() as _;
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &message,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match sent {
+        n if n >= 0 => Ok(n as usize),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// An epoll set plus an eventfd: how one thread sleeps until one of many sockets has room
+/// to send again, or another thread wakes it.
+pub struct Poller {
+    epoll: OwnedFd,
+    wake: OwnedFd,
+}
+
+/// The token the eventfd reports under; sockets use any other.
+const WAKE_TOKEN: u64 = u64::MAX;
+
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
+        // SAFETY: plain system calls; each result is checked, then owned here alone.
+        let (epoll, wake) = unsafe {
+            let epoll = OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
+            let wake = cvt(libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+            (epoll, OwnedFd::from_raw_fd(wake))
+        };
+        let poller = Poller { epoll, wake };
+        poller.control(
+            libc::EPOLL_CTL_ADD,
+            poller.wake.as_raw_fd(),
+            libc::EPOLLIN,
+            WAKE_TOKEN,
+        )?;
+        Ok(poller)
+    }
+
+    /// Reports `token` whenever the socket's send buffer, once full, has room again
+    /// (edge-triggered: nothing is reported while it simply stays writable).
+    pub fn watch_writable(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.control(
+            libc::EPOLL_CTL_ADD,
+            fd,
+            libc::EPOLLOUT | libc::EPOLLET,
+            token,
+        )
+    }
+
+    pub fn forget(&self, fd: RawFd) {
+        let _ = self.control(libc::EPOLL_CTL_DEL, fd, 0, 0);
+    }
+
+    /// Ends a [`Poller::wait`] in progress, or the next one.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to our own eventfd. It can only fail when
+        // the counter is full, and then a wake-up is pending anyway.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Sleeps until a watched socket has room, a wake-up, or the timeout (`None`: no
+    /// timeout). Puts the tokens of the sockets with room in `ready`.
+    pub fn wait(
+        &self,
+        timeout: Option<std::time::Duration>,
+        events: &mut [libc::epoll_event],
+        ready: &mut Vec<u64>,
+    ) {
+        let timeout_ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // SAFETY: the buffer is live and its length is passed.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len().min(i32::MAX as usize) as i32,
+                timeout_ms,
+            )
+        };
+        ready.clear();
+        for event in &events[..usize::try_from(n).unwrap_or(0)] {
+            match event.u64 {
+                WAKE_TOKEN => {
+                    let mut count: u64 = 0;
+                    // SAFETY: reads 8 bytes into a live local from our non-blocking eventfd.
+                    unsafe {
+                        libc::read(self.wake.as_raw_fd(), (&mut count as *mut u64).cast(), 8)
+                    };
+                }
+                token => ready.push(token),
+            }
+        }
+    }
+
+    fn control(&self, op: i32, fd: RawFd, events: i32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
+        // SAFETY: `event` is a live local; the kernel checks the descriptors.
+        cvt(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) }).map(|_| ())
+    }
+}
+
+fn cvt(result: i32) -> io::Result<i32> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
     }
 }

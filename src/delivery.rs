@@ -1,0 +1,307 @@
+//! One client's delivery: where it is in the log, what waits for it alone, and the one
+//! `sendmsg` that sends both.
+//!
+//! The bytes a client gets are the log from its cursor on, with its private frames (each
+//! marked with the log offset it goes before) in their places. A send may stop anywhere,
+//! mid-frame and mid-segment; the next one picks up there. When the connection closes, a
+//! limit says where in the log it stops: after the frame it is in, never inside one.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use crate::log::{Cursor, Segment};
+use crate::outbox::Outbox;
+use crate::sys::send_nonblocking;
+use crate::trace::{Direction, FrameTrace, Trace};
+use crate::wire::{self, Frame};
+
+/// Linux takes at most 1024 pieces in one `sendmsg`.
+const MAX_SLICES_PER_SEND: usize = 1024;
+
+/// What the writer keeps for one client.
+pub struct Delivery {
+    pub outbox: Arc<Outbox>,
+    cursor: Cursor,
+    /// Frames for this client alone, each with the log offset it goes before.
+    private: VecDeque<(u64, Frame)>,
+    /// How much of the first private frame is already sent.
+    private_sent: usize,
+    /// Log bytes from here on are never sent: the connection closes at this frame boundary.
+    limit: u64,
+    evicted: bool,
+    /// With `--trace`: decodes what is sent, frame by frame.
+    frames_out: Option<FrameTrace>,
+}
+
+/// How one send went.
+#[derive(Debug, PartialEq)]
+pub enum Sent {
+    /// `full`: the socket took less than it was offered. `more`: there was more than one
+    /// `sendmsg` can carry, which is for the next pass.
+    Bytes { sent: usize, full: bool, more: bool },
+    /// The cursor fell out of the log.
+    Lapped,
+    /// The connection is broken.
+    Failed,
+}
+
+impl Delivery {
+    pub fn new(outbox: Arc<Outbox>, cursor: Cursor, trace: Trace) -> Delivery {
+        Delivery {
+            outbox,
+            cursor,
+            private: VecDeque::new(),
+            private_sent: 0,
+            limit: u64::MAX,
+            evicted: false,
+            frames_out: trace.frames(Direction::Out),
+        }
+    }
+
+    /// Takes the private frames queued since the last call. Once the reader is done, fixes
+    /// where the log stops for this client: after its last private frame's place, and never
+    /// inside a frame.
+    pub fn collect(&mut self) {
+        let closing = self.outbox.take(&mut self.private);
+        if closing && self.is_open() {
+            let last = self.private.back().map_or(0, |(at, _)| *at);
+            self.limit = last.max(self.cursor.frame_end());
+        }
+    }
+
+    /// Still taking lines from the log.
+    pub fn is_open(&self) -> bool {
+        self.limit == u64::MAX
+    }
+
+    pub fn behind(&self, head: u64) -> u64 {
+        self.cursor.behind(head)
+    }
+
+    /// Everything up to the limit is sent: the socket can be shut.
+    pub fn finished(&self) -> bool {
+        !self.is_open() && self.private.is_empty() && self.cursor.at() >= self.limit
+    }
+
+    /// Gives up on the client: what it has not started is dropped, and close 1008 follows the
+    /// frame it is in. Returns false if it was already evicted.
+    pub fn evict(&mut self) -> bool {
+        if self.evicted {
+            return false;
+        }
+        self.evicted = true;
+        let mid_private = self.private_sent > 0;
+        self.private.truncate(usize::from(mid_private));
+        self.limit = if mid_private {
+            self.cursor.at()
+        } else {
+            self.cursor.frame_end()
+        };
+        let close = wire::close_frame(wire::CLOSE_POLICY, "too slow");
+        self.private.push_back((self.limit, close));
+        true
+    }
+
+    /// Builds the slices from the cursor to `head` (or the client's limit), with private frames
+    /// in their places, and sends them with one `sendmsg`.
+    pub fn send(&mut self, snapshot: &[Arc<Segment>], head: u64, trace: Trace) -> Sent {
+        let to = head.min(self.limit);
+        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        // For each slice: true if it is a private frame, and its length.
+        let mut kinds: Vec<(bool, usize)> = Vec::new();
+        let mut pos = self.cursor.at();
+        for (i, (at, frame)) in self.private.iter().enumerate() {
+            // Only a frame queued before the join can lie before the cursor, which then still
+            // sits on the join line's first byte: a frame boundary.
+            let at = (*at).max(pos);
+            if at > to {
+                break;
+            }
+            let before = slices.len();
+            if self.cursor.gather(pos, at, snapshot, &mut slices).is_err() {
+                return Sent::Lapped;
+            }
+            kinds.extend(slices[before..].iter().map(|s| (false, s.len())));
+            pos = at;
+            let skip = if i == 0 { self.private_sent } else { 0 };
+            slices.push(IoSlice::new(&frame[skip..]));
+            kinds.push((true, frame.len() - skip));
+        }
+        let before = slices.len();
+        if self.cursor.gather(pos, to, snapshot, &mut slices).is_err() {
+            return Sent::Lapped;
+        }
+        kinds.extend(slices[before..].iter().map(|s| (false, s.len())));
+        if slices.is_empty() {
+            return Sent::Bytes {
+                sent: 0,
+                full: false,
+                more: false,
+            };
+        }
+        let total = slices.len();
+        let count = total.min(MAX_SLICES_PER_SEND);
+        let offered: usize = kinds[..count].iter().map(|k| k.1).sum();
+        let sent = match send_nonblocking(&self.outbox.socket, &slices[..count]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(_) => return Sent::Failed,
+        };
+        if let Some(frames) = &mut self.frames_out {
+            let who = self.outbox.label();
+            let mut left = sent;
+            for slice in &slices[..count] {
+                let n = left.min(slice.len());
+                frames.feed(&slice[..n], &who);
+                left -= n;
+            }
+            trace.decision(&who, &format!("wrote {sent} bytes in 1 system call(s)"));
+        }
+        drop(slices);
+
+        let mut left = sent;
+        for (private, len) in kinds.into_iter().take(count) {
+            let n = left.min(len);
+            left -= n;
+            if private {
+                self.private_sent += n;
+                if n == len {
+                    self.private.pop_front();
+                    self.private_sent = 0;
+                }
+            } else {
+                self.cursor.advance(n as u64, snapshot);
+            }
+            if n < len {
+                break;
+            }
+        }
+        Sent::Bytes {
+            sent,
+            full: sent < offered,
+            more: count < total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Log;
+    use crate::writer::Writer;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    /// A connected pair on loopback: the server's end (for an outbox) and the client's.
+    fn pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        (Arc::new(server), client)
+    }
+
+    fn delivery(log: &Log, socket: Arc<TcpStream>, at: u64) -> Delivery {
+        let writer = Writer::spawn(0, log.reader(), Duration::from_secs(5), Trace::new(false));
+        let peer = socket.peer_addr().unwrap();
+        let outbox = Outbox::new(socket, peer, writer.unwrap(), log.reader());
+        Delivery::new(outbox, log.reader().cursor_at(at), Trace::new(false))
+    }
+
+    fn send_all(delivery: &mut Delivery, log: &Log) -> Sent {
+        let mut snapshot = Vec::new();
+        log.reader().snapshot(&mut snapshot);
+        delivery.collect();
+        delivery.send(&snapshot, log.head(), Trace::new(false))
+    }
+
+    /// Reads frames until `count` have arrived; returns each frame's first byte and payload.
+    fn frames(socket: &mut TcpStream, count: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 65536];
+        while frames.len() < count {
+            let n = socket.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {} frames", frames.len());
+            bytes.extend_from_slice(&buf[..n]);
+            while let Some(len) = wire::frame_len(&bytes).filter(|&l| l <= bytes.len()) {
+                let header = match bytes[1] & 0x7f {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                frames.push((bytes[0], bytes[header..len].to_vec()));
+                bytes.drain(..len);
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn a_private_frame_goes_between_the_log_ranges_around_it() {
+        let mut log = Log::new(1 << 20);
+        let (server, mut client) = pair();
+        let mut delivery = delivery(&log, server, 0);
+        log.append(&wire::text_frame("one"));
+        log.append(&wire::text_frame("two"));
+        delivery
+            .outbox
+            .push(wire::text_frame("only for you"))
+            .unwrap();
+        log.append(&wire::text_frame("three"));
+        assert!(matches!(
+            send_all(&mut delivery, &log),
+            Sent::Bytes { full: false, .. }
+        ));
+        let got: Vec<Vec<u8>> = frames(&mut client, 4).into_iter().map(|f| f.1).collect();
+        let want: Vec<&[u8]> = vec![b"one", b"two", b"only for you", b"three"];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_evicted_client_gets_the_rest_of_its_frame_then_close_1008() {
+        let mut log = Log::new(1 << 24);
+        let (server, mut client) = pair();
+        // Small buffers, so the big frame cannot go in one send.
+        let small: libc::c_int = 4096;
+        // SAFETY: a live local of the type the option expects.
+        unsafe {
+            libc::setsockopt(
+                server.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let mut delivery = delivery(&log, server, 0);
+        let big = "b".repeat(3 << 20);
+        log.append(&wire::text_frame(&big));
+        log.append(&wire::text_frame("never sent"));
+        let first = send_all(&mut delivery, &log);
+        assert!(
+            matches!(first, Sent::Bytes { full: true, .. }),
+            "the socket should take only part: {first:?}"
+        );
+        assert!(delivery.evict());
+        assert!(!delivery.evict(), "evicted once");
+        let reading = std::thread::spawn(move || frames(&mut client, 2));
+        while !delivery.finished() {
+            if send_all(&mut delivery, &log) == Sent::Failed {
+                panic!("the send failed");
+            }
+        }
+        let got = reading.join().unwrap();
+        assert_eq!(got[0].0, 0x81);
+        assert_eq!(got[0].1.len(), big.len(), "the big frame arrives whole");
+        assert_eq!(got[1].0, 0x88);
+        assert_eq!(&got[1].1[..2], &1008u16.to_be_bytes());
+        assert_eq!(&got[1].1[2..], b"too slow");
+    }
+}
