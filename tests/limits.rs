@@ -375,28 +375,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn own_hard_open_file_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a live local of the expected type.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    limit.rlim_max
-}
-
-fn raise_own_open_file_limit() {
-    let hard = own_hard_open_file_limit();
-    let limit = libc::rlimit {
-        rlim_cur: hard,
-        rlim_max: hard,
-    };
-    // SAFETY: a live local of the expected type.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-}
-
 #[test]
-fn a_burst_longer_than_the_outbox_does_not_evict_clients_that_read() {
+fn a_long_burst_does_not_evict_clients_that_read() {
     let server = Server::start(&["--rate-limit", "0"]);
     let mut reader = server.join();
     let mut sender = server.join();

@@ -393,3 +393,24 @@ impl RawClient {
 }
 
 pub const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+pub fn own_hard_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a live local of the expected type.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_max
+}
+
+/// Tests that hold many sockets need more than the usual soft limit of 1024.
+pub fn raise_own_open_file_limit() {
+    let hard = own_hard_open_file_limit();
+    let limit = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: a live local of the expected type.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+}
