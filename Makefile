@@ -40,13 +40,16 @@ websocat:
 chromium:
 	@bash tests/browser/ensure-chromium.sh
 
-## bench: drive the release server with up to 10,000 clients; prints one table (~8 min)
+## bench: drive the release server with up to 10,000 clients, beside a peer server
+## (tokio-tungstenite's example chat, built from crates.io); prints one table (~15 min)
 bench:
 	cargo build --release
 	cargo build --release --no-default-features --target-dir target/untraced
 	cargo build --release --manifest-path tests/loadgen/Cargo.toml --target-dir target
+	bash tests/loadgen/peer/build.sh
 	@bash tests/loadgen/ensure-perf.sh
-	target/release/threadchat-loadgen target/release/threadchat target/untraced/release/threadchat | tee target/bench.md
+	target/release/threadchat-loadgen target/release/threadchat target/untraced/release/threadchat \
+	  target/release/tokio-tungstenite-chat | tee target/bench.md
 
 ## trace-session: print the --trace session that docs/WALKTHROUGH.md quotes
 trace-session:

@@ -8,17 +8,21 @@
 mod conn;
 mod probe;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use probe::Server;
+use probe::{Kind, Server};
 
 /// Clients that send in the fanout scenarios.
 const SENDERS: usize = 10;
+/// A late reader reads this long, at most, after its socket has data: a client busy with
+/// something else, as browsers and phones are. Drawn at random for every read.
+const LATE_READ: Duration = Duration::from_millis(4);
 /// Fixed aggregate rate for the steady fanout runs.
 const STEADY_RATE_PER_S: u64 = 200;
 /// How long each measured fanout phase sends.
@@ -31,8 +35,10 @@ const SLOW_LINE_BYTES: usize = 4096;
 const WINDOW_PER_SENDER: u32 = 40;
 /// Longest wait for the last deliveries after sending stops.
 const DRAIN_FOR: Duration = Duration::from_secs(10);
+/// Handshakes under way at once in the storm: what a restart's reconnecting pages bring.
+const STORM_HANDSHAKES_IN_FLIGHT: usize = 256;
 /// Longest wait for all clients to join.
-const JOIN_FOR: Duration = Duration::from_secs(20);
+const JOIN_FOR: Duration = Duration::from_secs(90);
 
 struct Client {
     stream: TcpStream,
@@ -48,6 +54,8 @@ struct Client {
     in_flight: u32,
     /// The latest settle marker this client has heard.
     settled: usize,
+    /// A late read is already scheduled for this client.
+    read_pending: bool,
 }
 
 /// One scenario's clients and what they observed.
@@ -66,11 +74,18 @@ struct Load {
     left_at: Option<Duration>,
     scratch: Vec<u8>,
     next_source: u32,
+    kind: Kind,
+    /// Late readers: reads wait a random time up to this after data arrives.
+    late: Option<Duration>,
+    reads_due: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
 impl Load {
-    fn new() -> Load {
+    fn new(kind: Kind, late: bool) -> Load {
         Load {
+            kind,
+            late: late.then_some(LATE_READ),
+            reads_due: BinaryHeap::new(),
             poll: Poll::new().expect("epoll"),
             events: Events::with_capacity(4096),
             clients: Vec::new(),
@@ -95,59 +110,77 @@ impl Load {
             let source = 2 + (self.next_source % 250) as u8;
             self.next_source += 1;
             let (std_stream, early) = conn::connect(server.ws, source).expect("connect");
-            std_stream.set_nonblocking(true).expect("nonblocking");
-            let mut stream = TcpStream::from_std(std_stream);
-            let token = Token(self.clients.len());
-            let interest = if reads {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::WRITABLE
-            };
-            self.poll
-                .registry()
-                .register(&mut stream, token, interest)
-                .expect("register");
-            self.clients.push(Client {
-                stream,
-                inbuf: early,
-                outbuf: Vec::new(),
-                reads,
-                open: true,
-                nickname: String::new(),
-                joins_seen: 0,
-                got: 0,
-                order: 0,
-                in_flight: 0,
-                settled: 0,
-            });
-            let i = self.clients.len() - 1;
-            self.parse(i);
-            if i.is_multiple_of(32) {
+            self.add(std_stream, early, reads);
+            if self.clients.len().is_multiple_of(32) {
                 self.turn(Duration::ZERO);
             }
             assert!(start.elapsed() < JOIN_FOR, "joining took too long");
         }
+        self.settle(reads);
+    }
+
+    /// Takes over a connected client.
+    fn add(&mut self, std_stream: std::net::TcpStream, early: Vec<u8>, reads: bool) {
+        std_stream.set_nonblocking(true).expect("nonblocking");
+        let mut stream = TcpStream::from_std(std_stream);
+        let token = Token(self.clients.len());
+        let interest = if reads {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::WRITABLE
+        };
+        self.poll
+            .registry()
+            .register(&mut stream, token, interest)
+            .expect("register");
+        self.clients.push(Client {
+            stream,
+            inbuf: early,
+            outbuf: Vec::new(),
+            reads,
+            open: true,
+            nickname: String::new(),
+            joins_seen: 0,
+            got: 0,
+            order: 0,
+            in_flight: 0,
+            settled: 0,
+            read_pending: false,
+        });
+        let i = self.clients.len() - 1;
+        self.parse(i);
+    }
+
+    /// Waits until every reader has heard every join so far.
+    fn settle(&mut self, reads: bool) {
         // Clients get their 101 before the room announces them, so joins may be
         // announced in another order than they connected. Wait for each reader's own
         // join (or, for a client that never reads, for the others to hear it), then
-        // send a marker: once everyone has it, everyone has heard every join.
-        let heard_before = self.clients[0].joins_seen;
-        let announced = self.run_until(JOIN_FOR, |load| {
-            if reads {
-                load.clients
-                    .iter()
-                    .all(|c| !c.reads || !c.nickname.is_empty())
-            } else {
-                load.clients[0].joins_seen > heard_before
-            }
-        });
-        assert!(announced, "not every client was announced in time");
+        // send a marker: once everyone has it, everyone has heard every join. The peer
+        // announces nobody, and does not send client 0 its own marker.
+        if self.kind == Kind::Threadchat {
+            let heard_before = self.clients[0].joins_seen;
+            let announced = self.run_until(JOIN_FOR, |load| {
+                if reads {
+                    load.clients
+                        .iter()
+                        .all(|c| !c.reads || !c.nickname.is_empty())
+                } else {
+                    load.clients[0].joins_seen > heard_before
+                }
+            });
+            assert!(announced, "not every client was announced in time");
+        }
         let marker = self.clients.len();
         let text = format!("settle {marker}");
         conn::client_frame(0x1, text.as_bytes(), &mut self.clients[0].outbuf);
         self.flush(0);
+        let peer = self.kind == Kind::Peer;
         let settled = self.run_until(JOIN_FOR, |load| {
-            load.clients.iter().all(|c| !c.reads || c.settled == marker)
+            load.clients
+                .iter()
+                .enumerate()
+                .all(|(i, c)| !c.reads || c.settled == marker || (peer && i == 0))
         });
         assert!(settled, "the settle marker did not reach every client");
     }
@@ -155,6 +188,11 @@ impl Load {
     /// One pass of the event loop: waits up to `timeout` for readiness, then reads and
     /// writes whatever is ready.
     fn turn(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        let timeout = match self.reads_due.peek() {
+            Some(Reverse((at, _))) => timeout.min(at.saturating_duration_since(now)),
+            None => timeout,
+        };
         if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
             assert_eq!(e.kind(), io::ErrorKind::Interrupted, "poll: {e}");
             return;
@@ -172,11 +210,28 @@ impl Load {
             .collect();
         for (i, readable, writable) in ready {
             if readable && self.clients[i].reads {
-                self.read(i);
+                match self.late {
+                    None => self.read(i),
+                    Some(_) if self.clients[i].read_pending => {}
+                    Some(most) => {
+                        let delay = most.mul_f64(rand_unit());
+                        self.clients[i].read_pending = true;
+                        self.reads_due.push(Reverse((Instant::now() + delay, i)));
+                    }
+                }
             }
             if writable {
                 self.flush(i);
             }
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((at, i))) = self.reads_due.peek() {
+            if at > now {
+                break;
+            }
+            self.reads_due.pop();
+            self.clients[i].read_pending = false;
+            self.read(i);
         }
     }
 
@@ -258,12 +313,17 @@ impl Load {
             }
             return;
         }
-        if let Some((_, marker)) = text.split_once(": settle ") {
+        // threadchat prefixes "user-N: "; the peer passes the text on as it came.
+        let text = match text.split_once(": ") {
+            Some((_, rest)) if self.kind == Kind::Threadchat => rest,
+            _ => &text,
+        };
+        if let Some(marker) = text.strip_prefix("settle ") {
             self.clients[i].settled = marker.parse().unwrap_or(0);
             return;
         }
-        // "user-N: b <id> <sender> <sent_us>"
-        let Some((_, body)) = text.split_once(": b ") else {
+        // "b <id> <sender> <sent_us>"
+        let Some(body) = text.strip_prefix("b ") else {
             return;
         };
         let mut fields = body.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
@@ -275,8 +335,10 @@ impl Load {
         let client = &mut self.clients[i];
         client.got += 1;
         client.order = (client.order ^ id).wrapping_mul(0x0100_0000_01b3);
-        if sender == i {
-            client.in_flight = client.in_flight.saturating_sub(1);
+        // The next client is the sender's witness: the peer sends nobody their own lines.
+        if i == (sender + 1) % self.clients.len() {
+            let sender = &mut self.clients[sender];
+            sender.in_flight = sender.in_flight.saturating_sub(1);
         }
         self.delivered += 1;
         self.latencies_us
@@ -312,6 +374,29 @@ impl Load {
     fn readers(&self) -> u64 {
         self.clients.iter().filter(|c| c.reads && c.open).count() as u64
     }
+
+    /// How many clients get each line: the peer skips its sender.
+    fn recipients(&self) -> u64 {
+        match self.kind {
+            Kind::Threadchat => self.readers(),
+            Kind::Peer => self.readers().saturating_sub(1),
+        }
+    }
+}
+
+/// A random number in [0, 1), from the process's own cheap generator.
+fn rand_unit() -> f64 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = const { Cell::new(0x9E37_79B9_7F4A_7C15) });
+    STATE.with(|s| {
+        // xorshift64*: plenty for spreading read times.
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// What one fanout run measured.
@@ -336,24 +421,60 @@ enum Pace {
 }
 
 /// One fanout run; `stalled` adds a client that never reads.
+#[derive(Clone, Copy)]
 struct Shape {
     clients: usize,
+    senders: usize,
     pace: Pace,
     stalled: bool,
+    late: bool,
     padding: usize,
     send_for: Duration,
 }
 
-fn fanout(binary: &str, shape: Shape) -> Fanout {
+impl Shape {
+    /// The usual run: 10 senders, prompt readers, short lines.
+    fn new(clients: usize, pace: Pace) -> Shape {
+        Shape {
+            clients,
+            senders: SENDERS,
+            pace,
+            stalled: false,
+            late: false,
+            padding: 0,
+            send_for: SEND_FOR,
+        }
+    }
+}
+
+/// The server a run drives: a threadchat binary, or the peer's.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Threadchat(&'a str),
+    Peer(&'a str),
+}
+
+impl Target<'_> {
+    fn start(self) -> Server {
+        match self {
+            Target::Threadchat(binary) => Server::start(binary, &["--ping-interval", "0"]),
+            Target::Peer(binary) => Server::start_peer(binary),
+        }
+    }
+}
+
+fn fanout(target: Target, shape: Shape) -> Fanout {
     let Shape {
         clients,
+        senders,
         pace,
         stalled,
+        late,
         padding,
         send_for,
     } = shape;
-    let server = Server::start(binary, &["--ping-interval", "0"]);
-    let mut load = Load::new();
+    let server = target.start();
+    let mut load = Load::new(server.kind, late);
     load.join(&server, clients, true);
     if stalled {
         load.join(&server, 1, false);
@@ -373,7 +494,7 @@ fn fanout(binary: &str, shape: Shape) -> Fanout {
             Pace::Steady(rate) => {
                 let gap = Duration::from_nanos(1_000_000_000 / rate);
                 while Instant::now() >= next_send {
-                    load.send(turn % SENDERS, &padding);
+                    load.send(turn % senders, &padding);
                     turn += 1;
                     next_send += gap;
                 }
@@ -381,7 +502,7 @@ fn fanout(binary: &str, shape: Shape) -> Fanout {
                 load.turn(wait.min(Duration::from_millis(5)));
             }
             Pace::AsFastAsItGoes => {
-                for s in 0..SENDERS {
+                for s in 0..senders {
                     while load.clients[s].in_flight < WINDOW_PER_SENDER {
                         load.send(s, &padding);
                     }
@@ -390,8 +511,7 @@ fn fanout(binary: &str, shape: Shape) -> Fanout {
             }
         }
     }
-    let readers = load.readers();
-    let expected = load.sent * readers;
+    let expected = load.sent * load.recipients();
     load.run_until(DRAIN_FOR, |l| l.delivered >= expected);
     let elapsed = started.elapsed();
     let cpu = server.cpu() - cpu_before;
@@ -441,7 +561,7 @@ struct Idle {
 fn idle(binary: &str, clients: usize, hold: Duration, quiet: Duration) -> Idle {
     let server = Server::start(binary, &[]);
     let empty_rss = server.status("VmRSS");
-    let mut load = Load::new();
+    let mut load = Load::new(Kind::Threadchat, false);
     load.join(&server, clients, true);
     let joined = load
         .clients
@@ -478,6 +598,74 @@ fn idle(binary: &str, clients: usize, hold: Duration, quiet: Duration) -> Idle {
     }
 }
 
+/// What one storm measured.
+struct StormRun {
+    held: usize,
+    evicted: usize,
+    peak_per_client_kib: f64,
+    rss_after_kib: u64,
+}
+
+/// `clients` connect at once, `in_flight` handshakes at a time, and read late; once all
+/// have heard every join they all leave. Repeated `rounds` times against one server, as
+/// restarts of the pages would do. Returns the server's empty RSS and each round.
+fn storm(binary: &str, clients: usize, in_flight: usize, rounds: usize) -> (u64, Vec<StormRun>) {
+    let server = Server::start(binary, &["--ping-interval", "0"]);
+    let empty_rss = server.status("VmRSS");
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        let mut load = Load::new(Kind::Threadchat, true);
+        let addr = server.ws;
+        let connectors: Vec<_> = (0..in_flight)
+            .map(|t| {
+                // Thread t connects clients t, t + in_flight, t + 2 * in_flight, ...
+                let mine = (clients + in_flight - 1 - t) / in_flight;
+                std::thread::spawn(move || {
+                    (0..mine)
+                        .map(|k| {
+                            let source = 2 + ((t + k * in_flight + round) % 250) as u8;
+                            conn::connect(addr, source).expect("connect during the storm")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for connector in connectors {
+            for (stream, early) in connector.join().expect("a connector thread") {
+                load.add(stream, early, true);
+            }
+        }
+        load.settle(true);
+        // Everyone has heard everyone: anyone evicted would have been closed by now.
+        load.run_until(Duration::from_millis(500), |_| false);
+        let held = load.readers() as usize;
+        assert_eq!(load.clients.len(), clients, "every client connected");
+        let peak = server.status("VmHWM");
+        drop(load);
+        let gone = wait_for(Duration::from_secs(60), || server.connection_threads() == 0);
+        assert!(gone, "the server did not notice every client leave");
+        std::thread::sleep(Duration::from_secs(5));
+        runs.push(StormRun {
+            held,
+            evicted: clients - held,
+            peak_per_client_kib: peak.saturating_sub(empty_rss) as f64 / clients as f64,
+            rss_after_kib: server.status("VmRSS"),
+        });
+    }
+    (empty_rss, runs)
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// One row of the table.
 struct Row {
     scenario: String,
@@ -492,6 +680,7 @@ fn main() {
         .next()
         .unwrap_or_else(|| "target/release/threadchat".into());
     let untraced = args.next();
+    let peer_binary = args.next();
     let quick = std::env::var("BENCH_QUICK").is_ok();
     // BENCH_ONLY=text runs only the scenarios whose name contains it.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -534,6 +723,95 @@ fn main() {
         );
     }
 
+    let ours = Target::Threadchat(&binary);
+    let peer = peer_binary.as_deref().map(Target::Peer);
+
+    // Against the peer, in the same run: a figure is a ratio, not an absolute.
+    if wanted("fanout C=10 5 senders max") {
+        let name = "fanout C=10 5 senders max";
+        let shape = Shape {
+            senders: 5,
+            ..Shape::new(10, Pace::AsFastAsItGoes)
+        };
+        let mine = fanout(ours, shape);
+        let theirs = peer.map(|p| fanout(p, shape));
+        row(
+            name,
+            "deliveries/s",
+            format!("{:.0}", mine.deliveries_per_s),
+            ">= peer",
+        );
+        row(name, "lost deliveries", mine.lost.to_string(), "0");
+        row(name, "latency p99 (ms)", format!("{:.1}", mine.p99_ms), "");
+        if let Some(t) = theirs {
+            row(
+                name,
+                "peer: deliveries/s",
+                format!("{:.0}", t.deliveries_per_s),
+                "",
+            );
+            row(
+                name,
+                "peer: latency p99 (ms)",
+                format!("{:.1}", t.p99_ms),
+                "",
+            );
+        }
+    }
+    for clients in [100usize, 1000] {
+        let name = format!("late C={clients} 200 msg/s");
+        if !wanted(&name) || (quick && clients > 100) {
+            continue;
+        }
+        let shape = Shape {
+            late: true,
+            ..Shape::new(clients, Pace::Steady(STEADY_RATE_PER_S))
+        };
+        let mine = fanout(ours, shape);
+        let theirs = peer.map(|p| fanout(p, shape));
+        let big = clients == 1000;
+        row(&name, "lost deliveries", mine.lost.to_string(), "0");
+        row(&name, "one order", mine.one_order.to_string(), "true");
+        row(
+            &name,
+            "latency p50 / p99 / max (ms)",
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                mine.p50_ms, mine.p99_ms, mine.max_ms
+            ),
+            if big { "p99 <= 30" } else { "p99 <= 8" },
+        );
+        row(
+            &name,
+            "server CPU per delivery (us)",
+            format!("{:.2}", mine.server_us_per_delivery),
+            if big { "<= 1.5 and <= 0.5x peer" } else { "" },
+        );
+        if let Some(t) = theirs {
+            row(
+                &name,
+                "peer: latency p50 / p99 (ms)",
+                format!("{:.1} / {:.1}", t.p50_ms, t.p99_ms),
+                "",
+            );
+            row(
+                &name,
+                "peer: server CPU per delivery (us)",
+                format!("{:.2}", t.server_us_per_delivery),
+                "",
+            );
+            row(
+                &name,
+                "ours / peer CPU per delivery",
+                format!(
+                    "{:.2}",
+                    mine.server_us_per_delivery / t.server_us_per_delivery
+                ),
+                if big { "<= 0.5" } else { "" },
+            );
+        }
+    }
+
     for &clients in if quick {
         &[10usize, 100][..]
     } else {
@@ -547,16 +825,7 @@ fn main() {
             if !wanted(&name) {
                 continue;
             }
-            let f = fanout(
-                &binary,
-                Shape {
-                    clients,
-                    pace,
-                    stalled: false,
-                    padding: 0,
-                    send_for: SEND_FOR,
-                },
-            );
+            let f = fanout(ours, Shape::new(clients, pace));
             let steady_1000 = clients == 1000 && matches!(pace, Pace::Steady(_));
             let max_1000 = clients == 1000 && matches!(pace, Pace::AsFastAsItGoes);
             row(
@@ -647,14 +916,13 @@ fn main() {
 
     if wanted("slow C=100 500 msg/s 4 KiB") {
         let shape = |stalled| Shape {
-            clients: 100,
-            pace: Pace::Steady(500),
             stalled,
             padding: SLOW_LINE_BYTES,
             send_for: SLOW_SEND_FOR,
+            ..Shape::new(100, Pace::Steady(500))
         };
-        let healthy = fanout(&binary, shape(false));
-        let slowed = fanout(&binary, shape(true));
+        let healthy = fanout(ours, shape(false));
+        let slowed = fanout(ours, shape(true));
         row(
             "slow C=100 500 msg/s 4 KiB",
             "healthy p99 alone (ms)",
@@ -696,14 +964,8 @@ fn main() {
             ("trace compiled out", untraced.as_str()),
         ] {
             let f = fanout(
-                bin,
-                Shape {
-                    clients: c,
-                    pace: Pace::Steady(STEADY_RATE_PER_S),
-                    stalled: false,
-                    padding: 0,
-                    send_for: SEND_FOR,
-                },
+                Target::Threadchat(bin),
+                Shape::new(c, Pace::Steady(STEADY_RATE_PER_S)),
             );
             let name = format!("{label} C={c}");
             row(
@@ -714,6 +976,36 @@ fn main() {
             );
             row(&name, "latency p99 (ms)", format!("{:.1}", f.p99_ms), "");
         }
+    }
+
+    if wanted("storm") {
+        let (clients, rounds) = if quick { (2000, 2) } else { (10_000, 5) };
+        let name = format!("storm C={clients} x{rounds}, late");
+        let (empty, runs) = storm(&binary, clients, STORM_HANDSHAKES_IN_FLIGHT, rounds);
+        let held: Vec<String> = runs.iter().map(|r| r.held.to_string()).collect();
+        row(&name, "held, each run", held.join(" "), "all, every run");
+        let evicted: usize = runs.iter().map(|r| r.evicted).sum();
+        row(&name, "evicted, all runs", evicted.to_string(), "0");
+        let peak = runs
+            .iter()
+            .map(|r| r.peak_per_client_kib)
+            .fold(0.0, f64::max);
+        row(
+            &name,
+            "peak RSS per client (KiB)",
+            format!("{peak:.1}"),
+            "<= 16",
+        );
+        let after = runs.iter().map(|r| r.rss_after_kib).max().unwrap_or(0);
+        row(
+            &name,
+            "RSS 5 s after all left / empty (KiB)",
+            format!(
+                "{after} / {empty} ({:.2}x)",
+                after as f64 / empty.max(1) as f64
+            ),
+            "<= 2x",
+        );
     }
 
     print_table(&rows);

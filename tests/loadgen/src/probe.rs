@@ -2,16 +2,50 @@
 //! through /proc and perf, so that measuring it changes nothing inside it.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Which chat server a run drives.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Kind {
+    Threadchat,
+    /// tokio-tungstenite's `examples/server.rs`: no nicknames, no join lines, and a sender
+    /// does not get its own lines back.
+    Peer,
+}
 
 pub struct Server {
     child: Child,
     pub ws: SocketAddr,
+    pub kind: Kind,
 }
 
 impl Server {
+    /// Starts the peer on a free port and waits until it accepts connections.
+    pub fn start_peer(binary: &str) -> Server {
+        let free = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let ws = free.local_addr().expect("its address");
+        drop(free);
+        let child = Command::new(binary)
+            .arg(ws.to_string())
+            // It prints a line for every message; nobody reads them.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(ws).is_err() {
+            assert!(Instant::now() < deadline, "the peer never listened on {ws}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Server {
+            child,
+            ws,
+            kind: Kind::Peer,
+        }
+    }
+
     pub fn start(binary: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(binary)
             .args(["--http-port", "0", "--ws-port", "0", "--rate-limit", "0"])
@@ -33,6 +67,7 @@ impl Server {
         Server {
             child,
             ws: ws.expect("the server printed no ws:// address"),
+            kind: Kind::Threadchat,
         }
     }
 
@@ -48,6 +83,19 @@ impl Server {
     /// A field of /proc/PID/status, in its own units (kB for memory).
     pub fn status(&self, field: &str) -> u64 {
         status_field(self.pid(), field)
+    }
+
+    /// Threads serving a connection (`upgrade-N`, `client-N`): none once everyone has left.
+    pub fn connection_threads(&self) -> usize {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()));
+        tasks
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .filter(|name| name.starts_with("client-") || name.starts_with("upgrade-"))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     pub fn open_files(&self) -> usize {
