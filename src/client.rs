@@ -34,6 +34,7 @@ use crate::outbox::Outbox;
 use crate::rate::{RateLimit, Verdict};
 use crate::room::{ClientId, Event};
 use crate::stream::ClientStream;
+use crate::sys;
 use crate::trace::{Direction, Trace};
 use crate::wire;
 use crate::writer::Writer;
@@ -50,9 +51,11 @@ pub const READ_BUFFER_BYTES: usize = 1024;
 /// Only address space is reserved; the handshake touches a few pages of it.
 pub const UPGRADE_STACK_BYTES: usize = 8 * READER_STACK_BYTES;
 
-/// Stack reserved for the reader thread. Only the pages it touches count against memory;
-/// this is the ceiling, well above the deepest call chain of the read path.
-pub const READER_STACK_BYTES: usize = 64 * 1024;
+/// Stack reserved for the reader thread (Rust's default is 2 MiB). Only the pages it
+/// touches count against memory, a few KiB. glibc keeps up to 40 MiB of exited threads'
+/// stacks for reuse, each with a couple of pages still in memory, so the size also decides
+/// how many it keeps after a storm has left: 40 at this size.
+pub const READER_STACK_BYTES: usize = 1024 * 1024;
 
 /// How long a client that we closed may take to answer with its own close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -121,7 +124,10 @@ pub fn handle_new_connection(
     let reader = thread::Builder::new()
         .name(format!("client-{id}"))
         .stack_size(READER_STACK_BYTES)
-        .spawn(move || run_reader(count, id, peer, ws, outbox, socket));
+        .spawn(move || {
+            run_reader(count, id, peer, ws, outbox, socket);
+            sys::release_unused_stack();
+        });
     if let Err(err) = reader {
         // The connection, its outbox and its count go with the failed closure.
         eprintln!("threadchat: no reader thread for {peer}: {err}");

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::client::{self, ConnectionCount, Shared, UPGRADE_STACK_BYTES};
+use crate::sys;
 
 /// Pause after `accept` fails for lack of file descriptors, so the loop does not spin
 /// while the process is at its limit; connections that end free descriptors meanwhile.
@@ -43,7 +44,10 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
         let spawned = thread::Builder::new()
             .name(format!("upgrade-{id}"))
             .stack_size(UPGRADE_STACK_BYTES)
-            .spawn(move || client::handle_new_connection(count, id, socket, peer, over_capacity));
+            .spawn(move || {
+                client::handle_new_connection(count, id, socket, peer, over_capacity);
+                sys::release_unused_stack();
+            });
         // On failure the closure is dropped, and the count with it.
         if let Err(err) = spawned {
             eprintln!("threadchat: no thread for {peer}: {err}");

@@ -14,19 +14,24 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
 use crate::log::Log;
 use crate::outbox::Outbox;
+use crate::sys;
 use crate::trace::Trace;
 use crate::wire;
 use crate::writer::Writer;
 
 /// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
 pub const NICKNAME_SPACE: u32 = 100_000;
+
+/// How long after the room has halved it gives memory back: the departed clients' threads
+/// free their buffers just after their leave reaches the room.
+const GIVE_BACK_AFTER: Duration = Duration::from_secs(1);
 
 /// Identifies one connection for its whole life, before and after it has a nickname.
 pub type ClientId = u64;
@@ -64,6 +69,10 @@ pub struct Room {
     log: Log,
     /// Woken after each append, so that none sleeps through a line.
     writers: Vec<Arc<Writer>>,
+    /// The most members since memory was last given back.
+    peak: usize,
+    /// Fires when it is time to give memory back; `never` until the room has halved.
+    give_back: Receiver<Instant>,
     trace: Trace,
 }
 
@@ -74,6 +83,8 @@ impl Room {
             taken: HashSet::new(),
             log,
             writers,
+            peak: 0,
+            give_back: crossbeam_channel::never(),
             trace,
         }
     }
@@ -96,6 +107,7 @@ impl Room {
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(pings) -> _ => self.ping_everyone(),
+                recv(self.give_back) -> _ => self.shrink(),
             }
         }
         self.say_goodbye();
@@ -119,6 +131,7 @@ impl Room {
             },
         );
         // The newcomer's cursor starts at its own join line: it sees everything from there.
+        self.peak = self.peak.max(self.members.len());
         let joined_at = self.send_to_all(&line);
         let cursor = self.log.reader().cursor_at(joined_at);
         outbox.writer().add(outbox.clone(), cursor);
@@ -143,6 +156,20 @@ impl Room {
         eprintln!("leave {} from {}", gone.nickname, gone.peer);
         self.trace.decision(&gone.nickname, "left the room");
         self.send_to_all(&format!(" .... {} has left.", gone.nickname));
+        if self.members.len() * 2 <= self.peak {
+            self.peak = self.members.len();
+            self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
+        }
+    }
+
+    /// After a storm of joins and leaves, gives back the memory the departed held: the
+    /// tables' spare room and the heap the readers freed. It runs each time the room has
+    /// halved since the last time, down to empty, so it costs little however many leave.
+    fn shrink(&mut self) {
+        self.members.shrink_to_fit();
+        self.taken.shrink_to_fit();
+        sys::give_back_free_heap();
+        self.give_back = crossbeam_channel::never();
     }
 
     /// Frames `line` once, appends it to the log, and returns where it starts.

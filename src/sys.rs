@@ -74,6 +74,52 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Hands the heap that freed clients left behind back to the system. glibc keeps freed
+/// memory in its arenas for reuse, so after a storm of joins and leaves the heap would stay
+/// at its peak.
+pub fn give_back_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Gives back the pages of the calling thread's stack below the current frame. Call it
+/// last thing in a thread: glibc keeps exited threads' stacks for reuse, with every page
+/// they touched still in memory, so after a storm the cache would hold thousands of them.
+pub fn release_unused_stack() {
+    // SAFETY: the attribute is initialised by pthread_getattr_np before use and destroyed
+    // after. The pages given back lie below the current frame, where nothing is live: the
+    // thread is about to exit, and signals are handled on their own stack or not at all.
+    unsafe {
+        let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
+        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+            return;
+        }
+        let mut attr = attr.assume_init();
+        let mut lowest: *mut libc::c_void = std::ptr::null_mut();
+        let mut size = 0;
+        let got = libc::pthread_attr_getstack(&attr, &mut lowest, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if got != 0 {
+            return;
+        }
+        let page = 4096;
+        let here = &lowest as *const _ as usize;
+        // Keep two pages under this frame for the calls still to come.
+        let below = here.saturating_sub(2 * page) & !(page - 1);
+        let lowest = lowest as usize;
+        if below > lowest {
+            libc::madvise(
+                lowest as *mut libc::c_void,
+                below - lowest,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+}
+
 /// One `sendmsg` that fails with `WouldBlock` rather than wait, on a socket that stays
 /// blocking for its reader thread.
 pub fn send_nonblocking(socket: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
