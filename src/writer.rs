@@ -294,7 +294,7 @@ impl Pump {
     /// The client is too far behind: it gets close 1008 after the frame it is in, and its
     /// reader ends now, so that the room announces the leave without waiting for the socket.
     fn evict(&mut self, slot: usize) {
-        let Some(client) = self.clients[slot].as_mut() else {
+        let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         let delivery = &mut client.delivery;
@@ -317,23 +317,25 @@ impl Pump {
     }
 
     fn drop_timed_out(&mut self, now: Instant) {
-        for slot in 0..self.clients.len() {
-            let timed_out = self.clients[slot].as_ref().is_some_and(|c| {
-                c.blocked && now.duration_since(c.last_progress) >= self.write_timeout
-            });
-            if timed_out {
-                if let Some(client) = &self.clients[slot] {
-                    let who = client.delivery.outbox.label();
-                    self.trace.decision(who, "write timed out; dropped");
-                }
-                self.drop_client(slot);
+        let timed_out: Vec<usize> = (0..self.clients.len())
+            .filter(|&slot| {
+                self.clients[slot].as_ref().is_some_and(|c| {
+                    c.blocked && now.duration_since(c.last_progress) >= self.write_timeout
+                })
+            })
+            .collect();
+        for slot in timed_out {
+            if let Some(Some(client)) = self.clients.get(slot) {
+                let who = client.delivery.outbox.label();
+                self.trace.decision(who, "write timed out; dropped");
             }
+            self.drop_client(slot);
         }
     }
 
     /// Shuts the socket (which also ends the reader) and forgets the client.
     fn drop_client(&mut self, slot: usize) {
-        let Some(client) = self.clients[slot].take() else {
+        let Some(client) = self.clients.get_mut(slot).and_then(Option::take) else {
             return;
         };
         if client.blocked {
