@@ -16,6 +16,7 @@ pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 pub const DEFAULT_FLOOD_CLOSE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_REDIS_MAX_ENTRIES: u64 = 100_000;
 
 /// More clients than this and a join could wait a long time for a free `user-N`: the
 /// room draws nicknames at random from 100,000.
@@ -44,6 +45,10 @@ pub struct Config {
     pub flood_close: Duration,
     /// Origins allowed besides the server's own host; `*` allows any.
     pub allow_origins: Vec<String>,
+    /// Share the room with other instances through this Redis.
+    pub redis: Option<String>,
+    /// The cluster's stream is trimmed to about this many lines.
+    pub redis_max_entries: u64,
     pub trace: bool,
 }
 
@@ -64,6 +69,8 @@ impl Default for Config {
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
             flood_close: DEFAULT_FLOOD_CLOSE,
             allow_origins: Vec::new(),
+            redis: None,
+            redis_max_entries: DEFAULT_REDIS_MAX_ENTRIES,
             trace: false,
         }
     }
@@ -71,7 +78,7 @@ impl Default for Config {
 
 /// What the command line asks for.
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
 }
 
@@ -98,6 +105,10 @@ Limits (times in seconds, fractions allowed):
   --rate-limit N             messages per second per client, burst 2N, 0 for no limit [default: {DEFAULT_RATE_LIMIT_PER_SEC}]
   --flood-close S            close a client that floods this long with 1008 [default: {}]
   --allow-origin ORIGIN      also accept pages from ORIGIN (repeatable, * for any)
+
+More than one machine (a build with the `redis` feature):
+  --redis URL                share one room with every instance using this Redis, e.g. redis://127.0.0.1:6379/
+  --redis-max-entries N      trim the shared stream to about N lines [default: {DEFAULT_REDIS_MAX_ENTRIES}]
 
 Learning:
   --trace                    print the handshake, every frame and every decision on stderr
@@ -147,6 +158,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--rate-limit" => config.rate_limit = parse_value(&flag, &value)?,
             "--flood-close" => config.flood_close = seconds(&flag, &value)?,
             "--allow-origin" => config.allow_origins.push(value),
+            "--redis" => config.redis = Some(value),
+            "--redis-max-entries" => config.redis_max_entries = positive(&flag, &value)? as u64,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -157,7 +170,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--max-lag-bytes must be at least twice --max-message-bytes ({least_lag})"
         ));
     }
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 fn parse_value<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
@@ -192,7 +205,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse(args.iter().map(|s| s.to_string()))? {
-            Command::Run(config) => Ok(config),
+            Command::Run(config) => Ok(*config),
             Command::Help => Err("help".into()),
         }
     }

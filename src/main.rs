@@ -18,6 +18,11 @@
 //! ```
 
 mod client;
+#[cfg(feature = "redis")]
+mod cluster;
+#[cfg(not(feature = "redis"))]
+#[path = "no_cluster.rs"]
+mod cluster;
 mod config;
 mod delivery;
 mod handshake;
@@ -64,7 +69,7 @@ const EVENT_QUEUE: usize = 4096;
 
 fn main() -> ExitCode {
     let config = match config::parse(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::usage());
             return ExitCode::SUCCESS;
@@ -86,6 +91,13 @@ fn main() -> ExitCode {
 fn run(config: Config) -> Result<(), String> {
     if config.trace && !cfg!(feature = "trace") {
         return Err("this build has no --trace (built without the trace feature)".into());
+    }
+    if config.redis.is_some() && !cfg!(feature = "redis") {
+        return Err(
+            "this build has no --redis: build it with the redis feature \
+                    (cargo build --release --features redis)"
+                .into(),
+        );
     }
     sys::limit_malloc_arenas();
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
@@ -122,13 +134,15 @@ fn run(config: Config) -> Result<(), String> {
         ),
     };
 
+    let trace = Trace::new(config.trace);
+    let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
+    let cluster = join_cluster(&config, trace, &events)?;
+
     // The addresses come last: scripts may take them as the sign that we are ready.
     println!("threadchat: open-file limit {open_files}, so at most {max_clients} clients");
     println!("threadchat: chat page on {page_url}");
     println!("threadchat: WebSocket server on ws://{ws_addr}/");
 
-    let trace = Trace::new(config.trace);
-    let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
     let log = Log::new(config.max_lag_bytes);
     // Sending is most of the work, so every core gets a writer.
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
@@ -154,7 +168,7 @@ fn run(config: Config) -> Result<(), String> {
     spawn("page", move || page::run(page_server, site, settings))?;
     let ping_interval = shared.config.ping_interval;
     let room = spawn("room", move || {
-        Room::new(log, writers, trace).run(room_events, ping_interval)
+        Room::new(log, writers, cluster, trace).run(room_events, ping_interval)
     })?;
     let stopping = shared.clone();
     spawn("signals", move || {
@@ -165,6 +179,35 @@ fn run(config: Config) -> Result<(), String> {
 
     listener::run(ws_listener, shared);
     Ok(())
+}
+
+/// With `--redis`: connects, prints the cluster line, and starts the stream and heartbeat
+/// threads, which feed the room through `events`.
+#[cfg(feature = "redis")]
+fn join_cluster(
+    config: &Config,
+    trace: Trace,
+    events: &crossbeam_channel::Sender<Event>,
+) -> Result<Option<cluster::Cluster>, String> {
+    let Some(url) = &config.redis else {
+        return Ok(None);
+    };
+    let (cluster, from) = cluster::Cluster::connect(url, config.redis_max_entries, trace)?;
+    cluster.start(from, events.clone())?;
+    println!(
+        "threadchat: room shared through {url} as instance {}",
+        cluster.instance()
+    );
+    Ok(Some(cluster))
+}
+
+#[cfg(not(feature = "redis"))]
+fn join_cluster(
+    _: &Config,
+    _: Trace,
+    _: &crossbeam_channel::Sender<Event>,
+) -> Result<Option<cluster::Cluster>, String> {
+    Ok(None)
 }
 
 /// Leaves room under the open-file limit for everything that is not a client.

@@ -10,6 +10,11 @@
 //! the [`Log`]; a newcomer's writer gets a cursor at the newcomer's own join line, and the
 //! writer threads do the slow part. The room never waits on anyone, and never looks at
 //! each member to send a line: a line costs the same with ten members or ten thousand.
+//!
+//! With `--redis` several instances share the room ([`Cluster`]): the room adds its lines to
+//! the cluster's stream instead of its log, and appends what the stream thread reads back,
+//! everyone's lines in the stream's one order. A newcomer starts reading at its own join
+//! line when that line comes back.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
+use crate::cluster::{Cluster, Entry, Unreachable};
 use crate::log::Log;
 use crate::outbox::Outbox;
 use crate::sys;
@@ -32,6 +38,15 @@ pub const NICKNAME_SPACE: u32 = 100_000;
 /// How long after the room has halved it gives memory back: the departed clients' threads
 /// free their buffers just after their leave reaches the room.
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(1);
+
+/// How often leaves that could not reach the cluster are tried again.
+const RETRY_OWED_EVERY: Duration = Duration::from_secs(1);
+
+/// Draws of a nickname that other instances hold before a newcomer is turned away.
+const MOST_DRAWS: usize = 100;
+
+/// What the sender alone hears when its line cannot reach the cluster.
+const NOT_SENT: &str = " .... not sent: the room is unreachable";
 
 /// Identifies one connection for its whole life, before and after it has a nickname.
 pub type ClientId = u64;
@@ -48,6 +63,9 @@ pub enum Event {
     Say { id: ClientId, text: Utf8Bytes },
     /// A connection ended, for whatever reason.
     Leave { id: ClientId },
+    /// Lines the stream thread read back from the cluster, in the cluster's order.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Stream(Vec<Entry>),
     /// The server is stopping: say goodbye to everyone.
     Shutdown,
 }
@@ -73,11 +91,20 @@ pub struct Room {
     peak: usize,
     /// Fires when it is time to give memory back; `never` until the room has halved.
     give_back: Receiver<Instant>,
+    /// The other instances sharing the room, if any.
+    cluster: Option<Cluster>,
+    /// Nicknames whose leave could not reach the cluster yet.
+    owed: Vec<String>,
     trace: Trace,
 }
 
 impl Room {
-    pub fn new(log: Log, writers: Vec<Arc<Writer>>, trace: Trace) -> Room {
+    pub fn new(
+        log: Log,
+        writers: Vec<Arc<Writer>>,
+        cluster: Option<Cluster>,
+        trace: Trace,
+    ) -> Room {
         Room {
             members: HashMap::new(),
             taken: HashSet::new(),
@@ -85,6 +112,8 @@ impl Room {
             writers,
             peak: 0,
             give_back: crossbeam_channel::never(),
+            cluster,
+            owed: Vec::new(),
             trace,
         }
     }
@@ -98,16 +127,22 @@ impl Room {
             Some(every) => tick(every),
             None => crossbeam_channel::never(),
         };
+        let retries = match self.cluster {
+            Some(_) => tick(RETRY_OWED_EVERY),
+            None => crossbeam_channel::never(),
+        };
         loop {
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Join { id, peer, outbox }) => self.handle_new_connection(id, peer, outbox),
                     Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text.as_str()),
                     Ok(Event::Leave { id }) => self.handle_close_connection(id),
+                    Ok(Event::Stream(entries)) => self.take_from_stream(entries),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(pings) -> _ => self.ping_everyone(),
                 recv(self.give_back) -> _ => self.shrink(),
+                recv(retries) -> _ => self.pay_owed(),
             }
         }
         self.say_goodbye();
@@ -115,12 +150,22 @@ impl Room {
 
     /// Gives the newcomer a free `user-N` and tells everyone, the newcomer first of all.
     fn handle_new_connection(&mut self, id: ClientId, peer: SocketAddr, outbox: Arc<Outbox>) {
-        let number = self.free_number();
+        let Ok(number) = self.claim_free_number() else {
+            return turn_away(&self.log, &outbox);
+        };
         let nickname = format!("user-{number}");
         let _ = outbox.nickname.set(nickname.clone());
+        let line = format!(" .... {nickname} has joined.");
+        if let Some(cluster) = &mut self.cluster {
+            // Its cursor starts when this line comes back through the stream.
+            if cluster.publish(&line, Some(id)).is_err() {
+                let _ = cluster.release(&nickname);
+                self.taken.remove(&number);
+                return turn_away(&self.log, &outbox);
+            }
+        }
         eprintln!("join  {nickname} from {peer}");
         self.trace.decision(&nickname, "joined the room");
-        let line = format!(" .... {nickname} has joined.");
         self.members.insert(
             id,
             Member {
@@ -130,11 +175,12 @@ impl Room {
                 outbox: outbox.clone(),
             },
         );
-        // The newcomer's cursor starts at its own join line: it sees everything from there.
         self.peak = self.peak.max(self.members.len());
-        let joined_at = self.send_to_all(&line);
-        let cursor = self.log.reader().cursor_at(joined_at);
-        outbox.writer().add(outbox.clone(), cursor);
+        if self.cluster.is_none() {
+            // The newcomer's cursor starts at its own join line: it sees everything from there.
+            let joined_at = self.append_line(&line);
+            start_reading(&self.log, &outbox, joined_at);
+        }
     }
 
     /// Prefixes the sender's nickname and sends the line to every member, sender included.
@@ -143,7 +189,10 @@ impl Room {
             return; // evicted while its message was on the way
         };
         let line = format!("{}: {}", sender.nickname, text);
-        self.send_to_all(&line);
+        let outbox = sender.outbox.clone();
+        if self.send_to_all(&line).is_err() {
+            let _ = outbox.push(wire::text_frame(NOT_SENT));
+        }
     }
 
     /// Frees the nickname and tells the others. The reader reports every departure once,
@@ -155,10 +204,47 @@ impl Room {
         self.taken.remove(&gone.number);
         eprintln!("leave {} from {}", gone.nickname, gone.peer);
         self.trace.decision(&gone.nickname, "left the room");
-        self.send_to_all(&format!(" .... {} has left.", gone.nickname));
+        match &mut self.cluster {
+            None => {
+                self.append_line(&format!(" .... {} has left.", gone.nickname));
+            }
+            Some(_) => {
+                self.owed.push(gone.nickname);
+                self.pay_owed();
+            }
+        }
         if self.members.len() * 2 <= self.peak {
             self.peak = self.members.len();
             self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
+        }
+    }
+
+    /// Announces the leaves that could not reach the cluster before, and frees their names.
+    fn pay_owed(&mut self) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        self.owed.retain(|nickname| {
+            let line = format!(" .... {nickname} has left.");
+            let paid = cluster.release(nickname).is_ok() && cluster.publish(&line, None).is_ok();
+            !paid
+        });
+    }
+
+    /// Appends lines read back from the cluster's stream; a join of ours starts its reader.
+    fn take_from_stream(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let at = self.append_line(&entry.line);
+            let Some((instance, id)) = entry.joined else {
+                continue;
+            };
+            let ours = self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.instance() == instance);
+            if let Some(member) = self.members.get(&id).filter(|_| ours) {
+                start_reading(&self.log, &member.outbox, at);
+            }
         }
     }
 
@@ -172,8 +258,20 @@ impl Room {
         self.give_back = crossbeam_channel::never();
     }
 
+    /// Sends a line to everyone: into the log, or into the cluster's stream, from which every
+    /// instance appends it to its own log.
+    fn send_to_all(&mut self, line: &str) -> Result<(), Unreachable> {
+        match &mut self.cluster {
+            Some(cluster) => cluster.publish(line, None),
+            None => {
+                self.append_line(line);
+                Ok(())
+            }
+        }
+    }
+
     /// Frames `line` once, appends it to the log, and returns where it starts.
-    fn send_to_all(&mut self, line: &str) -> u64 {
+    fn append_line(&mut self, line: &str) -> u64 {
         self.trace.broadcast(self.members.len(), line);
         self.append(&wire::text_frame(line))
     }
@@ -193,18 +291,44 @@ impl Room {
         self.trace.pinged(self.members.len());
     }
 
-    /// Sends close 1001 to every member; its writer shuts the socket after it.
+    /// Sends close 1001 to every member; its writer shuts the socket after it. In a
+    /// cluster, the other instances' clients hear that ours have left.
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
         for member in self.members.values() {
             member.outbox.push_last(bye.clone());
         }
+        if self.cluster.is_some() {
+            self.owed
+                .extend(self.members.drain().map(|(_, member)| member.nickname));
+            self.pay_owed();
+        }
         self.members.clear();
     }
 
-    /// Draws N until it is free and reserves it. A room holds at most half of the 100,000
-    /// names (`config::MOST_CLIENTS`), so even a full one finds a free name in two draws
-    /// on average.
+    /// Draws N until it is free and reserves it, here and, in a cluster, in Redis.
+    fn claim_free_number(&mut self) -> Result<u32, Unreachable> {
+        for _ in 0..MOST_DRAWS {
+            let number = self.free_number();
+            let Some(cluster) = &mut self.cluster else {
+                return Ok(number);
+            };
+            match cluster.claim(&format!("user-{number}")) {
+                Ok(true) => return Ok(number),
+                Ok(false) => {} // another instance has it
+                Err(e) => {
+                    self.taken.remove(&number);
+                    return Err(e);
+                }
+            }
+            self.taken.remove(&number);
+        }
+        Err(Unreachable)
+    }
+
+    /// Draws N until it is free here and reserves it. A room holds at most half of the
+    /// 100,000 names (`config::MOST_CLIENTS`), so even a full one finds a free name in two
+    /// draws on average.
     fn free_number(&mut self) -> u32 {
         loop {
             let n = rand::random_range(0..NICKNAME_SPACE);
@@ -213,4 +337,20 @@ impl Room {
             }
         }
     }
+}
+
+/// The newcomer's writer starts sending it the log from `at`, its join line.
+fn start_reading(log: &Log, outbox: &Arc<Outbox>, at: u64) {
+    outbox
+        .writer()
+        .add(outbox.clone(), log.reader().cursor_at(at));
+}
+
+/// Closes a newcomer the room cannot take now (close 1013, try again later).
+fn turn_away(log: &Log, outbox: &Arc<Outbox>) {
+    start_reading(log, outbox, log.head());
+    outbox.push_last(wire::close_frame(
+        wire::CLOSE_TRY_AGAIN_LATER,
+        "the room is unreachable; try again later",
+    ));
 }
