@@ -5,17 +5,33 @@ TOOLS    := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 ARGS     ?=
 
-.PHONY: run test test-rust test-shell test-browser websocat chromium bench check trace-session walkthrough-links
+.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server cluster bench check trace-session walkthrough-links
 
 ## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
 run:
 	cargo run --release -- $(ARGS)
 
-## test: every test: Rust unit and integration tests, websocat shell tests, the browser test
-test: test-rust test-shell test-browser
+## test: every test: Rust unit and integration tests, the cluster tests, websocat shell
+## tests, the browser test
+test: test-rust test-cluster test-shell test-browser
 
 test-rust:
 	cargo test --all-targets
+
+## test-cluster: instances sharing one room through Debian's redis-server (installed when
+## missing), with a build that has the redis feature, kept apart in target/redis
+test-cluster: redis-server websocat
+	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster
+	cargo build --quiet --features redis --target-dir target/redis
+	THREADCHAT=target/redis/debug/threadchat bash tests/shell/cluster/two-instances.sh
+
+redis-server:
+	@bash tests/shell/cluster/ensure-redis.sh
+
+## cluster: one redis-server and two instances sharing a room, pages on 8080 and 8081
+cluster: redis-server
+	cargo build --release --features redis --target-dir target/redis
+	bash tests/shell/cluster/run.sh target/redis/release/threadchat
 
 test-shell: websocat
 	cargo build --quiet
