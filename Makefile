@@ -61,11 +61,13 @@ chromium:
 bench:
 	cargo build --release
 	cargo build --release --no-default-features --target-dir target/untraced
+	cargo build --release --features redis --target-dir target/redis
 	cargo build --release --manifest-path tests/loadgen/Cargo.toml --target-dir target
 	bash tests/loadgen/peer/build.sh
 	@bash tests/loadgen/ensure-perf.sh
+	@bash tests/shell/cluster/ensure-redis.sh
 	target/release/threadchat-loadgen target/release/threadchat target/untraced/release/threadchat \
-	  target/release/tokio-tungstenite-chat | tee target/bench.md
+	  target/release/tokio-tungstenite-chat target/redis/release/threadchat | tee target/bench.md
 
 ## trace-session: print the --trace session that docs/WALKTHROUGH.md quotes
 trace-session:

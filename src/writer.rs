@@ -35,14 +35,14 @@ use crate::sys::Poller;
 use crate::trace::Trace;
 
 /// After a pass over its clients, a writer rests this many times as long as the pass took:
-/// a pass over a few clients takes microseconds, so small rooms hardly wait (`make bench`:
-/// 100 clients at 200 lines/s each, p99 5 ms with readers up to 4 ms late).
-pub const REST_PER_WORK: u32 = 6;
+/// a pass over a few clients takes microseconds, so small rooms hardly wait. `make bench`,
+/// readers up to 4 ms late: 100 clients at 200 lines/s each have p99 5-6 ms at 9 (9 ms at 12).
+pub const REST_PER_WORK: u32 = 9;
 
 /// The most a writer rests to let lines gather: the latency it may add to a line to save
 /// sends. A loopback send costs about 8 us whatever it carries, so with 1000 clients at 200
-/// lines/s each this sets the CPU per delivery: `make bench` measured 1.5 us at 18 ms with
-/// p99 28-30 ms, and p99 over 30 ms at 19 ms.
+/// lines/s each this sets the CPU per delivery: `make bench` measured 1.46-1.53 us at 18 ms
+/// with p99 28-30 ms, and p99 over 30 ms at 19 ms.
 pub const GATHER_BUDGET: Duration = Duration::from_millis(18);
 
 /// How often a writer with blocked clients checks them against the write timeout.

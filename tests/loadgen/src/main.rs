@@ -105,10 +105,16 @@ impl Load {
     /// Connects `count` clients, draining what they receive as it goes, and waits until
     /// every one has heard the last one join.
     fn join(&mut self, server: &Server, count: usize, reads: bool) {
+        self.join_across(std::slice::from_ref(server), count, reads);
+    }
+
+    /// Connects `count` clients, spread over `servers` in turn, and settles them.
+    fn join_across(&mut self, servers: &[Server], count: usize, reads: bool) {
         let start = Instant::now();
-        for _ in 0..count {
+        for i in 0..count {
             let source = 2 + (self.next_source % 250) as u8;
             self.next_source += 1;
+            let server = &servers[i % servers.len()];
             let (std_stream, early) = conn::connect(server.ws, source).expect("connect");
             self.add(std_stream, early, reads);
             if self.clients.len().is_multiple_of(32) {
@@ -412,6 +418,8 @@ struct Fanout {
     loadgen_cpu: f64,
     rss_peak_kib: u64,
     evicted_after: Option<Duration>,
+    /// Commands Redis ran per line sent, when a cluster was watched.
+    redis_commands_per_line: Option<f64>,
 }
 
 #[derive(Clone, Copy)]
@@ -452,18 +460,42 @@ impl Shape {
 enum Target<'a> {
     Threadchat(&'a str),
     Peer(&'a str),
+    /// Instances of a threadchat built with the redis feature, sharing one room through
+    /// the redis-server at this port.
+    Cluster {
+        binary: &'a str,
+        instances: usize,
+        redis_port: u16,
+    },
 }
 
 impl Target<'_> {
-    fn start(self) -> Server {
+    /// The servers the clients are spread over, one after the other.
+    fn start(self) -> Vec<Server> {
         match self {
-            Target::Threadchat(binary) => Server::start(binary, &["--ping-interval", "0"]),
-            Target::Peer(binary) => Server::start_peer(binary),
+            Target::Threadchat(binary) => vec![Server::start(binary, &["--ping-interval", "0"])],
+            Target::Peer(binary) => vec![Server::start_peer(binary)],
+            Target::Cluster {
+                binary,
+                instances,
+                redis_port,
+            } => {
+                let url = format!("redis://127.0.0.1:{redis_port}/");
+                let args = ["--ping-interval", "0", "--redis", &url];
+                (0..instances)
+                    .map(|_| Server::start(binary, &args))
+                    .collect()
+            }
         }
     }
 }
 
 fn fanout(target: Target, shape: Shape) -> Fanout {
+    fanout_watching(target, shape, None)
+}
+
+/// A fanout run that also counts the commands `redis` runs while the lines are sent.
+fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -> Fanout {
     let Shape {
         clients,
         senders,
@@ -473,16 +505,22 @@ fn fanout(target: Target, shape: Shape) -> Fanout {
         padding,
         send_for,
     } = shape;
-    let server = target.start();
-    let mut load = Load::new(server.kind, late);
-    load.join(&server, clients, true);
+    let servers = target.start();
+    let mut load = Load::new(servers[0].kind, late);
+    load.join_across(&servers, clients, true);
     if stalled {
-        load.join(&server, 1, false);
+        load.join(&servers[0], 1, false);
         load.watch_leave = Some(load.last_joined.clone());
     }
     let padding = "p".repeat(padding);
-    let counter = server.count_sends();
-    let cpu_before = server.cpu();
+    // perf follows one process: a cluster's send calls are not counted.
+    let counter = match servers.as_slice() {
+        [server] => server.count_sends(),
+        _ => None,
+    };
+    let cpu_of_servers = || servers.iter().map(Server::cpu).sum::<Duration>();
+    let cpu_before = cpu_of_servers();
+    let commands_before = redis.map(probe::Redis::commands);
     let own_before = probe::cpu_of("/proc/self/stat");
     let started = Instant::now();
     load.epoch = Instant::now();
@@ -514,7 +552,10 @@ fn fanout(target: Target, shape: Shape) -> Fanout {
     let expected = load.sent * load.recipients();
     load.run_until(DRAIN_FOR, |l| l.delivered >= expected);
     let elapsed = started.elapsed();
-    let cpu = server.cpu() - cpu_before;
+    let cpu = cpu_of_servers() - cpu_before;
+    let redis_commands_per_line = redis
+        .zip(commands_before)
+        .map(|(r, before)| r.commands().saturating_sub(before) as f64 / load.sent.max(1) as f64);
     let own = probe::cpu_of("/proc/self/stat") - own_before;
     let sends = counter.and_then(|c| c.finish());
 
@@ -541,7 +582,8 @@ fn fanout(target: Target, shape: Shape) -> Fanout {
         server_us_per_delivery: cpu.as_secs_f64() * 1e6 / delivered as f64,
         sends_per_delivery: sends.map(|s| s as f64 / delivered as f64),
         loadgen_cpu: own.as_secs_f64() / elapsed.as_secs_f64(),
-        rss_peak_kib: server.status("VmHWM"),
+        rss_peak_kib: servers.iter().map(|s| s.status("VmHWM")).max().unwrap_or(0),
+        redis_commands_per_line,
         evicted_after: load.left_at,
     }
 }
@@ -697,6 +739,7 @@ fn main() {
         .unwrap_or_else(|| "target/release/threadchat".into());
     let untraced = args.next();
     let peer_binary = args.next();
+    let redis_binary = args.next();
     let quick = std::env::var("BENCH_QUICK").is_ok();
     // BENCH_ONLY=text runs only the scenarios whose name contains it.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -991,6 +1034,59 @@ fn main() {
                 "",
             );
             row(&name, "latency p99 (ms)", format!("{:.1}", f.p99_ms), "");
+        }
+    }
+
+    if let Some(clustered) = redis_binary.as_deref().filter(|_| wanted("cluster")) {
+        match probe::Redis::start() {
+            None => eprintln!("WARNING: no redis-server: the cluster rows are left out"),
+            Some(redis) => {
+                let shape = Shape::new(1000, Pace::Steady(STEADY_RATE_PER_S));
+                let alone = fanout(ours, shape);
+                let two = Target::Cluster {
+                    binary: clustered,
+                    instances: 2,
+                    redis_port: redis.port,
+                };
+                let shared = fanout_watching(two, shape, Some(&redis));
+                let per_line = shared.redis_commands_per_line.unwrap_or(0.0);
+                for (name, f) in [
+                    ("cluster C=1000 on 1 instance", &alone),
+                    ("cluster C=1000 on 2 instances", &shared),
+                ] {
+                    let two = name.ends_with("2 instances");
+                    row(
+                        name,
+                        "deliveries/s",
+                        format!("{:.0}", f.deliveries_per_s),
+                        "",
+                    );
+                    row(name, "lost deliveries", f.lost.to_string(), "0");
+                    row(name, "one order", f.one_order.to_string(), "true");
+                    row(
+                        name,
+                        "latency p50 / p99 (ms)",
+                        format!("{:.1} / {:.1}", f.p50_ms, f.p99_ms),
+                        if two {
+                            "p99 <= 2 + 1.2x 1 instance"
+                        } else {
+                            ""
+                        },
+                    );
+                    row(
+                        name,
+                        "CPU per delivery, all instances (us)",
+                        format!("{:.2}", f.server_us_per_delivery),
+                        if two { "<= 1.3x 1 instance" } else { "" },
+                    );
+                }
+                row(
+                    "cluster C=1000 on 2 instances",
+                    "redis commands per line",
+                    format!("{per_line:.2}"),
+                    "",
+                );
+            }
         }
     }
 

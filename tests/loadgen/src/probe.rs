@@ -192,3 +192,63 @@ impl SyscallCounter {
         (seen > 0).then_some(total)
     }
 }
+
+/// A redis-server of the bench's own, on a free port, with no persistence.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    /// None when there is no redis-server on this machine.
+    pub fn start() -> Option<Redis> {
+        let free = TcpListener::bind("127.0.0.1:0").ok()?;
+        let port = free.local_addr().ok()?.port();
+        drop(free);
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Redis { child, port })
+    }
+
+    /// Commands Redis has run since it started (INFO stats).
+    pub fn commands(&self) -> u64 {
+        use std::io::{Read, Write};
+        let Ok(mut socket) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return 0;
+        };
+        let _ = socket.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n");
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = socket.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&chunk[..n]);
+            if reply.ends_with(b"\r\n\r\n") || reply.len() > 64 * 1024 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
