@@ -5,7 +5,7 @@ TOOLS    := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 ARGS     ?=
 
-.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server cluster bench check trace-session walkthrough-links
+.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links
 
 ## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
 run:
@@ -28,12 +28,16 @@ test-cluster: redis-server websocat
 redis-server:
 	@bash tests/shell/cluster/ensure-redis.sh
 
+## proxy-tools: Debian's nginx and openssl, for the tests behind a TLS proxy (docs/DEPLOY.md)
+proxy-tools:
+	@bash tests/shell/proxy/ensure-tools.sh
+
 ## cluster: one redis-server and two instances sharing a room, pages on 8080 and 8081
 cluster: redis-server
 	cargo build --release --features redis --target-dir target/redis
 	bash tests/shell/cluster/run.sh target/redis/release/threadchat
 
-test-shell: websocat
+test-shell: websocat proxy-tools
 	cargo build --quiet
 	@passed=0; failed=0; \
 	for t in tests/shell/*.sh; do \
@@ -42,7 +46,7 @@ test-shell: websocat
 	done; \
 	echo "shell: $$passed passed, $$failed failed"; [ $$failed -eq 0 ]
 
-test-browser: chromium
+test-browser: chromium proxy-tools
 	cargo build --quiet
 	bash tests/browser/run.sh
 
@@ -81,5 +85,6 @@ walkthrough-links:
 check:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features redis --target-dir target/redis -- -D warnings
 	cargo fmt --manifest-path tests/loadgen/Cargo.toml -- --check
 	cargo clippy --manifest-path tests/loadgen/Cargo.toml --target-dir target -- -D warnings

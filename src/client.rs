@@ -104,7 +104,7 @@ pub fn handle_new_connection(
         return;
     }
     let socket = Arc::new(socket);
-    let Some(mut ws) = handshake(shared, &socket, peer, over_capacity) else {
+    let Some((mut ws, from)) = handshake(shared, &socket, peer, over_capacity) else {
         return;
     };
     // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
@@ -117,7 +117,7 @@ pub fn handle_new_connection(
     }
     let trace = shared.trace;
     let writer = shared.writers[id as usize % shared.writers.len()].clone();
-    let outbox = Outbox::new(socket.clone(), peer, writer, shared.log.clone());
+    let outbox = Outbox::new(socket.clone(), from.clone(), writer, shared.log.clone());
     ws.get_mut()
         .start_queueing(outbox.clone(), trace.frames(Direction::In));
 
@@ -125,7 +125,7 @@ pub fn handle_new_connection(
         .name(format!("client-{id}"))
         .stack_size(READER_STACK_BYTES)
         .spawn(move || {
-            run_reader(count, id, peer, ws, outbox, socket);
+            run_reader(count, id, from, ws, outbox, socket);
             sys::release_unused_stack();
         });
     if let Err(err) = reader {
@@ -139,7 +139,7 @@ pub fn handle_new_connection(
 fn run_reader(
     count: ConnectionCount,
     id: ClientId,
-    peer: SocketAddr,
+    from: String,
     mut ws: WebSocket<ClientStream>,
     outbox: Arc<Outbox>,
     socket: Arc<TcpStream>,
@@ -153,7 +153,7 @@ fn run_reader(
     };
     let join = Event::Join {
         id,
-        peer,
+        from,
         outbox: outbox.clone(),
     };
     if shared.events.send(join).is_err() {

@@ -45,6 +45,11 @@ pub struct Config {
     pub flood_close: Duration,
     /// Origins allowed besides the server's own host; `*` allows any.
     pub allow_origins: Vec<String>,
+    /// The exact WebSocket URL the page should use (behind a proxy).
+    pub ws_url: Option<String>,
+    /// Take clients' addresses from X-Forwarded-For, and the Origin check's host from
+    /// X-Forwarded-Host: only behind a proxy that sets them.
+    pub trust_proxy: bool,
     /// Share the room with other instances through this Redis.
     pub redis: Option<String>,
     /// The cluster's stream is trimmed to about this many lines.
@@ -69,6 +74,8 @@ impl Default for Config {
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
             flood_close: DEFAULT_FLOOD_CLOSE,
             allow_origins: Vec::new(),
+            ws_url: None,
+            trust_proxy: false,
             redis: None,
             redis_max_entries: DEFAULT_REDIS_MAX_ENTRIES,
             trace: false,
@@ -93,6 +100,11 @@ Listening:
   --http-port N              port of the chat page, 0 picks one [default: {DEFAULT_HTTP_PORT}]
   --ws-port N                port of the WebSocket server, 0 picks one [default: {DEFAULT_WS_PORT}]
   --www DIR                  serve the page from DIR instead of the built-in copy
+
+Behind a proxy (see docs/DEPLOY.md):
+  --ws-url URL               the page connects to exactly this, e.g. wss://chat.example.org/ws
+  --trust-proxy              log the address the proxy puts last in X-Forwarded-For, and check
+                             Origin against X-Forwarded-Host; only behind a proxy that sets them
 
 Limits (times in seconds, fractions allowed):
   --max-message-bytes N      longest text message; longer closes with 1009 [default: {DEFAULT_MAX_MESSAGE_BYTES}]
@@ -134,6 +146,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             config.trace = true;
             continue;
         }
+        if flag == "--trust-proxy" {
+            config.trust_proxy = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--bind" => config.bind = parse_value(&flag, &value)?,
@@ -158,6 +174,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--rate-limit" => config.rate_limit = parse_value(&flag, &value)?,
             "--flood-close" => config.flood_close = seconds(&flag, &value)?,
             "--allow-origin" => config.allow_origins.push(value),
+            "--ws-url" => config.ws_url = Some(websocket_url(&value)?),
             "--redis" => config.redis = Some(value),
             "--redis-max-entries" => config.redis_max_entries = positive(&flag, &value)? as u64,
             _ => return Err(format!("unknown option {flag}")),
@@ -171,6 +188,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         ));
     }
     Ok(Command::Run(Box::new(config)))
+}
+
+/// A `ws://` or `wss://` URL made only of characters that need no escaping in the page.
+fn websocket_url(value: &str) -> Result<String, String> {
+    let scheme_ok = value.starts_with("ws://") || value.starts_with("wss://");
+    let plain = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&()*+,;=%".contains(c));
+    if scheme_ok && plain {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("--ws-url: {value:?} is not a ws:// or wss:// URL"))
+    }
 }
 
 fn parse_value<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
@@ -247,6 +277,19 @@ mod tests {
             .unwrap_err()
             .contains("unknown option"));
         assert!(run(&["--bind"]).unwrap_err().contains("needs a value"));
+        assert!(run(&["--ws-url", "http://x/"])
+            .unwrap_err()
+            .contains("--ws-url"));
+        assert!(run(&["--ws-url", "wss://x/\"+alert(1)+\""])
+            .unwrap_err()
+            .contains("--ws-url"));
+        assert_eq!(
+            run(&["--ws-url", "wss://chat.example.org/ws"])
+                .unwrap()
+                .ws_url
+                .as_deref(),
+            Some("wss://chat.example.org/ws")
+        );
         assert!(run(&["--max-lag-bytes", "1000"])
             .unwrap_err()
             .contains("--max-lag-bytes"));

@@ -210,7 +210,7 @@ mod tests {
     fn delivery(log: &Log, socket: Arc<TcpStream>, at: u64) -> Delivery {
         let writer = Writer::spawn(0, log.reader(), Duration::from_secs(5), Trace::new(false));
         let peer = socket.peer_addr().unwrap();
-        let outbox = Outbox::new(socket, peer, writer.unwrap(), log.reader());
+        let outbox = Outbox::new(socket, peer.to_string(), writer.unwrap(), log.reader());
         Delivery::new(outbox, log.reader().cursor_at(at), Trace::new(false))
     }
 

@@ -18,14 +18,14 @@ use tungstenite::{Error, WebSocket};
 use crate::client::{Shared, READ_BUFFER_BYTES};
 use crate::stream::ClientStream;
 
-/// The HTTP upgrade. Returns the open WebSocket, or `None` once the client has been
-/// answered with an HTTP error (or has timed out).
+/// The HTTP upgrade. Returns the open WebSocket and the client's address for the logs, or
+/// `None` once the client has been answered with an HTTP error (or has timed out).
 pub fn handshake(
     shared: &Shared,
     socket: &Arc<TcpStream>,
     peer: SocketAddr,
     over_capacity: bool,
-) -> Option<WebSocket<ClientStream>> {
+) -> Option<(WebSocket<ClientStream>, String)> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
     let stream = ClientStream::new(socket.clone(), deadline);
@@ -33,10 +33,12 @@ pub fn handshake(
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
+    let mut from = None;
     // The error type is tungstenite's, so its size is not ours to choose.
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| {
-        shared.trace.handshake_request(peer, request);
+        let client = client_address(request, peer, config.trust_proxy);
+        shared.trace.handshake_request(&client, request);
         if over_capacity {
             return Err(http_error(
                 503,
@@ -46,19 +48,20 @@ pub fn handshake(
                 ),
             ));
         }
-        if !origin_allowed(request, &config.allow_origins) {
+        if !origin_allowed(request, &config.allow_origins, config.trust_proxy) {
             return Err(http_error(
                 403,
                 "this page's origin may not use this chat server",
             ));
         }
-        shared.trace.handshake_response(peer, request, &response);
+        shared.trace.handshake_response(&client, request, &response);
+        from = Some(client);
         Ok(response)
     };
     match tungstenite::accept_hdr_with_config(stream, check, Some(ws_config)) {
         Ok(mut ws) => {
             ws.get_mut().handshake_done();
-            Some(ws)
+            Some((ws, from.unwrap_or_else(|| peer.to_string())))
         }
         Err(HandshakeError::Interrupted(_)) => {
             shared.trace.decision(peer, "handshake timed out; dropped");
@@ -130,8 +133,10 @@ fn http_error(status: u16, body: &str) -> ErrorResponse {
 
 /// Browsers send `Origin`; scripts usually do not. A page may talk to us if it was served
 /// by the same host (the page on one port, this server on another), or if its origin is
-/// allowed on the command line.
-fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
+/// allowed on the command line. Behind a proxy, `Host` is whatever the proxy sends: it must
+/// pass the browser's own (nginx: `proxy_set_header Host $host`), or, with `--trust-proxy`,
+/// send it as `X-Forwarded-Host`, which is then used instead.
+fn origin_allowed(request: &Request, allowed: &[String], trust_proxy: bool) -> bool {
     let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
     let Some(origin) = header("Origin") else {
         return true;
@@ -143,9 +148,30 @@ fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
         return true;
     }
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    match header("Host") {
+    let forwarded = header("X-Forwarded-Host").filter(|_| trust_proxy);
+    match forwarded.or(header("Host")) {
         Some(host) => host_part(origin_host).eq_ignore_ascii_case(host_part(host)),
         None => false,
+    }
+}
+
+/// The client's address for the join/leave log and `--trace`: the peer's, or, with
+/// `--trust-proxy`, the last address in `X-Forwarded-For`, the one the proxy itself added.
+/// Any before it came from the client and prove nothing; without the flag the header is
+/// ignored altogether, since any client can send it.
+fn client_address(request: &Request, peer: SocketAddr, trust_proxy: bool) -> String {
+    let forwarded = request
+        .headers()
+        .get_all("X-Forwarded-For")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(str::trim)
+        .filter(|a| trust_proxy && a.parse::<std::net::IpAddr>().is_ok());
+    match forwarded {
+        Some(address) => address.to_owned(),
+        None => peer.to_string(),
     }
 }
 
@@ -160,6 +186,47 @@ fn host_part(authority: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut request = Request::builder().uri("/chat");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap()
+    }
+
+    #[test]
+    fn x_forwarded_for_is_ignored_without_trust_proxy() {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let spoofed = request(&[("X-Forwarded-For", "203.0.113.9")]);
+        assert_eq!(client_address(&spoofed, peer, false), "127.0.0.1:40000");
+    }
+
+    #[test]
+    fn with_trust_proxy_the_last_hop_is_the_client() {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let chain = request(&[("X-Forwarded-For", "10.9.9.9, 198.51.100.7")]);
+        assert_eq!(client_address(&chain, peer, true), "198.51.100.7");
+        let junk = request(&[("X-Forwarded-For", "not an address")]);
+        assert_eq!(client_address(&junk, peer, true), "127.0.0.1:40000");
+        assert_eq!(client_address(&request(&[]), peer, true), "127.0.0.1:40000");
+    }
+
+    #[test]
+    fn behind_a_proxy_the_origin_check_uses_the_forwarded_host_only_when_trusted() {
+        let through_proxy = request(&[
+            ("Origin", "https://chat.example.org"),
+            ("Host", "127.0.0.1:12345"),
+            ("X-Forwarded-Host", "chat.example.org"),
+        ]);
+        assert!(origin_allowed(&through_proxy, &[], true));
+        assert!(!origin_allowed(&through_proxy, &[], false));
+        let host_passed = request(&[
+            ("Origin", "https://chat.example.org"),
+            ("Host", "chat.example.org"),
+        ]);
+        assert!(origin_allowed(&host_passed, &[], false));
+    }
 
     #[test]
     fn host_part_handles_names_and_ipv6() {

@@ -163,6 +163,7 @@ fn run(config: Config) -> Result<(), String> {
 
     let settings = page::PageSettings {
         ws_port: ws_addr.port(),
+        ws_url: shared.config.ws_url.clone(),
         max_message_bytes: shared.config.max_message_bytes,
     };
     spawn("page", move || page::run(page_server, site, settings))?;

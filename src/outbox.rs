@@ -6,7 +6,7 @@
 //! sends them in their places, so they never land in the middle of a line.
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -21,7 +21,8 @@ const MAX_PRIVATE_FRAMES: usize = 64;
 /// One client's mailbox for frames only it gets, shared by its reader and its writer.
 pub struct Outbox {
     pub(crate) socket: Arc<TcpStream>,
-    peer: SocketAddr,
+    /// The client's address, which names it in trace lines until it has a nickname.
+    from: String,
     /// Set by the room at the join, so that trace lines can name the client.
     pub nickname: OnceLock<String>,
     private: Mutex<Private>,
@@ -52,13 +53,13 @@ pub enum Refused {
 impl Outbox {
     pub fn new(
         socket: Arc<TcpStream>,
-        peer: SocketAddr,
+        from: String,
         writer: Arc<Writer>,
         log: LogReader,
     ) -> Arc<Outbox> {
         Arc::new(Outbox {
             socket,
-            peer,
+            from,
             nickname: OnceLock::new(),
             private: Mutex::new(Private {
                 frames: VecDeque::new(),
@@ -111,7 +112,7 @@ impl Outbox {
         self.nickname
             .get()
             .cloned()
-            .unwrap_or_else(|| self.peer.to_string())
+            .unwrap_or_else(|| self.from.clone())
     }
 
     /// The writer this client belongs to.

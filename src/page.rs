@@ -23,13 +23,19 @@ pub enum Site {
 /// What the page needs to know about the WebSocket server.
 pub struct PageSettings {
     pub ws_port: u16,
+    /// `--ws-url`, already checked to need no escaping.
+    pub ws_url: Option<String>,
     pub max_message_bytes: usize,
 }
 
 /// Answers requests until the server is dropped.
 pub fn run(server: Server, site: Site, settings: PageSettings) {
+    let ws_url = match &settings.ws_url {
+        Some(url) => format!("\"{url}\""),
+        None => "null".to_owned(),
+    };
     let config_js = format!(
-        "window.THREADCHAT = {{ wsPort: {}, maxMessageBytes: {} }};\n",
+        "window.THREADCHAT = {{ wsPort: {}, wsUrl: {ws_url}, maxMessageBytes: {} }};\n",
         settings.ws_port, settings.max_message_bytes
     );
     for request in server.incoming_requests() {

@@ -17,7 +17,6 @@
 //! line when that line comes back.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +55,8 @@ pub enum Event {
     /// A handshake finished: give this connection a nickname and announce it.
     Join {
         id: ClientId,
-        peer: SocketAddr,
+        /// The client's address, for the join/leave log.
+        from: String,
         outbox: Arc<Outbox>,
     },
     /// A text message arrived from a member.
@@ -74,7 +74,7 @@ pub enum Event {
 struct Member {
     number: u32,
     nickname: String,
-    peer: SocketAddr,
+    from: String,
     outbox: Arc<Outbox>,
 }
 
@@ -134,7 +134,7 @@ impl Room {
         loop {
             select! {
                 recv(events) -> event => match event {
-                    Ok(Event::Join { id, peer, outbox }) => self.handle_new_connection(id, peer, outbox),
+                    Ok(Event::Join { id, from, outbox }) => self.handle_new_connection(id, from, outbox),
                     Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text.as_str()),
                     Ok(Event::Leave { id }) => self.handle_close_connection(id),
                     Ok(Event::Stream(entries)) => self.take_from_stream(entries),
@@ -149,7 +149,7 @@ impl Room {
     }
 
     /// Gives the newcomer a free `user-N` and tells everyone, the newcomer first of all.
-    fn handle_new_connection(&mut self, id: ClientId, peer: SocketAddr, outbox: Arc<Outbox>) {
+    fn handle_new_connection(&mut self, id: ClientId, from: String, outbox: Arc<Outbox>) {
         let Ok(number) = self.claim_free_number() else {
             return turn_away(&self.log, &outbox);
         };
@@ -164,14 +164,14 @@ impl Room {
                 return turn_away(&self.log, &outbox);
             }
         }
-        eprintln!("join  {nickname} from {peer}");
+        eprintln!("join  {nickname} from {from}");
         self.trace.decision(&nickname, "joined the room");
         self.members.insert(
             id,
             Member {
                 number,
                 nickname,
-                peer,
+                from,
                 outbox: outbox.clone(),
             },
         );
@@ -202,7 +202,7 @@ impl Room {
             return;
         };
         self.taken.remove(&gone.number);
-        eprintln!("leave {} from {}", gone.nickname, gone.peer);
+        eprintln!("leave {} from {}", gone.nickname, gone.from);
         self.trace.decision(&gone.nickname, "left the room");
         match &mut self.cluster {
             None => {

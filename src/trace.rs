@@ -6,7 +6,6 @@
 //! compiler removes every trace line.
 
 use std::io::Cursor;
-use std::net::SocketAddr;
 
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -64,7 +63,7 @@ impl Trace {
         }
     }
 
-    pub fn handshake_request(self, peer: SocketAddr, request: &Request) {
+    pub fn handshake_request(self, peer: &str, request: &Request) {
         if !self.is_on() {
             return;
         }
@@ -91,7 +90,7 @@ impl Trace {
         }
     }
 
-    pub fn handshake_response(self, peer: SocketAddr, request: &Request, response: &Response) {
+    pub fn handshake_response(self, peer: &str, request: &Request, response: &Response) {
         if !self.is_on() {
             return;
         }

@@ -28,6 +28,7 @@ wait_for() {
 # start_server [FLAGS...]: sets HTTP_URL and WS_URL from the startup lines.
 start_server() {
   "$THREADCHAT" --http-port 0 --ws-port 0 "$@" >"$WORK/server.out" 2>"$WORK/server.err" &
+  SERVER_PID=$!
   PIDS+=($!)
   wait_for "server start" grep -q 'ws://' "$WORK/server.out"
   HTTP_URL=$(grep -o 'http://[^ ]*/' "$WORK/server.out" | head -n1)
@@ -39,7 +40,8 @@ start_server() {
 open_client() {
   local name=$1
   mkfifo "$WORK/$name.in"
-  websocat --linemode-strip-newlines "$WS_URL" <"$WORK/$name.in" >"$WORK/$name.out" &
+  # shellcheck disable=SC2086 # WEBSOCAT_FLAGS is a list of flags, e.g. -k for a test certificate
+  websocat ${WEBSOCAT_FLAGS:-} --linemode-strip-newlines "$WS_URL" <"$WORK/$name.in" >"$WORK/$name.out" &
   PIDS+=($!)
   eval "exec {${name}_fd}>\"\$WORK/$name.in\""
   wait_for "$name's join" grep -q 'has joined\.$' "$WORK/$name.out"
