@@ -249,11 +249,13 @@ impl Room {
     }
 
     /// After a storm of joins and leaves, gives back the memory the departed held: the
-    /// tables' spare room and the heap the readers freed. It runs each time the room has
+    /// tables' spare room, log segments nobody reads any more, and the heap the readers freed. It runs each time the room has
     /// halved since the last time, down to empty, so it costs little however many leave.
     fn shrink(&mut self) {
         self.members.shrink_to_fit();
         self.taken.shrink_to_fit();
+        // Segments the departed were the last to read, appended after their writers let go.
+        self.log.reader().trim();
         sys::give_back_free_heap();
         self.give_back = crossbeam_channel::never();
     }
