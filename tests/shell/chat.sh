@@ -3,13 +3,7 @@
 source "$(dirname "$0")/lib.sh"
 
 start_server
-open_client alice
-open_client bob
-alice=$(nickname_of alice)
-bob=$(nickname_of bob)
-[ "$alice" != "$bob" ] || fail "two clients got the same nickname $alice"
-
-wait_for "alice sees bob join" has_line alice " .... $bob has joined."
+open_pair "$WS_URL" "$WS_URL"
 echo "hello from alice" >&"$alice_fd"
 wait_for "bob hears alice" has_line bob "$alice: hello from alice"
 wait_for "alice hears herself" has_line alice "$alice: hello from alice"

@@ -50,4 +50,20 @@ open_client() {
 # nickname_of NAME: the user-N in the client's first line.
 nickname_of() { head -n1 "$WORK/$1.out" | sed -E 's/^ \.\.\.\. (user-[0-9]+) has joined\.$/\1/'; }
 
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 has_line() { grep -qxF -- "$2" "$WORK/$1.out"; }
+
+# open_pair URL_A URL_B: websocat clients alice (on URL_A) and bob (on URL_B); sets $alice and
+# $bob to their nicknames once alice has seen bob join.
+open_pair() {
+  WS_URL=$1 open_client alice
+  WS_URL=$2 open_client bob
+  alice=$(nickname_of alice)
+  bob=$(nickname_of bob)
+  [ "$alice" != "$bob" ] || fail "two clients got the same nickname $alice"
+  wait_for "alice sees bob join" has_line alice " .... $bob has joined."
+}

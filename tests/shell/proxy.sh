@@ -11,11 +11,7 @@ curl -sfk "${HTTPS_URL}config.js" | grep -qF "wsUrl: \"$WSS_URL\"" ||
 curl -sfk "$HTTPS_URL" | grep -q '<title>' || fail "no page over https"
 
 export WEBSOCAT_FLAGS=-k # the test's certificate is self-signed
-WS_URL=$WSS_URL open_client alice
-WS_URL=$WSS_URL open_client bob
-alice=$(nickname_of alice)
-bob=$(nickname_of bob)
-wait_for "alice sees bob join" has_line alice " .... $bob has joined."
+open_pair "$WSS_URL" "$WSS_URL"
 echo "over tls" >&"$alice_fd"
 wait_for "bob hears alice through the proxy" has_line bob "$alice: over tls"
 # --trust-proxy: the join is logged with the address nginx saw (no port), not nginx's own.

@@ -8,7 +8,7 @@ if ! command -v redis-server >/dev/null; then
   echo "WARNING: redis-server not found; the cluster shell test is SKIPPED" >&2
   exit 0
 fi
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.out" &
 PIDS+=($!)
 wait_for "redis-server" grep -q "Ready to accept connections" "$WORK/redis.out"
@@ -25,11 +25,7 @@ start_instance() {
 start_instance one
 start_instance two
 
-WS_URL=$one open_client alice
-WS_URL=$two open_client bob
-alice=$(nickname_of alice)
-bob=$(nickname_of bob)
-wait_for "alice, on one, sees bob join on two" has_line alice " .... $bob has joined."
+open_pair "$one" "$two" # alice on one, bob on two
 echo "hello from one" >&"$alice_fd"
 wait_for "bob hears alice" has_line bob "$alice: hello from one"
 echo "hello from two" >&"$bob_fd"

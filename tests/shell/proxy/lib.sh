@@ -11,10 +11,6 @@ proxy_tools_or_skip() {
   exit 0
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # start_behind_proxy: starts threadchat and nginx in front of it; sets HTTPS_URL, WSS_URL
 # and SERVER_PID.
 start_behind_proxy() {
