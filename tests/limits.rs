@@ -390,7 +390,7 @@ fn a_long_burst_does_not_evict_clients_that_read() {
     for i in 0..BURST {
         sender.say(&format!("burst {i}"));
     }
-    // The sender reads only now: its socket buffers hold what the flusher sent meanwhile.
+    // The sender reads only now: its socket buffers hold what its writer sent meanwhile.
     for i in 0..BURST {
         assert_eq!(sender.line(), format!("{}: burst {i}", sender.nickname));
     }

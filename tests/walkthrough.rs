@@ -52,7 +52,7 @@ fn try_session() -> Option<Vec<String>> {
     assert_eq!(bob.close_code(), (1000, "bye".to_owned()));
     let left = alice.text();
     assert!(left.ends_with("has left."));
-    // The flusher's report of the leave line is the last thing the session prints, and
+    // The writer's report of the leave line is the last thing the session prints, and
     // stderr is collected by another thread: wait for it before comparing.
     let last = "user-40127 | wrote 28 bytes in 1 system call(s)";
     eventually("the last trace line", || {
