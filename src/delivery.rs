@@ -211,7 +211,7 @@ mod tests {
         let writer = Writer::spawn(0, log.reader(), Duration::from_secs(5), Trace::new(false));
         let peer = socket.peer_addr().unwrap();
         let outbox = Outbox::new(socket, peer.to_string(), writer.unwrap(), log.reader());
-        Delivery::new(outbox, log.reader().cursor_at(at), Trace::new(false))
+        Delivery::new(outbox, log.cursor_at(at), Trace::new(false))
     }
 
     fn send_all(delivery: &mut Delivery, log: &Log) -> Sent {

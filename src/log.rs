@@ -193,6 +193,16 @@ impl Log {
         self.shared.head.load(Ordering::Relaxed)
     }
 
+    /// A cursor at `at`: the start of a frame just appended, or the head. Both lie in the
+    /// segment being filled.
+    pub fn cursor_at(&self, at: u64) -> Cursor {
+        debug_assert!(self.filling.base() <= at && at <= self.head());
+        Cursor {
+            at,
+            segment: self.filling.clone(),
+        }
+    }
+
     /// Appends one or more whole frames and returns the offset where they start.
     pub fn append(&mut self, frame: &[u8]) -> u64 {
         let start = self.head();
@@ -237,23 +247,6 @@ impl LogReader {
     pub fn snapshot(&self, into: &mut Vec<Arc<Segment>>) {
         into.clear();
         into.extend(self.shared.segments().iter().cloned());
-    }
-
-    /// A cursor at `at`, which must be a frame boundary at or before the head.
-    pub fn cursor_at(&self, at: u64) -> Cursor {
-        let segments = self.shared.segments();
-        let segment = segments
-            .iter()
-            .rev()
-            .find(|s| s.base() <= at)
-            .or(segments.back())
-            .cloned();
-        drop(segments);
-        Cursor {
-            at,
-            // The list always holds the segment being filled.
-            segment: segment.unwrap_or_else(|| Segment::new(at, 0)),
-        }
     }
 
     /// Lets go of segments that no cursor needs any more.
@@ -371,7 +364,7 @@ mod tests {
         let reader = log.reader();
         fill(&mut log, 10, 100);
         let joined = log.head();
-        let cursor = reader.cursor_at(joined);
+        let cursor = log.cursor_at(joined);
         // Enough to fill several segments.
         let expected = fill(&mut log, 2000, 100);
         let snap = snapshot(&reader);
@@ -388,7 +381,7 @@ mod tests {
     fn a_send_that_stops_mid_frame_and_mid_segment_resumes_there() {
         let mut log = Log::new(1 << 30);
         let reader = log.reader();
-        let mut cursor = reader.cursor_at(0);
+        let mut cursor = log.cursor_at(0);
         let expected = fill(&mut log, 1500, 90);
         let mut received = Vec::new();
         // Sends of awkward sizes, as a full socket would take them.
@@ -415,7 +408,7 @@ mod tests {
         let retention = 3 * SEGMENT_BYTES as u64;
         let mut log = Log::new(retention);
         let reader = log.reader();
-        let slow = reader.cursor_at(0);
+        let slow = log.cursor_at(0);
         fill(&mut log, 10_000, 100);
         let head = reader.head();
         assert!(slow.behind(head) > retention);
@@ -433,7 +426,7 @@ mod tests {
     fn a_writer_holding_a_segment_keeps_its_bytes_while_the_room_moves_on() {
         let mut log = Log::new(0);
         let reader = log.reader();
-        let cursor = reader.cursor_at(0);
+        let cursor = log.cursor_at(0);
         let expected = fill(&mut log, 3, 20);
         let held = snapshot(&reader);
         let mut slices = Vec::new();
@@ -448,7 +441,7 @@ mod tests {
     fn segments_nobody_is_in_are_let_go() {
         let mut log = Log::new(1 << 30);
         let reader = log.reader();
-        let mut cursor = reader.cursor_at(0);
+        let mut cursor = log.cursor_at(0);
         fill(&mut log, 5000, 100);
         assert!(snapshot(&reader).len() > 5);
         let snap = snapshot(&reader);
@@ -465,7 +458,7 @@ mod tests {
         let first = wire::text_frame("hello");
         log.append(&first);
         log.append(&wire::text_frame("world"));
-        let mut cursor = reader.cursor_at(0);
+        let mut cursor = log.cursor_at(0);
         assert_eq!(cursor.frame_end(), 0);
         cursor.advance(3, &snapshot(&reader));
         assert_eq!(cursor.frame_end(), first.len() as u64);

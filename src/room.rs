@@ -343,9 +343,7 @@ impl Room {
 
 /// The newcomer's writer starts sending it the log from `at`, its join line.
 fn start_reading(log: &Log, outbox: &Arc<Outbox>, at: u64) {
-    outbox
-        .writer()
-        .add(outbox.clone(), log.reader().cursor_at(at));
+    outbox.writer().add(outbox.clone(), log.cursor_at(at));
 }
 
 /// Closes a newcomer the room cannot take now (close 1013, try again later).
