@@ -112,8 +112,9 @@ Limits (times in seconds, fractions allowed):
   --handshake-timeout S      time to finish the HTTP upgrade [default: {}]
   --write-timeout S          drop a client whose socket takes nothing for this long [default: {}]
   --max-lag-bytes N          close (1008) a client this far behind the room [default: {DEFAULT_MAX_LAG_BYTES}]
-  --ping-interval S          ping every client this often, 0 for never [default: {}]
-  --pong-timeout S           drop a client silent for this long [default: {}]
+  --ping-interval S          ping every client this often; 0: never, and never drop a silent
+                             client [default: {}, or half of --pong-timeout]
+  --pong-timeout S           drop a client silent for this long [default: {}, or twice --ping-interval]
   --rate-limit N             messages per second per client, burst 2N, 0 for no limit [default: {DEFAULT_RATE_LIMIT_PER_SEC}]
   --flood-close S            close a client that floods this long with 1008 [default: {}]
   --allow-origin ORIGIN      also accept pages from ORIGIN (repeatable, * for any)
@@ -137,6 +138,8 @@ Learning:
 /// Reads the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut config = Config::default();
+    // Each of these two defaults from the other, so they are resolved after the loop.
+    let (mut ping_interval, mut pong_timeout) = (None, None);
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -166,11 +169,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--handshake-timeout" => config.handshake_timeout = seconds(&flag, &value)?,
             "--write-timeout" => config.write_timeout = seconds(&flag, &value)?,
             "--max-lag-bytes" => config.max_lag_bytes = parse_value(&flag, &value)?,
-            "--ping-interval" => {
-                let every = seconds_or_zero(&flag, &value)?;
-                config.ping_interval = (!every.is_zero()).then_some(every);
-            }
-            "--pong-timeout" => config.pong_timeout = seconds(&flag, &value)?,
+            "--ping-interval" => ping_interval = Some(seconds_or_zero(&flag, &value)?),
+            "--pong-timeout" => pong_timeout = Some(seconds(&flag, &value)?),
             "--rate-limit" => config.rate_limit = parse_value(&flag, &value)?,
             "--flood-close" => config.flood_close = seconds(&flag, &value)?,
             "--allow-origin" => config.allow_origins.push(value),
@@ -180,6 +180,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    (config.ping_interval, config.pong_timeout) = pings(ping_interval, pong_timeout)?;
     // A client must be able to fall behind by a whole message or two without being evicted.
     let least_lag = 2 * config.max_message_bytes as u64;
     if config.max_lag_bytes < least_lag {
@@ -188,6 +189,36 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         ));
     }
     Ok(Command::Run(Box::new(config)))
+}
+
+/// The ping interval and the silence after which a client is taken for dead, from the flags
+/// given. A live client's pong must be able to arrive before the deadline, so the interval
+/// must be shorter than the timeout; each defaults to what keeps the other's ratio (one
+/// half). An interval of 0 turns pings off, and with them the deadline: an idle browser
+/// sends nothing by itself, so silence alone then proves nothing.
+fn pings(
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+) -> Result<(Option<Duration>, Duration), String> {
+    let (interval, timeout) = match (interval, timeout) {
+        (None, None) => (DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT),
+        (Some(interval), None) if interval.is_zero() => (interval, DEFAULT_PONG_TIMEOUT),
+        (Some(interval), None) => (interval, (interval * 2).max(DEFAULT_PONG_TIMEOUT)),
+        (None, Some(timeout)) => ((timeout / 2).min(DEFAULT_PING_INTERVAL), timeout),
+        (Some(interval), Some(timeout)) => (interval, timeout),
+    };
+    if interval.is_zero() {
+        return Ok((None, timeout));
+    }
+    if interval >= timeout {
+        return Err(format!(
+            "--ping-interval ({} s) must be shorter than --pong-timeout ({} s), or every \
+             healthy client would be closed as silent",
+            interval.as_secs_f64(),
+            timeout.as_secs_f64()
+        ));
+    }
+    Ok((Some(interval), timeout))
 }
 
 /// A `ws://` or `wss://` URL made only of characters that need no escaping in the page.
@@ -293,5 +324,35 @@ mod tests {
         assert!(run(&["--max-lag-bytes", "1000"])
             .unwrap_err()
             .contains("--max-lag-bytes"));
+    }
+
+    #[test]
+    fn a_ping_interval_not_shorter_than_the_pong_timeout_is_refused() {
+        for (ping, pong) in [("5", "5"), ("6", "5")] {
+            let err = run(&["--ping-interval", ping, "--pong-timeout", pong]).unwrap_err();
+            assert!(err.contains("--ping-interval") && err.contains("--pong-timeout"));
+        }
+        let config = run(&["--ping-interval", "4", "--pong-timeout", "5"]).unwrap();
+        assert_eq!(config.ping_interval, Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn ping_interval_and_pong_timeout_default_from_each_other() {
+        let config = run(&["--pong-timeout", "2"]).unwrap();
+        assert_eq!(config.ping_interval, Some(Duration::from_secs(1)));
+        let config = run(&["--ping-interval", "90"]).unwrap();
+        assert_eq!(config.pong_timeout, Duration::from_secs(180));
+        let config = run(&["--ping-interval", "10"]).unwrap();
+        assert_eq!(config.pong_timeout, DEFAULT_PONG_TIMEOUT);
+        let config = run(&[]).unwrap();
+        assert_eq!(
+            (config.ping_interval, config.pong_timeout),
+            (Some(DEFAULT_PING_INTERVAL), DEFAULT_PONG_TIMEOUT)
+        );
+        let config = run(&["--ping-interval", "0", "--pong-timeout", "0.1"]).unwrap();
+        assert_eq!(
+            config.ping_interval, None,
+            "0 is never, whatever the timeout"
+        );
     }
 }
