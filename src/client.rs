@@ -14,35 +14,26 @@
 //! The reader never writes to an open connection: see [`ClientStream`]. The client's
 //! writer thread, one of a few shared by all clients, does that.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use tungstenite::error::ProtocolError;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error, Message, WebSocket};
 
-use crate::config::Config;
+use crate::event::{ClientId, Event};
 use crate::handshake::handshake;
-use crate::log::LogReader;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Phase};
 use crate::rate::{RateLimit, Verdict};
-use crate::room::{ClientId, Event};
+use crate::server::{ConnectionCount, Shared};
 use crate::stream::ClientStream;
 use crate::sys;
-use crate::trace::{Direction, Trace};
-use crate::wire;
-use crate::writer::Writer;
-
-/// tungstenite's read buffer, which it fills with zeros before each read, so every byte
-/// of it is memory an idle client holds. Its 128 KiB default would cost more than all
-/// the rest of a client; chat lines are short, and longer ones arrive in several reads.
-pub const READ_BUFFER_BYTES: usize = 1024;
+use crate::trace::Direction;
+use crate::wire::{self, Frame};
+use crate::writer::{Writer, CLOSE_GRACE};
 
 /// Stack reserved for the upgrade thread, which runs the handshake and exits. glibc
 /// keeps exited threads' stacks for reuse, with the 16 KiB under their first frame still
@@ -57,37 +48,8 @@ pub const UPGRADE_STACK_BYTES: usize = 8 * READER_STACK_BYTES;
 /// how many it keeps after a storm has left: 40 at this size.
 pub const READER_STACK_BYTES: usize = 1024 * 1024;
 
-/// How long a client that we closed may take to answer with its own close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
 /// A refused message is not silent: the sender alone hears why.
 const SLOW_DOWN: &str = " .... slow down: message not sent";
-
-/// What every connection thread needs from the server.
-pub struct Shared {
-    pub config: Config,
-    pub events: Sender<Event>,
-    /// Open connections, joined or still in their handshake.
-    pub connections: AtomicUsize,
-    pub max_clients: usize,
-    /// Where the chat page lives, for the answer to a plain HTTP request.
-    pub page_url: String,
-    pub trace: Trace,
-    /// The writer threads; a client belongs to one of them for its whole life.
-    pub writers: Vec<Arc<Writer>>,
-    /// Where private frames learn their place among the room's lines.
-    pub log: LogReader,
-}
-
-/// Counts a connection as open until the last thread serving it has ended, however it
-/// ends. It moves from the upgrade thread to the reader thread.
-pub struct ConnectionCount(pub Arc<Shared>);
-
-impl Drop for ConnectionCount {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Runs on the upgrade thread: the handshake, then hands the open WebSocket to a new
 /// reader thread. `over_capacity` connections are answered with HTTP 503 instead.
@@ -108,24 +70,32 @@ pub fn handle_new_connection(
         return;
     };
     // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
-    // arrives, and the room pings more often than `pong_timeout`.
-    if socket
-        .set_read_timeout(Some(shared.config.pong_timeout))
-        .is_err()
-    {
+    // arrives, and the room pings more often than `pong_timeout`. Without pings there is
+    // nothing to answer, so silence is no sign of a dead peer and there is no deadline.
+    let silence = shared
+        .config
+        .ping_interval
+        .map(|_| shared.config.pong_timeout);
+    if socket.set_read_timeout(silence).is_err() {
         return;
     }
     let trace = shared.trace;
-    let writer = shared.writers[id as usize % shared.writers.len()].clone();
-    let outbox = Outbox::new(socket.clone(), from.clone(), writer, shared.log.clone());
+    let index = id as usize % shared.writers.len();
+    let writer = shared.writers[index].clone();
+    let outbox = Arc::new(Outbox::new(
+        socket.clone(),
+        from.clone(),
+        index,
+        shared.log.clone(),
+    ));
     ws.get_mut()
-        .start_queueing(outbox.clone(), trace.frames(Direction::In));
+        .start_queueing(outbox.clone(), writer.clone(), trace.frames(Direction::In));
 
     let reader = thread::Builder::new()
         .name(format!("client-{id}"))
         .stack_size(READER_STACK_BYTES)
         .spawn(move || {
-            run_reader(count, id, from, ws, outbox, socket);
+            run_reader(count, id, from, ws, outbox, writer);
             sys::release_unused_stack();
         });
     if let Err(err) = reader {
@@ -134,21 +104,21 @@ pub fn handle_new_connection(
     }
 }
 
-/// The reader thread: announces the client, reads until the connection ends, and makes
-/// sure the room hears that it left.
+/// The reader thread: announces the client, reads until the connection ends, closes it,
+/// and drains what the client still sends.
 fn run_reader(
     count: ConnectionCount,
     id: ClientId,
     from: String,
     mut ws: WebSocket<ClientStream>,
     outbox: Arc<Outbox>,
-    socket: Arc<TcpStream>,
+    writer: Arc<Writer>,
 ) {
     let shared = &*count.0;
-    // Dropped last: whatever happens, the writer sends what is queued and shuts the socket.
-    let _finish = FinishOnDrop(outbox.clone());
-    let leave = LeaveOnDrop {
+    let end = ReaderEnd {
         id,
+        outbox: &outbox,
+        writer: &writer,
         events: &shared.events,
     };
     let join = Event::Join {
@@ -159,35 +129,41 @@ fn run_reader(
     if shared.events.send(join).is_err() {
         return; // shutting down
     }
-    let ending = read_pump(&mut ws, shared, id, &outbox);
-    drop(leave);
-
-    if let Ending::Close(code, reason) = ending {
-        let what = format!("closing with {code} {reason:?}");
-        shared.trace.decision(outbox.label(), &what);
-        close_and_linger(&mut ws, &socket, code, reason);
-    }
+    let last = match read_pump(&mut ws, shared, id, &outbox, &writer) {
+        Ending::Gone => None,
+        Ending::Close(code, reason) => {
+            let what = format!("closing with {code} {reason:?}");
+            shared.trace.decision(outbox.label(), &what);
+            Some(wire::close_frame(code, &reason))
+        }
+    };
+    end.close(last);
+    drain(&outbox);
 }
 
-/// Reports the leave when the reader is done, however it ends: an error, a panic, or a
-/// clean close all free the nickname.
-struct LeaveOnDrop<'a> {
+/// The reader's end of the connection, however the reader stops (a close, an error, a
+/// panic): the open phase ends, the room hears of the leave if the reader is the one who
+/// ended it, and the writer learns that nobody reads the socket any more.
+struct ReaderEnd<'a> {
     id: ClientId,
+    outbox: &'a Arc<Outbox>,
+    writer: &'a Writer,
     events: &'a Sender<Event>,
 }
 
-impl Drop for LeaveOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.events.send(Event::Leave { id: self.id });
+impl ReaderEnd<'_> {
+    /// Ends the open phase with `last` as the final frame, unless it has ended already.
+    fn close(&self, last: Option<Frame>) {
+        if self.writer.close(self.outbox, last) {
+            let _ = self.events.send(Event::Leave { id: self.id });
+        }
     }
 }
 
-/// Tells the writer that the reader is done, however it ends.
-struct FinishOnDrop(Arc<Outbox>);
-
-impl Drop for FinishOnDrop {
+impl Drop for ReaderEnd<'_> {
     fn drop(&mut self) {
-        self.0.finish();
+        self.close(None);
+        self.outbox.reader_done();
     }
 }
 
@@ -206,11 +182,17 @@ fn read_pump(
     shared: &Shared,
     id: ClientId,
     outbox: &Arc<Outbox>,
+    writer: &Writer,
 ) -> Ending {
     let config = &shared.config;
     let mut limit = RateLimit::new(config.rate_limit, config.flood_close);
     loop {
-        match ws.read() {
+        let message = ws.read();
+        // The writer may have evicted the client meanwhile: it has told the room already.
+        if outbox.phase() != Phase::Open {
+            return Ending::Gone;
+        }
+        match message {
             Ok(Message::Text(text)) => match limit.check(Instant::now()) {
                 Verdict::Send => {
                     if shared.events.send(Event::Say { id, text }).is_err() {
@@ -219,7 +201,7 @@ fn read_pump(
                 }
                 Verdict::Refuse => {
                     // If even this does not fit, the room evicts the client soon anyway.
-                    let _ = outbox.push(wire::text_frame(SLOW_DOWN));
+                    let _ = writer.push(outbox, wire::text_frame(SLOW_DOWN));
                 }
                 Verdict::Close => {
                     return Ending::Close(wire::CLOSE_POLICY, "flooding".into());
@@ -244,14 +226,7 @@ fn ending_for(err: Error) -> Ending {
         Error::Utf8(_) => close(wire::CLOSE_INVALID_DATA, "invalid UTF-8"),
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Gone,
         Error::Protocol(p) => close(wire::CLOSE_PROTOCOL, &short_reason(&p.to_string())),
-        Error::Io(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            close(wire::CLOSE_GOING_AWAY, "silent too long")
-        }
+        Error::Io(e) if is_timeout(&e) => close(wire::CLOSE_GOING_AWAY, "silent too long"),
         _ => Ending::Gone,
     }
 }
@@ -261,41 +236,90 @@ fn short_reason(reason: &str) -> String {
     reason[..reason.floor_char_boundary(123)].to_owned()
 }
 
-/// Sends our close frame and waits briefly for the client's, so the client sees a clean
-/// close rather than a reset.
-fn close_and_linger(
-    ws: &mut WebSocket<ClientStream>,
-    socket: &TcpStream,
-    code: u16,
-    reason: String,
-) {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
-    if ws.close(Some(frame)).is_err() || socket.set_read_timeout(Some(CLOSE_GRACE)).is_err() {
+/// Reads and drops what the client still sends until it ends its side, or until its writer
+/// has sent the last frame and the client has then been quiet for [`CLOSE_GRACE`]. A socket
+/// closed with input unread is reset, and the reset can overtake the close frame on its way
+/// to the client. The writer bounds the rest: it shuts the socket altogether when a client
+/// takes nothing for the write timeout, or goes on sending for the grace after the end.
+fn drain(outbox: &Outbox) {
+    let socket = &*outbox.socket;
+    if socket.set_read_timeout(Some(CLOSE_GRACE)).is_err() {
         return;
     }
-    while ws.read().is_ok() {}
+    let mut sink = [0u8; 1024];
+    loop {
+        match (&*socket).read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) && outbox.phase() != Phase::Done => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::log::Log;
+    use crate::trace::Trace;
+    use std::net::TcpListener;
+
+    fn connection(events: Sender<Event>) -> (Arc<Outbox>, Arc<Writer>, Log) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let log = Log::new(1 << 20);
+        let writer = Writer::spawn(0, log.reader(), events, CLOSE_GRACE, Trace::new(false));
+        let outbox = Outbox::new(Arc::new(socket), "here".into(), 0, log.reader());
+        (Arc::new(outbox), writer.unwrap(), log)
+    }
+
     #[test]
-    fn a_reader_that_panics_still_reports_its_leave() {
+    fn a_reader_that_panics_still_reports_its_leave_once() {
         let (events, heard) = crossbeam_channel::unbounded();
+        let (outbox, writer, _log) = connection(events.clone());
+        let reader_outbox = outbox.clone();
         let outcome = std::thread::spawn(move || {
-            let _leave = LeaveOnDrop {
+            let end = ReaderEnd {
                 id: 7,
+                outbox: &reader_outbox,
+                writer: &writer,
+                events: &events,
+            };
+            end.close(None);
+            panic!("a bug in the reader");
+        })
+        .join();
+        assert!(outcome.is_err());
+        assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 7 })));
+        assert!(heard.try_recv().is_err(), "the leave is reported once");
+        assert_ne!(outbox.phase(), Phase::Open);
+    }
+
+    #[test]
+    fn a_reader_ended_by_a_panic_alone_still_reports_its_leave() {
+        let (events, heard) = crossbeam_channel::unbounded();
+        let (outbox, writer, _log) = connection(events.clone());
+        let outcome = std::thread::spawn(move || {
+            let _end = ReaderEnd {
+                id: 8,
+                outbox: &outbox,
+                writer: &writer,
                 events: &events,
             };
             panic!("a bug in the reader");
         })
         .join();
         assert!(outcome.is_err());
-        assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 7 })));
+        assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 8 })));
     }
 
     #[test]

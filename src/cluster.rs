@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use redis::{Connection, Value};
 
-use crate::room::{ClientId, Event};
+use crate::event::{ClientId, Entry, Event};
 use crate::trace::Trace;
 
 /// The stream every instance adds its lines to and reads the room from.
@@ -76,15 +76,6 @@ fn held_key(instance: &str) -> String {
 /// Redis did not answer: the caller tells its client, or tries again later.
 #[derive(Debug, PartialEq)]
 pub struct Unreachable;
-
-/// One line as the stream carries it.
-#[derive(Debug)]
-pub struct Entry {
-    pub id: String,
-    pub line: String,
-    /// For a join line: the instance and the client it announces.
-    pub joined: Option<(String, ClientId)>,
-}
 
 /// A connection that fails fast while Redis is away and reconnects with backoff.
 struct Link {

@@ -11,7 +11,7 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 
 use crate::log::{Cursor, Segment};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Phase};
 use crate::sys::send_nonblocking;
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
@@ -27,9 +27,9 @@ pub struct Delivery {
     private: VecDeque<(u64, Frame)>,
     /// How much of the first private frame is already sent.
     private_sent: usize,
-    /// Log bytes from here on are never sent: the connection closes at this frame boundary.
-    limit: u64,
-    evicted: bool,
+    /// `None` while the connection is open. Once it closes: the log offset, a frame
+    /// boundary, where this client's share of the log ends.
+    limit: Option<u64>,
     /// With `--trace`: decodes what is sent, frame by frame.
     frames_out: Option<FrameTrace>,
 }
@@ -53,60 +53,60 @@ impl Delivery {
             cursor,
             private: VecDeque::new(),
             private_sent: 0,
-            limit: u64::MAX,
-            evicted: false,
+            limit: None,
             frames_out: trace.frames(Direction::Out),
         }
     }
 
-    /// Takes the private frames queued since the last call. Once the reader is done, fixes
-    /// where the log stops for this client: after its last private frame's place, and never
-    /// inside a frame.
+    /// Takes the private frames queued since the last call. Once the connection is closing,
+    /// fixes where the log stops for this client: after its last private frame's place, and
+    /// never inside a frame.
     pub fn collect(&mut self) {
-        let closing = self.outbox.take(&mut self.private);
-        if closing && self.is_open() {
+        let phase = self.outbox.take(&mut self.private);
+        if phase != Phase::Open && self.limit.is_none() {
             let last = self.private.back().map_or(0, |(at, _)| *at);
-            self.limit = last.max(self.cursor.frame_end());
+            self.limit = Some(last.max(self.cursor.frame_end()));
         }
     }
 
     /// Still taking lines from the log.
     pub fn is_open(&self) -> bool {
-        self.limit == u64::MAX
+        self.limit.is_none()
     }
 
     pub fn behind(&self, head: u64) -> u64 {
         self.cursor.behind(head)
     }
 
-    /// Everything up to the limit is sent: the socket can be shut.
+    /// Everything up to the limit is sent: the write side can be shut.
     pub fn finished(&self) -> bool {
-        !self.is_open() && self.private.is_empty() && self.cursor.at() >= self.limit
+        self.limit
+            .is_some_and(|limit| self.private.is_empty() && self.cursor.at() >= limit)
     }
 
     /// Gives up on the client: what it has not started is dropped, and close 1008 follows the
-    /// frame it is in. Returns false if it was already evicted.
+    /// frame it is in. Returns false if the connection was no longer open, and so not evicted.
     pub fn evict(&mut self) -> bool {
-        if self.evicted {
+        if !self.outbox.evict() {
             return false;
         }
-        self.evicted = true;
         let mid_private = self.private_sent > 0;
         self.private.truncate(usize::from(mid_private));
-        self.limit = if mid_private {
+        let limit = if mid_private {
             self.cursor.at()
         } else {
             self.cursor.frame_end()
         };
+        self.limit = Some(limit);
         let close = wire::close_frame(wire::CLOSE_POLICY, "too slow");
-        self.private.push_back((self.limit, close));
+        self.private.push_back((limit, close));
         true
     }
 
     /// Builds the slices from the cursor to `head` (or the client's limit), with private frames
     /// in their places, and sends them with one `sendmsg`.
     pub fn send(&mut self, snapshot: &[Arc<Segment>], head: u64, trace: Trace) -> Sent {
-        let to = head.min(self.limit);
+        let to = self.limit.map_or(head, |limit| head.min(limit));
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
         // For each slice: true if it is a private frame, and its length.
         let mut kinds: Vec<(bool, usize)> = Vec::new();
@@ -146,7 +146,14 @@ impl Delivery {
         let sent = match send_nonblocking(&self.outbox.socket, &slices[..count]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            // Nothing went, and the socket is not full: the next pass tries again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                return Sent::Bytes {
+                    sent: 0,
+                    full: false,
+                    more: true,
+                }
+            }
             Err(_) => return Sent::Failed,
         };
         if let Some(frames) = &mut self.frames_out {
@@ -190,7 +197,7 @@ impl Delivery {
 mod tests {
     use super::*;
     use crate::log::Log;
-    use crate::writer::Writer;
+    use crate::outbox::Refused;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
@@ -208,9 +215,8 @@ mod tests {
     }
 
     fn delivery(log: &Log, socket: Arc<TcpStream>, at: u64) -> Delivery {
-        let writer = Writer::spawn(0, log.reader(), Duration::from_secs(5), Trace::new(false));
         let peer = socket.peer_addr().unwrap();
-        let outbox = Outbox::new(socket, peer.to_string(), writer.unwrap(), log.reader());
+        let outbox = Arc::new(Outbox::new(socket, peer.to_string(), 0, log.reader()));
         Delivery::new(outbox, log.cursor_at(at), Trace::new(false))
     }
 
@@ -250,7 +256,7 @@ mod tests {
         let mut delivery = delivery(&log, server, 0);
         log.append(&wire::text_frame("one"));
         log.append(&wire::text_frame("two"));
-        delivery
+        let _ = delivery
             .outbox
             .push(wire::text_frame("only for you"))
             .unwrap();
@@ -303,5 +309,34 @@ mod tests {
         assert_eq!(got[1].0, 0x88);
         assert_eq!(&got[1].1[..2], &1008u16.to_be_bytes());
         assert_eq!(&got[1].1[2..], b"too slow");
+    }
+
+    #[test]
+    fn an_evicted_client_is_sent_nothing_more_and_finishes() {
+        let mut log = Log::new(1 << 20);
+        let (server, mut client) = pair();
+        let mut delivery = delivery(&log, server, 0);
+        log.append(&wire::text_frame("one"));
+        assert!(delivery.evict());
+        // A pong or a notice after the eviction would be placed after the close, and the
+        // delivery would never finish.
+        assert_eq!(
+            delivery.outbox.push(wire::text_frame("a pong")),
+            Err(Refused::Closed)
+        );
+        log.append(&wire::text_frame("two"));
+        for _ in 0..100 {
+            if delivery.finished() {
+                break;
+            }
+            assert_ne!(send_all(&mut delivery, &log), Sent::Failed);
+        }
+        assert!(delivery.finished());
+        let got = frames(&mut client, 1);
+        assert_eq!(
+            got[0].0, 0x88,
+            "the close comes first, and nothing after it"
+        );
+        assert_eq!(&got[0].1[2..], b"too slow");
     }
 }

@@ -15,8 +15,13 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error, WebSocket};
 
-use crate::client::{Shared, READ_BUFFER_BYTES};
+use crate::server::Shared;
 use crate::stream::ClientStream;
+
+/// tungstenite's read buffer, which it fills with zeros before each read, so every byte
+/// of it is memory an idle client holds. Its 128 KiB default would cost more than all
+/// the rest of a client; chat lines are short, and longer ones arrive in several reads.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// The HTTP upgrade. Returns the open WebSocket and the client's address for the logs, or
 /// `None` once the client has been answered with an HTTP error (or has timed out).

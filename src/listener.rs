@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::client::{self, ConnectionCount, Shared, UPGRADE_STACK_BYTES};
+use crate::client::{self, UPGRADE_STACK_BYTES};
+use crate::server::{ConnectionCount, Shared};
 use crate::sys;
 
 /// Pause after `accept` fails for lack of file descriptors, so the loop does not spin

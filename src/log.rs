@@ -136,6 +136,8 @@ struct Shared {
     /// Segments someone may still need, oldest first; the last is the one being filled.
     segments: Mutex<VecDeque<Arc<Segment>>>,
     retention: u64,
+    /// How many appends so far: how a writer tells how fast lines arrive.
+    appends: AtomicU64,
 }
 
 impl Shared {
@@ -176,6 +178,7 @@ impl Log {
                 head: AtomicU64::new(0),
                 segments: Mutex::new(VecDeque::from([filling.clone()])),
                 retention,
+                appends: AtomicU64::new(0),
             }),
             filling,
         }
@@ -218,6 +221,7 @@ impl Log {
             self.shared.trim();
         }
         self.filling.append(frame);
+        self.shared.appends.fetch_add(1, Ordering::Relaxed);
         // SeqCst pairs with the writers' sleep check: either a writer going to sleep sees the
         // new head, or its waker sees that it is asleep.
         self.shared
@@ -241,6 +245,11 @@ impl LogReader {
 
     pub fn retention(&self) -> u64 {
         self.shared.retention
+    }
+
+    /// How many times the room has appended so far (a line, a ping).
+    pub fn appends(&self) -> u64 {
+        self.shared.appends.load(Ordering::Relaxed)
     }
 
     /// The segments kept now, oldest first: what one writer's pass reads from.

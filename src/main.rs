@@ -25,6 +25,7 @@ mod cluster;
 mod cluster;
 mod config;
 mod delivery;
+mod event;
 mod handshake;
 mod listener;
 mod log;
@@ -32,6 +33,7 @@ mod outbox;
 mod page;
 mod rate;
 mod room;
+mod server;
 mod stream;
 mod sys;
 mod trace;
@@ -45,10 +47,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::client::Shared;
 use crate::config::{Command, Config};
+use crate::event::Event;
 use crate::log::Log;
-use crate::room::{Event, Room};
+use crate::room::Room;
+use crate::server::Shared;
 use crate::sys::ShutdownSignals;
 use crate::trace::Trace;
 use crate::writer::Writer;
@@ -147,7 +150,10 @@ fn run(config: Config) -> Result<(), String> {
     // Sending is most of the work, so every core gets a writer.
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let writers = (0..cores)
-        .map(|i| Writer::spawn(i, log.reader(), config.write_timeout, trace))
+        .map(|i| {
+            let events = events.clone();
+            Writer::spawn(i, log.reader(), events, config.write_timeout, trace)
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot start the writer threads: {e}"))?;
     let shared = Arc::new(Shared {

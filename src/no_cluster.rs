@@ -1,18 +1,11 @@
 //! The cluster in a build without the `redis` feature: the same names as `cluster.rs`, but a
 //! `Cluster` can never exist, so the room's cluster paths compile away.
 
-use crate::room::ClientId;
+use crate::event::ClientId;
 
 /// Redis did not answer.
 #[derive(Debug, PartialEq)]
 pub struct Unreachable;
-
-/// One line as the stream carries it.
-#[derive(Debug)]
-pub struct Entry {
-    pub line: String,
-    pub joined: Option<(String, ClientId)>,
-}
 
 /// No value of this type exists in this build.
 pub enum Cluster {}

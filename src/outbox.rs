@@ -1,9 +1,18 @@
-//! The outbox: frames for one client alone, and the way to its writer.
+//! The outbox: frames for one client alone, and where its connection is in its life.
 //!
 //! The room's lines reach a client through the log. What only this client gets (pongs and
-//! close replies from tungstenite, the "slow down" notice, our close frames) waits here, each
-//! frame marked with the log offset it goes before. The client's writer takes them and
-//! sends them in their places, so they never land in the middle of a line.
+//! close replies from tungstenite, the "slow down" notice, close frames) waits here, each
+//! frame marked with the log offset it goes before, until the client's writer takes it and
+//! sends it in its place, so it never lands in the middle of a line.
+//!
+//! The outbox also holds the connection's [`Phase`], the one record of its life that its
+//! reader, the room and its writer all see. Only the methods here move it, forward only,
+//! under one lock; whoever moves it out of [`Phase::Open`] learns so, and is the one who
+//! tells the room that the client has left. So a leave is announced once, whichever thread
+//! notices the end first.
+//!
+//! The outbox is a plain queue: it does not know the writer. A push says whether the
+//! writer must be woken, and the caller wakes it ([`crate::writer::Writer::ready`]).
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
@@ -12,33 +21,34 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::log::LogReader;
 use crate::wire::Frame;
-use crate::writer::{Job, Writer};
 
 /// Frames waiting for one client alone (pongs, notices). A client that keeps pinging without
 /// reading fills it, and its reader then stops with an error.
 const MAX_PRIVATE_FRAMES: usize = 64;
 
-/// One client's mailbox for frames only it gets, shared by its reader and its writer.
-pub struct Outbox {
-    pub(crate) socket: Arc<TcpStream>,
-    /// The client's address, which names it in trace lines until it has a nickname.
-    from: String,
-    /// Set by the room at the join, so that trace lines can name the client.
-    pub nickname: OnceLock<String>,
-    private: Mutex<Private>,
-    /// The writer that owns this client.
-    writer: Arc<Writer>,
-    log: LogReader,
-    /// Where the writer keeps this client, once it has it.
-    pub(crate) slot: AtomicUsize,
+/// Where a connection is in its life. It only moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The room's lines and private frames go out; the reader hands messages to the room.
+    Open,
+    /// The frames queued so far are the last (a close frame among them, unless the client
+    /// is simply gone). The client gets the log up to the end of the frame it is in when its
+    /// writer sees this, and nothing after.
+    Closing,
+    /// Its writer gave up on a client too far behind: it gets the rest of the frame it is
+    /// in, then close 1008. Private frames it had not started are dropped.
+    Evicted,
+    /// Everything is sent, or the socket failed: its write side is shut.
+    Done,
 }
 
-struct Private {
-    /// Each frame with the log offset it goes before.
-    frames: VecDeque<(u64, Frame)>,
-    closing: bool,
-    /// The writer has been told that something is here.
-    told: bool,
+/// Whether the writer must be woken to look at this outbox.
+#[must_use]
+#[derive(Debug, PartialEq)]
+pub enum Wake {
+    Writer,
+    /// It has been told already and has not looked yet.
+    No,
 }
 
 /// Why a frame was not queued.
@@ -46,65 +56,123 @@ struct Private {
 pub enum Refused {
     /// [`MAX_PRIVATE_FRAMES`] are already waiting.
     Full,
-    /// The connection is closing.
+    /// The connection is no longer open: nothing more is sent to it.
     Closed,
 }
 
+/// One client's mailbox for frames only it gets, shared by its reader, the room and its
+/// writer, with the connection's phase.
+pub struct Outbox {
+    pub socket: Arc<TcpStream>,
+    /// The client's address, which names it in trace lines until it has a nickname.
+    from: String,
+    /// Set by the room at the join, so that trace lines can name the client.
+    pub nickname: OnceLock<String>,
+    /// Which of the server's writers sends to this client, for its whole life.
+    pub writer: usize,
+    log: LogReader,
+    state: Mutex<State>,
+    /// Where the writer keeps this client, once it has it.
+    pub(crate) slot: AtomicUsize,
+}
+
+struct State {
+    /// Each frame with the log offset it goes before.
+    frames: VecDeque<(u64, Frame)>,
+    phase: Phase,
+    /// The reader thread has ended: nobody reads from the socket any more.
+    reader_done: bool,
+    /// The writer has been told that something is here and has not looked yet.
+    told: bool,
+}
+
 impl Outbox {
-    pub fn new(
-        socket: Arc<TcpStream>,
-        from: String,
-        writer: Arc<Writer>,
-        log: LogReader,
-    ) -> Arc<Outbox> {
-        Arc::new(Outbox {
+    pub fn new(socket: Arc<TcpStream>, from: String, writer: usize, log: LogReader) -> Outbox {
+        Outbox {
             socket,
             from,
             nickname: OnceLock::new(),
-            private: Mutex::new(Private {
-                frames: VecDeque::new(),
-                closing: false,
-                told: false,
-            }),
             writer,
             log,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                phase: Phase::Open,
+                reader_done: false,
+                told: false,
+            }),
             slot: AtomicUsize::new(usize::MAX),
-        })
+        }
     }
 
     /// Queues a frame for this client alone, after every line the room has sent so far.
-    pub fn push(self: &Arc<Self>, frame: Frame) -> Result<(), Refused> {
-        let mut private = self.lock();
-        if private.closing {
+    pub fn push(&self, frame: Frame) -> Result<Wake, Refused> {
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
             return Err(Refused::Closed);
         }
-        if private.frames.len() >= MAX_PRIVATE_FRAMES {
+        if state.frames.len() >= MAX_PRIVATE_FRAMES {
             return Err(Refused::Full);
         }
         // Read under the lock: a frame queued after the writer took the others is placed at
         // or after everything that writer is sending, so frames never interleave.
-        private.frames.push_back((self.log.head(), frame));
-        self.tell_writer(private);
-        Ok(())
+        state.frames.push_back((self.log.head(), frame));
+        Ok(state.tell())
     }
 
-    /// Queues a last frame (a close); once it is sent the socket is shut.
-    pub fn push_last(self: &Arc<Self>, frame: Frame) {
-        let mut private = self.lock();
-        if !private.closing {
-            private.frames.push_back((self.log.head(), frame));
-            private.closing = true;
-            self.tell_writer(private);
+    /// Ends the open phase: `last` (a close frame) is the final frame queued, and nothing
+    /// after it will be. Returns whether this call ended it, and so must announce the leave.
+    pub fn close(&self, last: Option<Frame>) -> (bool, Wake) {
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return (false, Wake::No);
         }
+        state.phase = Phase::Closing;
+        if let Some(frame) = last {
+            state.frames.push_back((self.log.head(), frame));
+        }
+        (true, state.tell())
     }
 
-    /// The reader is done: send what is queued for this client alone, then shut the socket.
-    pub fn finish(self: &Arc<Self>) {
-        let mut private = self.lock();
-        if !private.closing {
-            private.closing = true;
-            self.tell_writer(private);
+    /// The writer gives up on the client: nothing more is queued, and what was queued and not
+    /// yet taken is dropped. Returns whether this call ended the open phase.
+    pub(crate) fn evict(&self) -> bool {
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return false;
         }
+        state.phase = Phase::Evicted;
+        state.frames.clear();
+        true
+    }
+
+    /// The writer is done with the socket. Returns whether the connection was still open.
+    pub(crate) fn done(&self) -> bool {
+        let mut state = self.lock();
+        let was_open = state.phase == Phase::Open;
+        state.phase = Phase::Done;
+        state.frames.clear();
+        was_open
+    }
+
+    /// Moves the private frames into the writer's hands, and says where the connection is.
+    pub(crate) fn take(&self, into: &mut VecDeque<(u64, Frame)>) -> Phase {
+        let mut state = self.lock();
+        state.told = false;
+        into.append(&mut state.frames);
+        state.phase
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// The reader thread has ended.
+    pub fn reader_done(&self) {
+        self.lock().reader_done = true;
+    }
+
+    pub(crate) fn is_reader_done(&self) -> bool {
+        self.lock().reader_done
     }
 
     /// The name trace lines use for this client.
@@ -115,29 +183,79 @@ impl Outbox {
             .unwrap_or_else(|| self.from.clone())
     }
 
-    /// The writer this client belongs to.
-    pub fn writer(&self) -> &Arc<Writer> {
-        &self.writer
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every statement leaves the state consistent, so a panic elsewhere cannot spoil it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Private> {
-        // Every statement leaves the queue consistent, so a panic elsewhere cannot spoil it.
-        self.private.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn tell_writer(self: &Arc<Self>, mut private: MutexGuard<'_, Private>) {
-        if !private.told {
-            private.told = true;
-            drop(private);
-            self.writer.send(Job::Ready(self.clone()));
+impl State {
+    /// Whether the writer must be told; after this it counts as told until it looks.
+    fn tell(&mut self) -> Wake {
+        if std::mem::replace(&mut self.told, true) {
+            Wake::No
+        } else {
+            Wake::Writer
         }
     }
+}
 
-    /// Moves the private frames into the writer's hands; says whether the client is closing.
-    pub(crate) fn take(&self, into: &mut VecDeque<(u64, Frame)>) -> bool {
-        let mut private = self.lock();
-        private.told = false;
-        into.append(&mut private.frames);
-        private.closing
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Log;
+    use crate::wire;
+    use std::net::TcpListener;
+
+    fn outbox() -> (Outbox, Log) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let log = Log::new(1 << 20);
+        (
+            Outbox::new(Arc::new(socket), "here".into(), 0, log.reader()),
+            log,
+        )
+    }
+
+    #[test]
+    fn only_the_first_push_since_the_writer_looked_wakes_it() {
+        let (outbox, _log) = outbox();
+        assert_eq!(outbox.push(wire::ping_frame()), Ok(Wake::Writer));
+        assert_eq!(outbox.push(wire::ping_frame()), Ok(Wake::No));
+        let mut taken = VecDeque::new();
+        assert_eq!(outbox.take(&mut taken), Phase::Open);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(outbox.push(wire::ping_frame()), Ok(Wake::Writer));
+    }
+
+    #[test]
+    fn a_full_outbox_refuses() {
+        let (outbox, _log) = outbox();
+        for _ in 0..MAX_PRIVATE_FRAMES {
+            assert!(outbox.push(wire::ping_frame()).is_ok());
+        }
+        assert_eq!(outbox.push(wire::ping_frame()), Err(Refused::Full));
+    }
+
+    #[test]
+    fn the_open_phase_ends_once_and_nothing_is_queued_after() {
+        let (outbox, _log) = outbox();
+        assert!(outbox.close(Some(wire::close_frame(1000, ""))).0);
+        assert!(!outbox.close(None).0, "ended once");
+        assert!(!outbox.evict());
+        assert!(!outbox.done());
+        assert_eq!(outbox.push(wire::ping_frame()), Err(Refused::Closed));
+    }
+
+    #[test]
+    fn an_evicted_outbox_drops_what_waits_and_refuses_more() {
+        let (outbox, _log) = outbox();
+        let _ = outbox.push(wire::text_frame("slow down"));
+        assert!(outbox.evict());
+        assert_eq!(outbox.push(wire::ping_frame()), Err(Refused::Closed));
+        assert!(!outbox.close(None).0, "the eviction already ended it");
+        let mut taken = VecDeque::new();
+        assert_eq!(outbox.take(&mut taken), Phase::Evicted);
+        assert!(taken.is_empty());
     }
 }

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
-use tungstenite::Utf8Bytes;
 
-use crate::cluster::{Cluster, Entry, Unreachable};
+use crate::cluster::{Cluster, Unreachable};
+use crate::event::{ClientId, Entry, Event};
 use crate::log::Log;
 use crate::outbox::Outbox;
 use crate::sys;
@@ -46,29 +46,6 @@ const MOST_DRAWS: usize = 100;
 
 /// What the sender alone hears when its line cannot reach the cluster.
 const NOT_SENT: &str = " .... not sent: the room is unreachable";
-
-/// Identifies one connection for its whole life, before and after it has a nickname.
-pub type ClientId = u64;
-
-/// What client threads (and the signal thread) tell the room.
-pub enum Event {
-    /// A handshake finished: give this connection a nickname and announce it.
-    Join {
-        id: ClientId,
-        /// The client's address, for the join/leave log.
-        from: String,
-        outbox: Arc<Outbox>,
-    },
-    /// A text message arrived from a member.
-    Say { id: ClientId, text: Utf8Bytes },
-    /// A connection ended, for whatever reason.
-    Leave { id: ClientId },
-    /// Lines the stream thread read back from the cluster, in the cluster's order.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Stream(Vec<Entry>),
-    /// The server is stopping: say goodbye to everyone.
-    Shutdown,
-}
 
 /// A connected client as the room sees it.
 struct Member {
@@ -151,7 +128,7 @@ impl Room {
     /// Gives the newcomer a free `user-N` and tells everyone, the newcomer first of all.
     fn handle_new_connection(&mut self, id: ClientId, from: String, outbox: Arc<Outbox>) {
         let Ok(number) = self.claim_free_number() else {
-            return turn_away(&self.log, &outbox);
+            return self.turn_away(id, &outbox);
         };
         let nickname = format!("user-{number}");
         let _ = outbox.nickname.set(nickname.clone());
@@ -161,7 +138,7 @@ impl Room {
             if cluster.publish(&line, Some(id)).is_err() {
                 let _ = cluster.release(&nickname);
                 self.taken.remove(&number);
-                return turn_away(&self.log, &outbox);
+                return self.turn_away(id, &outbox);
             }
         }
         eprintln!("join  {nickname} from {from}");
@@ -179,7 +156,7 @@ impl Room {
         if self.cluster.is_none() {
             // The newcomer's cursor starts at its own join line: it sees everything from there.
             let joined_at = self.append_line(&line);
-            start_reading(&self.log, &outbox, joined_at);
+            self.start_reading(id, &outbox, joined_at);
         }
     }
 
@@ -191,7 +168,7 @@ impl Room {
         let line = format!("{}: {}", sender.nickname, text);
         let outbox = sender.outbox.clone();
         if self.send_to_all(&line).is_err() {
-            let _ = outbox.push(wire::text_frame(NOT_SENT));
+            let _ = self.writers[outbox.writer].push(&outbox, wire::text_frame(NOT_SENT));
         }
     }
 
@@ -243,7 +220,8 @@ impl Room {
                 .as_ref()
                 .is_some_and(|c| c.instance() == instance);
             if let Some(member) = self.members.get(&id).filter(|_| ours) {
-                start_reading(&self.log, &member.outbox, at);
+                let outbox = member.outbox.clone();
+                self.start_reading(id, &outbox, at);
             }
         }
     }
@@ -298,7 +276,7 @@ impl Room {
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
         for member in self.members.values() {
-            member.outbox.push_last(bye.clone());
+            self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
         }
         if self.cluster.is_some() {
             self.owed
@@ -306,6 +284,22 @@ impl Room {
             self.pay_owed();
         }
         self.members.clear();
+    }
+
+    /// The newcomer's writer starts sending it the log from `at`, its join line.
+    fn start_reading(&self, id: ClientId, outbox: &Arc<Outbox>, at: u64) {
+        self.writers[outbox.writer].add(id, outbox.clone(), self.log.cursor_at(at));
+    }
+
+    /// Closes a newcomer the room cannot take now (close 1013, try again later). It never
+    /// joined, so nobody hears of it leaving.
+    fn turn_away(&self, id: ClientId, outbox: &Arc<Outbox>) {
+        self.start_reading(id, outbox, self.log.head());
+        let sorry = wire::close_frame(
+            wire::CLOSE_TRY_AGAIN_LATER,
+            "the room is unreachable; try again later",
+        );
+        self.writers[outbox.writer].close(outbox, Some(sorry));
     }
 
     /// Draws N until it is free and reserves it, here and, in a cluster, in Redis.
@@ -339,18 +333,4 @@ impl Room {
             }
         }
     }
-}
-
-/// The newcomer's writer starts sending it the log from `at`, its join line.
-fn start_reading(log: &Log, outbox: &Arc<Outbox>, at: u64) {
-    outbox.writer().add(outbox.clone(), log.cursor_at(at));
-}
-
-/// Closes a newcomer the room cannot take now (close 1013, try again later).
-fn turn_away(log: &Log, outbox: &Arc<Outbox>) {
-    start_reading(log, outbox, log.head());
-    outbox.push_last(wire::close_frame(
-        wire::CLOSE_TRY_AGAIN_LATER,
-        "the room is unreachable; try again later",
-    ));
 }

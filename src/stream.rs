@@ -1,9 +1,13 @@
 //! The byte stream under tungstenite: reads from the socket, writes into the outbox.
 //!
 //! The reader thread never writes to an open connection. tungstenite's own replies (pongs,
-//! close replies, our close frames) are queued as whole frames in the client's [`Outbox`],
-//! and its writer thread places them between the room's lines. So frames never interleave
-//! on the wire, and one tungstenite state machine sees the whole conversation.
+//! close replies) are queued as whole frames in the client's [`Outbox`], and its writer
+//! thread places them between the room's lines. So frames never interleave on the wire,
+//! and one tungstenite state machine sees the whole conversation.
+//!
+//! A read interrupted by a signal is tried again. After the process is stopped (Ctrl-Z, a
+//! debugger, `docker pause`) and continued, Linux fails a blocking `recv` that has a
+//! timeout with `EINTR` (signal(7)); that is no reason to drop a client.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -13,6 +17,7 @@ use std::time::Instant;
 use crate::outbox::Outbox;
 use crate::trace::FrameTrace;
 use crate::wire::Frame;
+use crate::writer::Writer;
 
 /// The stream tungstenite reads and writes.
 ///
@@ -20,7 +25,8 @@ use crate::wire::Frame;
 /// and, once the reader is running, into the client's outbox as whole frames.
 pub struct ClientStream {
     socket: Arc<TcpStream>,
-    outbox: Option<Arc<Outbox>>,
+    /// Once the reader runs: the client's outbox, and the writer that sends it.
+    outbox: Option<(Arc<Outbox>, Arc<Writer>)>,
     /// The whole handshake must finish by then; a per-read timeout alone would let a
     /// client that sends one byte every few seconds hold the connection for ever.
     handshake_deadline: Option<Instant>,
@@ -46,23 +52,33 @@ impl ClientStream {
 
     /// Called once the handshake is done: from now on writes go to the outbox, and what
     /// is read is WebSocket frames.
-    pub fn start_queueing(&mut self, outbox: Arc<Outbox>, frames_in: Option<FrameTrace>) {
-        self.outbox = Some(outbox);
+    pub fn start_queueing(
+        &mut self,
+        outbox: Arc<Outbox>,
+        writer: Arc<Writer>,
+        frames_in: Option<FrameTrace>,
+    ) {
+        self.outbox = Some((outbox, writer));
         self.frames_in = frames_in;
     }
 }
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.handshake_deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::WouldBlock.into());
+        let n = loop {
+            if let Some(deadline) = self.handshake_deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                self.socket.set_read_timeout(Some(left))?;
             }
-            self.socket.set_read_timeout(Some(left))?;
-        }
-        let n = (&*self.socket).read(buf)?;
-        if let (Some(frames), Some(outbox)) = (&mut self.frames_in, &self.outbox) {
+            match (&*self.socket).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => break read?,
+            }
+        };
+        if let (Some(frames), Some((outbox, _))) = (&mut self.frames_in, &self.outbox) {
             frames.feed(&buf[..n], &outbox.label());
         }
         Ok(n)
@@ -72,9 +88,14 @@ impl Read for ClientStream {
 impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &self.outbox {
-            None => (&*self.socket).write(buf),
+            None => loop {
+                match (&*self.socket).write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    written => break written,
+                }
+            },
             // tungstenite hands over whole frames, so each chunk stays in one piece.
-            Some(outbox) => match outbox.push(Frame::from(buf)) {
+            Some((outbox, writer)) => match writer.push(outbox, Frame::from(buf)) {
                 Ok(()) => Ok(buf.len()),
                 Err(why) => Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,

@@ -2,20 +2,26 @@
 //!
 //! There is one writer thread per core, and each owns a share of the clients. A writer keeps,
 //! for each of its clients, a [`Cursor`] into the room's [`Log`](crate::log::Log) and the
-//! frames meant for that client alone (pongs, close frames, notices), which its reader puts
-//! in the client's [`Outbox`]. When the log grows, the writer sends each client everything
-//! from its cursor to the head, private frames in their place, with one non-blocking
-//! `sendmsg`: one system call however many lines are waiting.
+//! frames meant for that client alone (pongs, close frames, notices), which its reader and
+//! the room put in the client's [`Outbox`]. When the log grows, the writer sends each client
+//! everything from its cursor to the head, private frames in their place, with one
+//! non-blocking `sendmsg`: one system call however many lines are waiting.
 //!
 //! A client whose socket is full is left alone until epoll says it is writable again, so it
 //! never delays anyone else. One that falls more than the log's retention behind is evicted
 //! (close 1008 "too slow"); one whose socket takes nothing for `--write-timeout` is dropped.
+//! Either way the writer tells the room that it left, since the client's reader may be asleep.
 //!
-//! Why gather: a loopback `send` costs about 8 us of CPU whatever its size, so sending each
-//! line the moment it arrives would cost 8 us per delivery. After a pass over its clients a
-//! writer rests [`REST_PER_WORK`] times as long as the pass took, at most [`GATHER_BUDGET`],
-//! and lines gather meanwhile. A writer with few clients has passes of microseconds, so it
-//! hardly rests and small rooms never wait; a busy one batches many lines into each send.
+//! Ending a connection the way RFC 6455 (7.1.1) asks: after the last frame (a close frame)
+//! the writer shuts the socket's write side, so the client reads the close and its reason,
+//! then an orderly end of stream. The reader meanwhile drains what the client still sends,
+//! so the socket is not closed with input unread, which would reset it. A reader that is
+//! still asleep [`CLOSE_GRACE`] later is woken by shutting the socket altogether.
+//!
+//! When to send: a loopback `send` costs about 8 us of CPU whatever it carries. A writer with
+//! CPU to spare sends each line the moment it arrives. Only once sending every line at once
+//! would keep it busy more than [`BUSY_SHARE`] of its time does it rest after each pass, to
+//! let lines gather into fewer sends ([`Gather`]).
 
 use std::io;
 use std::mem;
@@ -29,29 +35,43 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::delivery::{Delivery, Sent};
+use crate::event::{ClientId, Event};
 use crate::log::{Cursor, LogReader, Segment};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Refused, Wake};
 use crate::sys::Poller;
 use crate::trace::Trace;
+use crate::wire::Frame;
 
-/// After a pass over its clients, a writer rests this many times as long as the pass took:
-/// a pass over a few clients takes microseconds, so small rooms hardly wait. `make bench`,
-/// readers up to 4 ms late: 100 clients at 200 lines/s each have p99 5-6 ms at 9 (9 ms at 12).
+/// A writer rests after a pass only when sending each line at once would keep it busy more
+/// than this share of its time: below it, the CPU a rest saves is CPU nobody needed, and
+/// the rest would only add latency.
+pub const BUSY_SHARE: f64 = 0.5;
+
+/// A busy writer rests this many times as long as its pass took, so that it sends at most a
+/// tenth of its time and lines gather meanwhile.
 pub const REST_PER_WORK: u32 = 9;
 
 /// The most a writer rests to let lines gather: the latency it may add to a line to save
-/// sends. A loopback send costs about 8 us whatever it carries, so with 1000 clients at 200
-/// lines/s each this sets the CPU per delivery: `make bench` measured 1.46-1.53 us at 18 ms
-/// with p99 28-30 ms, and p99 over 30 ms at 19 ms.
+/// sends. With 1000 clients at 200 lines/s each this sets the CPU per delivery
+/// (BENCHMARKS.md).
 pub const GATHER_BUDGET: Duration = Duration::from_millis(18);
 
-/// How often a writer with blocked clients checks them against the write timeout.
-const TIMEOUT_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How long a client we have finished writing to may take to answer our close and end its
+/// side before its socket is shut altogether.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a writer checks its blocked clients against the write timeout, and its closing
+/// ones against the grace.
+const TIMER_EVERY: Duration = Duration::from_millis(50);
+
+/// How quickly the writer's estimate of its load follows a change: each pass moves it this
+/// share of the way to what the pass measured.
+const LOAD_SMOOTHING: f64 = 1.0 / 8.0;
 
 /// What a writer is told through its channel.
-pub(crate) enum Job {
-    /// A new client, with its cursor at its own join line.
-    Add(Arc<Outbox>, Cursor),
+enum Job {
+    /// A new member, with its cursor at its own join line.
+    Add(ClientId, Arc<Outbox>, Cursor),
     /// A client has private frames or is closing.
     Ready(Arc<Outbox>),
 }
@@ -65,10 +85,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts writer thread `index`.
+    /// Starts writer thread `index`. It tells the room through `events` of the clients it
+    /// evicts or loses.
     pub fn spawn(
         index: usize,
         log: LogReader,
+        events: Sender<Event>,
         write_timeout: Duration,
         trace: Trace,
     ) -> io::Result<Arc<Writer>> {
@@ -82,12 +104,16 @@ impl Writer {
             writer: writer.clone(),
             inbox,
             log,
+            events,
             clients: Vec::new(),
             free: Vec::new(),
             blocked: 0,
+            draining: Vec::new(),
             snapshot: Vec::new(),
             seen_head: 0,
             due: Vec::new(),
+            trim_due: false,
+            gather: Gather::default(),
             write_timeout,
             trace,
         };
@@ -98,8 +124,30 @@ impl Writer {
     }
 
     /// Hands a newly joined client to this writer.
-    pub fn add(&self, outbox: Arc<Outbox>, cursor: Cursor) {
-        self.send(Job::Add(outbox, cursor));
+    pub fn add(&self, id: ClientId, outbox: Arc<Outbox>, cursor: Cursor) {
+        self.send(Job::Add(id, outbox, cursor));
+    }
+
+    /// Queues a frame for one client alone.
+    pub fn push(&self, outbox: &Arc<Outbox>, frame: Frame) -> Result<(), Refused> {
+        let wake = outbox.push(frame)?;
+        self.ready(outbox, wake);
+        Ok(())
+    }
+
+    /// Ends the client's open phase with `last` as its final frame. Returns whether this
+    /// call ended it: then the caller tells the room, if it is not the room.
+    pub fn close(&self, outbox: &Arc<Outbox>, last: Option<Frame>) -> bool {
+        let (ended, wake) = outbox.close(last);
+        self.ready(outbox, wake);
+        ended
+    }
+
+    /// The outbox said the writer must look at it.
+    fn ready(&self, outbox: &Arc<Outbox>, wake: Wake) {
+        if wake == Wake::Writer {
+            self.send(Job::Ready(outbox.clone()));
+        }
     }
 
     /// The log grew: make sure the writer is not sleeping through it.
@@ -109,7 +157,7 @@ impl Writer {
         }
     }
 
-    pub(crate) fn send(&self, job: Job) {
+    fn send(&self, job: Job) {
         // Fails only if the writer thread is gone, when the process is ending.
         let _ = self.jobs.send(job);
         fence(Ordering::SeqCst);
@@ -119,10 +167,47 @@ impl Writer {
 
 /// A client as its writer sees it.
 struct Client {
+    id: ClientId,
     delivery: Delivery,
     /// The last send left bytes behind: wait for epoll to say the socket is writable.
     blocked: bool,
     last_progress: Instant,
+}
+
+/// When a writer rests: it estimates how busy it would be if it sent each line the moment it
+/// arrived, and rests only when that is more than [`BUSY_SHARE`] of its time.
+///
+/// A pass costs about the same whether its sends carry one line or ten (the system call is
+/// the cost), so one pass per line would take `lines x pass` of every `interval`. That
+/// estimate does not depend on whether the writer rested, so resting cannot fool it.
+#[derive(Default)]
+struct Gather {
+    /// The estimated share of its time, smoothed over passes.
+    load: f64,
+    /// When the last pass that sent began, and the log's append count then.
+    last: Option<(Instant, u64)>,
+}
+
+impl Gather {
+    /// Called after a pass that sent something, which began at `started` with the log at
+    /// `appends` and ended at `ended`. Returns how long to rest before the next pass.
+    fn rest_after(&mut self, started: Instant, ended: Instant, appends: u64) -> Duration {
+        let pass = ended.saturating_duration_since(started);
+        if let Some((before, appends_before)) = self.last {
+            let interval = started.saturating_duration_since(before).as_secs_f64();
+            if interval > 0.0 {
+                let lines = appends.saturating_sub(appends_before) as f64;
+                let sample = (lines * pass.as_secs_f64() / interval).min(1.0);
+                self.load += (sample - self.load) * LOAD_SMOOTHING;
+            }
+        }
+        self.last = Some((started, appends));
+        if self.load > BUSY_SHARE {
+            (pass * REST_PER_WORK).min(GATHER_BUDGET)
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 /// The writer thread's own state.
@@ -130,16 +215,24 @@ struct Pump {
     writer: Arc<Writer>,
     inbox: Receiver<Job>,
     log: LogReader,
+    events: Sender<Event>,
     /// Clients by slot; the slot is also the epoll token.
     clients: Vec<Option<Client>>,
     free: Vec<usize>,
     blocked: usize,
+    /// Clients written to the end, waiting for their reader to finish draining; each is shut
+    /// altogether at its deadline if the reader is still there.
+    draining: Vec<(Arc<Outbox>, Instant)>,
     /// The log's segments as of the current pass.
     snapshot: Vec<Arc<Segment>>,
     /// The head as of the last pass: when it moves, every client may have something new.
     seen_head: u64,
     /// Clients to serve in the next pass even if the head has not moved.
     due: Vec<usize>,
+    /// A client was forgotten: once the pass lets go of its snapshot, the segments only that
+    /// client's cursor held can go.
+    trim_due: bool,
+    gather: Gather,
     write_timeout: Duration,
     trace: Trace,
 }
@@ -148,29 +241,35 @@ impl Pump {
     fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut writable = Vec::new();
-        let mut next_timeout_check = Instant::now();
+        let mut next_timer = Instant::now();
         loop {
             self.take_jobs();
+            let appends = self.log.appends();
             let started = Instant::now();
             let sent = self.pass();
-            if self.blocked > 0 && started >= next_timeout_check {
-                self.drop_timed_out(started);
-                next_timeout_check = started + TIMEOUT_CHECK_EVERY;
+            let ended = Instant::now();
+            if self.has_timers() && ended >= next_timer {
+                self.check_timers(ended);
+                next_timer = ended + TIMER_EVERY;
             }
             if sent {
-                // Let lines gather, in proportion to what sending them just cost.
-                thread::sleep((started.elapsed() * REST_PER_WORK).min(GATHER_BUDGET));
+                let rest = self.gather.rest_after(started, ended, appends);
+                if !rest.is_zero() {
+                    thread::sleep(rest);
+                }
             }
 
             self.writer.asleep.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let idle =
                 self.inbox.is_empty() && self.due.is_empty() && self.log.head() == self.seen_head;
-            let timeout = match (idle, self.blocked) {
+            let timeout = match (idle, self.has_timers()) {
                 (false, _) => Some(Duration::ZERO),
-                (true, 0) => None,
-                (true, _) => Some(TIMEOUT_CHECK_EVERY),
+                (true, false) => None,
+                (true, true) => Some(TIMER_EVERY),
             };
+            // Returns early, with nothing, when interrupted (after SIGSTOP and SIGCONT): the
+            // loop simply goes round again.
             self.writer.poller.wait(timeout, &mut events, &mut writable);
             self.writer.asleep.store(false, Ordering::SeqCst);
             for &slot in &writable {
@@ -182,7 +281,7 @@ impl Pump {
     fn take_jobs(&mut self) {
         while let Ok(job) = self.inbox.try_recv() {
             match job {
-                Job::Add(outbox, cursor) => self.add(outbox, cursor),
+                Job::Add(id, outbox, cursor) => self.add(id, outbox, cursor),
                 Job::Ready(outbox) => {
                     let slot = outbox.slot.load(Ordering::Relaxed);
                     let ours = self.clients.get(slot).and_then(Option::as_ref);
@@ -195,7 +294,7 @@ impl Pump {
         }
     }
 
-    fn add(&mut self, outbox: Arc<Outbox>, cursor: Cursor) {
+    fn add(&mut self, id: ClientId, outbox: Arc<Outbox>, cursor: Cursor) {
         let slot = self.free.pop().unwrap_or(self.clients.len());
         // Edge-triggered: an event each time a full socket has room again.
         let watched = self
@@ -204,11 +303,13 @@ impl Pump {
             .watch_writable(outbox.socket.as_raw_fd(), slot as u64);
         if watched.is_err() {
             self.free.push(slot);
+            self.tell_room_if_ended(id, outbox.done());
             let _ = outbox.socket.shutdown(Shutdown::Both);
             return;
         }
         outbox.slot.store(slot, Ordering::Relaxed);
         let client = Client {
+            id,
             delivery: Delivery::new(outbox, cursor, self.trace),
             blocked: false,
             last_progress: Instant::now(),
@@ -247,6 +348,9 @@ impl Pump {
         due.append(&mut self.due);
         self.due = due;
         self.snapshot.clear();
+        if mem::take(&mut self.trim_due) {
+            self.log.trim();
+        }
         sent
     }
 
@@ -267,11 +371,14 @@ impl Pump {
         }
         match client.delivery.send(&self.snapshot, head, self.trace) {
             Sent::Lapped => {
-                self.evict(slot);
+                if !self.evict(slot) {
+                    // Already closing, and what it still had to get is gone.
+                    self.drop_client(slot, "lapped while closing; dropped");
+                }
                 false
             }
             Sent::Failed => {
-                self.drop_client(slot);
+                self.drop_client(slot, "the connection failed; dropped");
                 false
             }
             Sent::Bytes { sent, full, more } => {
@@ -284,26 +391,28 @@ impl Pump {
                 } else if more {
                     self.due.push(slot);
                 } else if client.delivery.finished() {
-                    self.drop_client(slot);
+                    self.finish(slot, now);
                 }
                 sent > 0
             }
         }
     }
 
-    /// The client is too far behind: it gets close 1008 after the frame it is in, and its
-    /// reader ends now, so that the room announces the leave without waiting for the socket.
-    fn evict(&mut self, slot: usize) {
+    /// The client is too far behind: it gets close 1008 after the frame it is in, and the
+    /// room hears now that it left. Returns false if it was already closing.
+    fn evict(&mut self, slot: usize) -> bool {
         let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
-            return;
+            return false;
         };
-        let delivery = &mut client.delivery;
-        if delivery.evict() {
-            self.trace
-                .decision(delivery.outbox.label(), "evicted: too slow");
-            let _ = delivery.outbox.socket.shutdown(Shutdown::Read);
-            self.due.push(slot);
+        if !client.delivery.evict() {
+            return false;
         }
+        let id = client.id;
+        self.trace
+            .decision(client.delivery.outbox.label(), "evicted: too slow");
+        self.tell_room_if_ended(id, true);
+        self.due.push(slot);
+        true
     }
 
     fn writable(&mut self, slot: usize) {
@@ -316,7 +425,13 @@ impl Pump {
         }
     }
 
-    fn drop_timed_out(&mut self, now: Instant) {
+    fn has_timers(&self) -> bool {
+        self.blocked > 0 || !self.draining.is_empty()
+    }
+
+    /// Drops blocked clients whose socket has taken nothing for the write timeout, and shuts
+    /// the sockets of closed clients whose reader is still there after the grace.
+    fn check_timers(&mut self, now: Instant) {
         let timed_out: Vec<usize> = (0..self.clients.len())
             .filter(|&slot| {
                 self.clients[slot].as_ref().is_some_and(|c| {
@@ -325,33 +440,104 @@ impl Pump {
             })
             .collect();
         for slot in timed_out {
-            if let Some(Some(client)) = self.clients.get(slot) {
-                let who = client.delivery.outbox.label();
-                self.trace.decision(who, "write timed out; dropped");
+            self.drop_client(slot, "write timed out; dropped");
+        }
+        self.draining.retain(|(outbox, deadline)| {
+            if outbox.is_reader_done() {
+                return false;
             }
-            self.drop_client(slot);
+            if now < *deadline {
+                return true;
+            }
+            // Wakes the reader, which ends.
+            let _ = outbox.socket.shutdown(Shutdown::Both);
+            false
+        });
+        if mem::take(&mut self.trim_due) {
+            self.log.trim();
         }
     }
 
-    /// Shuts the socket (which also ends the reader) and forgets the client.
-    fn drop_client(&mut self, slot: usize) {
-        let Some(client) = self.clients.get_mut(slot).and_then(Option::take) else {
-            return;
-        };
+    /// Everything up to the close is sent: shut the write side, so the client reads an
+    /// orderly end after our close frame, and leave the reader to drain.
+    fn finish(&mut self, slot: usize, now: Instant) {
+        if let Some(client) = self.forget(slot) {
+            let outbox = client.delivery.outbox;
+            let _ = outbox.socket.shutdown(Shutdown::Write);
+            self.tell_room_if_ended(client.id, outbox.done());
+            self.draining.push((outbox, now + CLOSE_GRACE));
+        }
+    }
+
+    /// Gives up on the socket: shut it (which also wakes the reader) and forget the client.
+    fn drop_client(&mut self, slot: usize, why: &str) {
+        if let Some(client) = self.forget(slot) {
+            let outbox = &client.delivery.outbox;
+            self.trace.decision(outbox.label(), why);
+            let _ = outbox.socket.shutdown(Shutdown::Both);
+            self.tell_room_if_ended(client.id, outbox.done());
+        }
+    }
+
+    /// The client was still open until the writer ended it: the room must hear of the leave,
+    /// since its reader may be asleep.
+    fn tell_room_if_ended(&self, id: ClientId, ended: bool) {
+        if ended {
+            let _ = self.events.send(Event::Leave { id });
+        }
+    }
+
+    /// Takes the client out of the writer's hands.
+    fn forget(&mut self, slot: usize) -> Option<Client> {
+        let client = self.clients.get_mut(slot).and_then(Option::take)?;
         if client.blocked {
             self.blocked -= 1;
         }
-        let socket = &client.delivery.outbox.socket;
-        self.writer.poller.forget(socket.as_raw_fd());
-        let _ = socket.shutdown(Shutdown::Both);
+        self.writer
+            .poller
+            .forget(client.delivery.outbox.socket.as_raw_fd());
         self.free.push(slot);
         if self.free.len() == self.clients.len() {
             // Everyone has gone: give back the slots a storm may have grown.
             self.clients = Vec::new();
             self.free = Vec::new();
         }
-        drop(client);
-        // Its cursor may have been the last one in the oldest segments.
-        self.log.trim();
+        // Its cursor goes with it, and the segments only it held can go after the pass.
+        self.trim_due = true;
+        Some(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passes of `pass` each, `lines` lines arriving `every`: the rest after the last one.
+    fn steady(pass: Duration, every: Duration, lines: u64, passes: u32) -> Duration {
+        let mut gather = Gather::default();
+        let start = Instant::now();
+        let mut rest = Duration::ZERO;
+        for i in 0..passes {
+            let began = start + every * i;
+            rest = gather.rest_after(began, began + pass, lines * u64::from(i));
+        }
+        rest
+    }
+
+    #[test]
+    fn a_writer_with_cpu_to_spare_sends_at_once() {
+        // 50 clients, a pass of 0.4 ms per line, a line every 5 ms: 8% of its time.
+        let rest = steady(Duration::from_micros(400), Duration::from_millis(5), 1, 200);
+        assert_eq!(rest, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_busy_writer_rests_in_proportion_to_its_pass_up_to_the_budget() {
+        // 500 clients, a pass of 4 ms, lines arriving faster than one pass each.
+        let rest = steady(Duration::from_millis(4), Duration::from_millis(5), 1, 200);
+        assert_eq!(rest, GATHER_BUDGET);
+        // Already resting, so each pass carries several lines: still busy, still rests.
+        let rest = steady(Duration::from_millis(1), Duration::from_millis(10), 8, 200);
+        assert_eq!(rest, Duration::from_millis(9));
     }
 }

@@ -274,3 +274,21 @@ fn while_redis_is_stopped_each_line_is_delivered_to_all_or_refused_aloud() {
         "Redis was stopped, yet nothing was refused"
     );
 }
+
+#[test]
+fn an_instance_paused_for_less_than_the_heartbeat_ttl_keeps_its_clients() {
+    let Some(redis) = Redis::start() else { return };
+    let (one, two) = (instance(&redis), instance(&redis));
+    let mut a = one.join();
+    let mut b = two.join();
+    assert_eq!(a.line(), format!(" .... {} has joined.", b.nickname));
+    for secs in [0.3, 1.0, 3.0] {
+        pause_process(one.pid(), Duration::from_secs_f64(secs));
+        // Nobody left: the next line anyone reads is this one, on both instances.
+        let line = format!("after {secs} s");
+        a.say(&line);
+        let from_a = format!("{}: {line}", a.nickname);
+        assert_eq!(a.line(), from_a, "after a pause of {secs} s");
+        assert_eq!(b.line(), from_a, "after a pause of {secs} s");
+    }
+}

@@ -414,3 +414,21 @@ pub fn raise_own_open_file_limit() {
     // SAFETY: a live local of the expected type.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 }
+
+/// Stops the process for `pause` and continues it, as Ctrl-Z then `fg`, `docker pause`, or a
+/// debugger would.
+pub fn pause_process(pid: u32, pause: Duration) {
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid}");
+    };
+    signal("STOP");
+    let until = Instant::now() + pause;
+    while Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+    }
+    signal("CONT");
+}

@@ -1,0 +1,40 @@
+//! What every connection shares: the settings, the room's inbox, the writers, the log, and
+//! the count of open connections. Built once in `main`, handed to the listener, and from it
+//! to every connection's threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::log::LogReader;
+use crate::trace::Trace;
+use crate::writer::Writer;
+
+/// What every connection thread needs from the server.
+pub struct Shared {
+    pub config: Config,
+    pub events: Sender<Event>,
+    /// Open connections, joined or still in their handshake.
+    pub connections: AtomicUsize,
+    pub max_clients: usize,
+    /// Where the chat page lives, for the answer to a plain HTTP request.
+    pub page_url: String,
+    pub trace: Trace,
+    /// The writer threads; a client belongs to one of them for its whole life.
+    pub writers: Vec<Arc<Writer>>,
+    /// Where private frames learn their place among the room's lines.
+    pub log: LogReader,
+}
+
+/// Counts a connection as open until the last thread serving it has ended, however it
+/// ends. It moves from the upgrade thread to the reader thread.
+pub struct ConnectionCount(pub Arc<Shared>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
