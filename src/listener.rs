@@ -3,38 +3,35 @@
 //! Every accepted socket gets a thread of its own that runs the handshake and then
 //! starts the client's reader ([`client::handle_new_connection`]). The loop itself never
 //! waits on a client, so a thousand half-finished handshakes do not delay the next one.
+//! The page listener runs the same loop ([`accept_each`]).
 
-use std::io;
-use std::net::TcpListener;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::client::{self, ConnectionCount, Shared, UPGRADE_STACK_BYTES};
+use crate::page;
 use crate::sys;
 
 /// Pause after `accept` fails for lack of file descriptors, so the loop does not spin
 /// while the process is at its limit; connections that end free descriptors meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Bytes per read of what a client sent before it is answered and closed: a request head
+/// fits, and the buffer is small enough for the accepting thread's stack.
+const REFUSAL_READ_BYTES: usize = 16 * 1024;
+
+/// The most read of a connection about to be closed, so that a client that keeps sending
+/// cannot hold the thread closing it.
+const DISCARD_MOST_BYTES: usize = 64 * 1024;
+
 /// Accepts connections for as long as the process runs.
 pub fn run(listener: TcpListener, shared: Arc<Shared>) {
     let mut next_id = 0;
-    for accepted in listener.incoming() {
-        let socket = match accepted {
-            Ok(socket) => socket,
-            Err(err) => {
-                eprintln!("threadchat: accept failed: {err}");
-                if is_out_of_descriptors(&err) {
-                    thread::sleep(ACCEPT_BACKOFF);
-                }
-                continue;
-            }
-        };
-        let Ok(peer) = socket.peer_addr() else {
-            continue; // already gone
-        };
+    accept_each(&listener, "WebSocket port", |socket, peer| {
         next_id += 1;
         let id = next_id;
         // Over the limit, the connection still gets a thread, but only long enough to
@@ -52,9 +49,62 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
         if let Err(err) = spawned {
             eprintln!("threadchat: no thread for {peer}: {err}");
         }
+    });
+}
+
+/// The accept loop of both ports: hands `admit` each connection with its peer. `port`
+/// names the port in the log.
+pub fn accept_each(
+    listener: &TcpListener,
+    port: &str,
+    mut admit: impl FnMut(TcpStream, SocketAddr),
+) {
+    for accepted in listener.incoming() {
+        let socket = match accepted {
+            Ok(socket) => socket,
+            Err(err) => {
+                eprintln!("threadchat: accept failed on the {port}: {err}");
+                if is_out_of_descriptors(&err) {
+                    thread::sleep(ACCEPT_BACKOFF);
+                }
+                continue;
+            }
+        };
+        let Ok(peer) = socket.peer_addr() else {
+            continue; // already gone
+        };
+        admit(socket, peer);
     }
 }
 
 fn is_out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Answers a connection with a one-line HTTP error and closes it, on the accepting thread:
+/// no thread is started and nothing waits for the client.
+pub fn refuse_at_once(socket: TcpStream, status: u16, line: &str) {
+    discard_arrived(&socket);
+    // A fresh socket's send buffer takes these few hundred bytes whole, at once.
+    let _ = (&socket).write_all(&page::refusal_bytes(status, line));
+    let _ = socket.shutdown(Shutdown::Write);
+}
+
+/// Reads and drops what has arrived, without waiting for more; the socket is left
+/// non-blocking, to be closed. Closing a socket with unread bytes resets the connection, and
+/// a reset can destroy the answer before the client has read it.
+pub fn discard_arrived(socket: &TcpStream) {
+    if socket.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut unread = [0u8; REFUSAL_READ_BYTES];
+    let mut left = DISCARD_MOST_BYTES;
+    while left > 0 {
+        match (&*socket).read(&mut unread) {
+            Ok(0) => break,
+            Ok(n) => left = left.saturating_sub(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break, // WouldBlock: nothing more yet
+        }
+    }
 }

@@ -339,7 +339,8 @@ fn the_open_file_limit_is_raised_and_sets_the_default_max_clients() {
         .find(|l| l.contains("open-file limit"))
         .expect("a startup line about the open-file limit");
     assert!(line.contains(&format!("open-file limit {hard}")), "{line}");
-    let expected_max = (hard - 64).min(50_000);
+    // 64 kept back, and the page server's share: 512, or an eighth if less.
+    let expected_max = (hard - 64 - (hard / 8).min(512)).min(50_000);
     assert!(
         line.contains(&format!("at most {expected_max} clients")),
         "{line}"
