@@ -27,6 +27,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error, Message, WebSocket};
 
+use crate::addresses::{AddressSlot, AddressTable};
 use crate::config::Config;
 use crate::handshake::handshake;
 use crate::log::LogReader;
@@ -70,6 +71,8 @@ pub struct Shared {
     /// Open connections, joined or still in their handshake.
     pub connections: AtomicUsize,
     pub max_clients: usize,
+    /// Connections per client address on the WebSocket port.
+    pub addresses: Arc<AddressTable>,
     /// Where the chat page lives, for the answer to a plain HTTP request.
     pub page_url: String,
     pub trace: Trace,
@@ -91,12 +94,15 @@ impl Drop for ConnectionCount {
 
 /// Runs on the upgrade thread: the handshake, then hands the open WebSocket to a new
 /// reader thread. `over_capacity` connections are answered with HTTP 503 instead.
+/// `address` is the connection's place in its address's share, taken by the listener, or
+/// by the handshake behind a trusted proxy; it is held until the reader ends.
 pub fn handle_new_connection(
     count: ConnectionCount,
     id: ClientId,
     socket: TcpStream,
     peer: SocketAddr,
     over_capacity: bool,
+    mut address: Option<AddressSlot>,
 ) {
     let shared = &*count.0;
     // Chat lines are small and must not wait for the previous one's ACK (Nagle).
@@ -104,7 +110,7 @@ pub fn handle_new_connection(
         return;
     }
     let socket = Arc::new(socket);
-    let Some((mut ws, from)) = handshake(shared, &socket, peer, over_capacity) else {
+    let Some((mut ws, from)) = handshake(shared, &socket, peer, over_capacity, &mut address) else {
         return;
     };
     // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
@@ -126,6 +132,7 @@ pub fn handle_new_connection(
         .stack_size(READER_STACK_BYTES)
         .spawn(move || {
             run_reader(count, id, from, ws, outbox, socket);
+            drop(address);
             sys::release_unused_stack();
         });
     if let Err(err) = reader {

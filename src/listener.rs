@@ -3,15 +3,17 @@
 //! Every accepted socket gets a thread of its own that runs the handshake and then
 //! starts the client's reader ([`client::handle_new_connection`]). The loop itself never
 //! waits on a client, so a thousand half-finished handshakes do not delay the next one.
-//! The page listener runs the same loop ([`accept_each`]).
+//! An address that already holds its share is answered 429 right here, without a thread.
+//! The page listener runs the same loop ([`accept_each`]) and refuses the same way.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::addresses::{AddressSlot, AddressTable};
 use crate::client::{self, ConnectionCount, Shared, UPGRADE_STACK_BYTES};
 use crate::page;
 use crate::sys;
@@ -31,7 +33,12 @@ const DISCARD_MOST_BYTES: usize = 64 * 1024;
 /// Accepts connections for as long as the process runs.
 pub fn run(listener: TcpListener, shared: Arc<Shared>) {
     let mut next_id = 0;
-    accept_each(&listener, "WebSocket port", |socket, peer| {
+    let door = Door {
+        port: "WebSocket port",
+        addresses: &shared.addresses,
+        trust_proxy: shared.config.trust_proxy,
+    };
+    accept_each(&listener, &door, |socket, peer, address| {
         next_id += 1;
         let id = next_id;
         // Over the limit, the connection still gets a thread, but only long enough to
@@ -42,7 +49,7 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
             .name(format!("upgrade-{id}"))
             .stack_size(UPGRADE_STACK_BYTES)
             .spawn(move || {
-                client::handle_new_connection(count, id, socket, peer, over_capacity);
+                client::handle_new_connection(count, id, socket, peer, over_capacity, address);
                 sys::release_unused_stack();
             });
         // On failure the closure is dropped, and the count with it.
@@ -52,18 +59,29 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
     });
 }
 
-/// The accept loop of both ports: hands `admit` each connection with its peer. `port`
-/// names the port in the log.
+/// What a listener checks before it hands a connection on.
+pub struct Door<'a> {
+    /// Names the port in the log.
+    pub port: &'a str,
+    /// Connections per address on this port.
+    pub addresses: &'a Arc<AddressTable>,
+    /// Behind a trusted proxy every peer is the proxy: nothing is counted at the door, and
+    /// the address the proxy forwards is counted once the request is read.
+    pub trust_proxy: bool,
+}
+
+/// The accept loop of both ports. Hands `admit` each connection with its peer and its place
+/// in its address's share; a connection over that share is answered 429 here instead.
 pub fn accept_each(
     listener: &TcpListener,
-    port: &str,
-    mut admit: impl FnMut(TcpStream, SocketAddr),
+    door: &Door,
+    mut admit: impl FnMut(TcpStream, SocketAddr, Option<AddressSlot>),
 ) {
     for accepted in listener.incoming() {
         let socket = match accepted {
             Ok(socket) => socket,
             Err(err) => {
-                eprintln!("threadchat: accept failed on the {port}: {err}");
+                eprintln!("threadchat: accept failed on the {}: {err}", door.port);
                 if is_out_of_descriptors(&err) {
                     thread::sleep(ACCEPT_BACKOFF);
                 }
@@ -73,7 +91,19 @@ pub fn accept_each(
         let Ok(peer) = socket.peer_addr() else {
             continue; // already gone
         };
-        admit(socket, peer);
+        let address = if door.trust_proxy {
+            None
+        } else {
+            match door.addresses.take(peer.ip(), Instant::now()) {
+                Ok(slot) => Some(slot),
+                Err(refused) => {
+                    refused.report(door.port);
+                    refuse_at_once(socket, 429, &refused.reason());
+                    continue;
+                }
+            }
+        };
+        admit(socket, peer, address);
     }
 }
 

@@ -17,6 +17,7 @@
 //!                   writer-0 .. writer-N threads, one per core (one sendmsg per client a pass)
 //! ```
 
+mod addresses;
 mod client;
 #[cfg(feature = "redis")]
 mod cluster;
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::addresses::AddressTable;
 use crate::client::Shared;
 use crate::config::{Command, Config};
 use crate::log::Log;
@@ -169,6 +171,7 @@ fn run(config: Config) -> Result<(), String> {
         events: events.clone(),
         connections: AtomicUsize::new(0),
         max_clients,
+        addresses: AddressTable::new(config.max_clients_per_address),
         page_url,
         trace,
         writers: writers.clone(),
@@ -186,8 +189,13 @@ fn run(config: Config) -> Result<(), String> {
         site,
         config_js: page::config_js(&settings),
         max_connections: max_page_connections,
+        addresses: AddressTable::new(page_listener::page_share(
+            config.max_clients_per_address,
+            max_page_connections,
+        )),
         head_timeout: config.handshake_timeout,
         write_timeout: config.write_timeout,
+        trust_proxy: config.trust_proxy,
         open: AtomicUsize::new(0),
     });
     spawn("page", move || {

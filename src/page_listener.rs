@@ -3,9 +3,10 @@
 //! A blocking accept loop, like the WebSocket listener's, and one `page-N` thread and one
 //! descriptor per connection. The head of each request must arrive within
 //! `--handshake-timeout`, and a kept-alive connection may then sit idle only for
-//! [`KEEP_ALIVE_IDLE`]. The page server holds at most `--max-page-connections` at once;
-//! past that a connection is answered 503 and closed by the accepting thread itself, so the
-//! page server can never take the descriptors and threads the chat's clients need.
+//! [`KEEP_ALIVE_IDLE`]. The page server holds at most `--max-page-connections` at once, and
+//! one address at most its share of them; past either the connection is answered (503 or
+//! 429) and closed by the accepting thread itself, so the page server can never take the
+//! descriptors and threads the chat's clients need.
 //!
 //! tiny_http's own server cannot be held to this: it reads each connection on a thread of
 //! its pool with no deadline, holds two descriptors per connection, accepts without bound,
@@ -15,7 +16,7 @@
 //! `Response` prints the answer ([`page::response_bytes`]).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -23,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{HTTPVersion, Header, Method};
 
-use crate::listener::{accept_each, discard_arrived, refuse_at_once};
+use crate::addresses::{self, AddressTable};
+use crate::listener::{accept_each, discard_arrived, refuse_at_once, Door};
 use crate::page::{self, Answering, Site};
 use crate::sys;
 
@@ -43,17 +45,34 @@ const READ_CHUNK_BYTES: usize = 2048;
 /// response, a few pages. Only the pages touched count against memory.
 const PAGE_STACK_BYTES: usize = 256 * 1024;
 
+/// On the page port, one address may hold at most this fraction of the page server's
+/// connections, however large its share of the WebSocket port: the page server holds few,
+/// and one address must not take them all.
+pub const PAGE_SHARE_DIVISOR: usize = 4;
+
 /// What every page connection needs.
 pub struct PageServer {
     pub site: Site,
     pub config_js: String,
     pub max_connections: usize,
+    /// Page connections per client address.
+    pub addresses: Arc<AddressTable>,
     /// `--handshake-timeout`: the time a request head has to arrive.
     pub head_timeout: Duration,
     /// `--write-timeout`: the time the socket may take nothing of a response.
     pub write_timeout: Duration,
+    pub trust_proxy: bool,
     /// Connections open now; only the accepting thread adds to it.
     pub open: AtomicUsize,
+}
+
+/// One address's share of the page port, from its share of the WebSocket port (0: none).
+pub fn page_share(per_address: usize, max_connections: usize) -> usize {
+    let most = (max_connections / PAGE_SHARE_DIVISOR).max(1);
+    match per_address {
+        0 => 0,
+        n => n.min(most),
+    }
 }
 
 /// Counts a page connection as open until its thread ends, however it ends.
@@ -68,7 +87,12 @@ impl Drop for PageCount {
 /// Accepts page connections for as long as the process runs.
 pub fn run(listener: TcpListener, server: Arc<PageServer>) {
     let mut next_id: u64 = 0;
-    accept_each(&listener, "page port", |socket, peer| {
+    let door = Door {
+        port: "page port",
+        addresses: &server.addresses,
+        trust_proxy: server.trust_proxy,
+    };
+    accept_each(&listener, &door, |socket, peer, address| {
         if server.open.load(Ordering::Acquire) >= server.max_connections {
             let line = format!(
                 "the page server is busy: {} connections at once, try again in a moment",
@@ -84,11 +108,11 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
             .name(format!("page-{next_id}"))
             .stack_size(PAGE_STACK_BYTES)
             .spawn(move || {
-                serve(&count.0, &socket, accepted_at);
-                drop(count);
+                serve(&count.0, &socket, peer.ip(), accepted_at);
+                drop((address, count));
                 sys::release_unused_stack();
             });
-        // On failure the closure is dropped, and the connection and its count with it.
+        // On failure the closure is dropped, and the connection and its counts with it.
         if let Err(err) = spawned {
             eprintln!("threadchat: no thread for page connection {peer}: {err}");
         }
@@ -96,7 +120,7 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
 }
 
 /// Answers requests on one connection until it closes, asks to, or misses a deadline.
-fn serve(server: &PageServer, socket: &TcpStream, accepted_at: Instant) {
+fn serve(server: &PageServer, socket: &TcpStream, peer: IpAddr, accepted_at: Instant) {
     if socket
         .set_write_timeout(Some(server.write_timeout))
         .is_err()
@@ -119,6 +143,19 @@ fn serve(server: &PageServer, socket: &TcpStream, accepted_at: Instant) {
         let request = match parsed {
             Ok(request) => request,
             Err((status, line)) => return close_with(socket, &page::refusal_bytes(status, line)),
+        };
+        // Behind a trusted proxy, the forwarded address holds a slot while it is answered.
+        let _address = if server.trust_proxy {
+            let ip = request.forwarded().unwrap_or(peer);
+            match server.addresses.take(ip, Instant::now()) {
+                Ok(slot) => Some(slot),
+                Err(refused) => {
+                    refused.report("page port");
+                    return close_with(socket, &page::refusal_bytes(429, &refused.reason()));
+                }
+            }
+        } else {
+            None
         };
         let close = !request.keeps_alive();
         let reply = page::answer(
@@ -269,6 +306,10 @@ impl PageRequest {
             || self.header("Content-Length").any(|v| v.trim() != "0");
         self.version == (1, 1) && !close && !body
     }
+
+    fn forwarded(&self) -> Option<IpAddr> {
+        addresses::last_forwarded(self.header("X-Forwarded-For"))
+    }
 }
 
 /// Parses a request head (its blank line included), or says which error answers it.
@@ -357,10 +398,28 @@ mod tests {
     }
 
     #[test]
+    fn the_forwarded_address_is_the_last_one() {
+        let request = parse(
+            "GET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.1\r\n\
+             X-Forwarded-For: 10.0.0.1, 198.51.100.7\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(request.forwarded(), "198.51.100.7".parse().ok());
+    }
+
+    #[test]
     fn the_head_ends_at_the_first_blank_line() {
         let bytes = b"GET / HTTP/1.1\r\nA: b\r\n\r\nGET /next";
         assert_eq!(find_blank_line(bytes, 0), Some(24));
         assert_eq!(find_blank_line(bytes, 22), None);
         assert_eq!(find_blank_line(b"GET", 10), None);
+    }
+
+    #[test]
+    fn the_page_share_is_at_most_a_quarter_of_the_page_server() {
+        assert_eq!(page_share(500, 512), 128);
+        assert_eq!(page_share(2, 512), 2);
+        assert_eq!(page_share(500, 2), 1);
+        assert_eq!(page_share(0, 512), 0);
     }
 }

@@ -215,6 +215,7 @@ fn help_lists_every_flag() {
         "--www",
         "--max-message-bytes",
         "--max-clients",
+        "--max-clients-per-address",
         "--max-page-connections",
         "--handshake-timeout",
         "--trust-proxy",

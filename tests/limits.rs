@@ -110,8 +110,14 @@ fn unfinished_handshakes_are_dropped_and_do_not_delay_a_real_join() {
 #[test]
 fn a_thousand_slowloris_connections_do_not_block_a_join() {
     raise_own_open_file_limit();
-    // Long enough that all of them are still hanging while the real client joins.
-    let server = Server::start(&["--handshake-timeout", "60"]);
+    // Long enough that all of them are still hanging while the real client joins; and
+    // all from one address, which its default share would cut short.
+    let server = Server::start(&[
+        "--handshake-timeout",
+        "60",
+        "--max-clients-per-address",
+        "0",
+    ]);
     let hanging: Vec<TcpStream> = (0..1000)
         .map(|_| {
             let mut s = TcpStream::connect(server.ws).unwrap();
