@@ -24,6 +24,7 @@ use crossbeam_channel::Sender;
 use tungstenite::error::ProtocolError;
 use tungstenite::{Error, Message, WebSocket};
 
+use crate::addresses::AddressSlot;
 use crate::event::{ClientId, Event};
 use crate::handshake::handshake;
 use crate::outbox::{Outbox, Phase};
@@ -53,12 +54,15 @@ const SLOW_DOWN: &str = " .... slow down: message not sent";
 
 /// Runs on the upgrade thread: the handshake, then hands the open WebSocket to a new
 /// reader thread. `over_capacity` connections are answered with HTTP 503 instead.
+/// `address` is the connection's place in its address's share, taken by the listener, or
+/// by the handshake behind a trusted proxy; it is held until the reader ends.
 pub fn handle_new_connection(
     count: ConnectionCount,
     id: ClientId,
     socket: TcpStream,
     peer: SocketAddr,
     over_capacity: bool,
+    mut address: Option<AddressSlot>,
 ) {
     let shared = &*count.0;
     // Chat lines are small and must not wait for the previous one's ACK (Nagle).
@@ -66,7 +70,7 @@ pub fn handle_new_connection(
         return;
     }
     let socket = Arc::new(socket);
-    let Some((mut ws, from)) = handshake(shared, &socket, peer, over_capacity) else {
+    let Some((mut ws, from)) = handshake(shared, &socket, peer, over_capacity, &mut address) else {
         return;
     };
     // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
@@ -96,6 +100,7 @@ pub fn handle_new_connection(
         .stack_size(READER_STACK_BYTES)
         .spawn(move || {
             run_reader(count, id, from, ws, outbox, writer);
+            drop(address);
             sys::release_unused_stack();
         });
     if let Err(err) = reader {

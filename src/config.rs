@@ -18,6 +18,15 @@ pub const DEFAULT_FLOOD_CLOSE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_REDIS_MAX_ENTRIES: u64 = 100_000;
 
+/// One address's share of each port. A school or an office behind one NAT address fits,
+/// while a single script from one address takes at most a fortieth of a room of 20,000.
+pub const DEFAULT_MAX_CLIENTS_PER_ADDRESS: usize = 500;
+
+/// Page connections held at once, unless an eighth of the open-file limit is less. A visit
+/// needs one or two for a moment, and each costs a descriptor and a thread that the chat's
+/// clients then cannot have, so the page gets a small, fixed share.
+pub const DEFAULT_MAX_PAGE_CONNECTIONS: usize = 512;
+
 /// More clients than this and a join could wait a long time for a free `user-N`: the
 /// room draws nicknames at random from 100,000.
 pub const MOST_CLIENTS: usize = crate::room::NICKNAME_SPACE as usize / 2;
@@ -33,6 +42,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// `None`: derived from the open-file limit at start.
     pub max_clients: Option<usize>,
+    /// Connections one address may hold on each port; 0 for no limit.
+    pub max_clients_per_address: usize,
+    /// `None`: derived from the open-file limit at start.
+    pub max_page_connections: Option<usize>,
     pub handshake_timeout: Duration,
     pub write_timeout: Duration,
     /// A client this many bytes behind the room is too slow; the log keeps this much.
@@ -66,6 +79,8 @@ impl Default for Config {
             www: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_clients: None,
+            max_clients_per_address: DEFAULT_MAX_CLIENTS_PER_ADDRESS,
+            max_page_connections: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_lag_bytes: DEFAULT_MAX_LAG_BYTES,
@@ -103,13 +118,19 @@ Listening:
 
 Behind a proxy (see docs/DEPLOY.md):
   --ws-url URL               the page connects to exactly this, e.g. wss://chat.example.org/ws
-  --trust-proxy              log the address the proxy puts last in X-Forwarded-For, and check
-                             Origin against X-Forwarded-Host; only behind a proxy that sets them
+  --trust-proxy              log and count the address the proxy puts last in X-Forwarded-For,
+                             and check Origin against X-Forwarded-Host; only behind a proxy that
+                             sets them
 
 Limits (times in seconds, fractions allowed):
   --max-message-bytes N      longest text message; longer closes with 1009 [default: {DEFAULT_MAX_MESSAGE_BYTES}]
   --max-clients N            connections at once; more get HTTP 503 [default: from the open-file limit]
-  --handshake-timeout S      time to finish the HTTP upgrade [default: {}]
+  --max-clients-per-address N
+                             connections one address may hold on each port, 0 for no limit;
+                             more get HTTP 429 [default: {DEFAULT_MAX_CLIENTS_PER_ADDRESS}]
+  --max-page-connections N   page connections at once; more get HTTP 503 [default: {DEFAULT_MAX_PAGE_CONNECTIONS},
+                             or an eighth of the open-file limit if less]
+  --handshake-timeout S      time to send a whole request head, on both ports [default: {}]
   --write-timeout S          drop a client whose socket takes nothing for this long [default: {}]
   --max-lag-bytes N          close (1008) a client this far behind the room [default: {DEFAULT_MAX_LAG_BYTES}]
   --ping-interval S          ping every client this often; 0: never, and never drop a silent
@@ -166,6 +187,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 }
                 n => config.max_clients = Some(n),
             },
+            "--max-clients-per-address" => {
+                config.max_clients_per_address = parse_value(&flag, &value)?
+            }
+            "--max-page-connections" => {
+                config.max_page_connections = Some(positive(&flag, &value)?)
+            }
             "--handshake-timeout" => config.handshake_timeout = seconds(&flag, &value)?,
             "--write-timeout" => config.write_timeout = seconds(&flag, &value)?,
             "--max-lag-bytes" => config.max_lag_bytes = parse_value(&flag, &value)?,
@@ -294,6 +321,31 @@ mod tests {
         assert_eq!(config.write_timeout, Duration::from_millis(250));
         assert_eq!(config.allow_origins, ["http://a.example", "*"]);
         assert_eq!(config.ping_interval, None);
+    }
+
+    #[test]
+    fn shares_and_the_page_limit() {
+        let config = run(&[]).unwrap();
+        assert_eq!(
+            config.max_clients_per_address,
+            DEFAULT_MAX_CLIENTS_PER_ADDRESS
+        );
+        assert_eq!(config.max_page_connections, None);
+        let config = run(&[
+            "--max-clients-per-address",
+            "0",
+            "--max-page-connections",
+            "64",
+        ])
+        .unwrap();
+        assert_eq!(config.max_clients_per_address, 0);
+        assert_eq!(config.max_page_connections, Some(64));
+        assert!(run(&["--max-page-connections", "0"])
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(run(&["--max-clients-per-address", "-1"])
+            .unwrap_err()
+            .contains("--max-clients-per-address"));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The HTTP upgrade: from a TCP connection to a WebSocket, or to a one-line HTTP error.
 //!
 //! Runs on the connection's short-lived upgrade thread. tungstenite parses the request and
-//! computes `Sec-WebSocket-Accept`; here we decide who may upgrade (the client limit, the
-//! Origin check) and answer everything else with a status and a reason.
+//! computes `Sec-WebSocket-Accept`; here we decide who may upgrade (the client limit, an
+//! address's share behind a trusted proxy, the Origin check) and answer everything else
+//! with a status and a reason.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error, WebSocket};
 
+use crate::addresses::{self, AddressSlot};
 use crate::server::Shared;
 use crate::stream::ClientStream;
 
@@ -24,12 +26,14 @@ use crate::stream::ClientStream;
 const READ_BUFFER_BYTES: usize = 1024;
 
 /// The HTTP upgrade. Returns the open WebSocket and the client's address for the logs, or
-/// `None` once the client has been answered with an HTTP error (or has timed out).
+/// `None` once the client has been answered with an HTTP error (or has timed out). Behind
+/// a trusted proxy, the forwarded address's slot is put in `address`.
 pub fn handshake(
     shared: &Shared,
     socket: &Arc<TcpStream>,
     peer: SocketAddr,
     over_capacity: bool,
+    address: &mut Option<AddressSlot>,
 ) -> Option<(WebSocket<ClientStream>, String)> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
@@ -52,6 +56,16 @@ pub fn handshake(
                     shared.max_clients
                 ),
             ));
+        }
+        if config.trust_proxy {
+            let ip = forwarded_address(request, true).unwrap_or(peer.ip());
+            match shared.addresses.take(ip, Instant::now()) {
+                Ok(slot) => *address = Some(slot),
+                Err(refused) => {
+                    refused.report("WebSocket port");
+                    return Err(http_error(429, &refused.reason()));
+                }
+            }
         }
         if !origin_allowed(request, &config.allow_origins, config.trust_proxy) {
             return Err(http_error(
@@ -165,19 +179,19 @@ fn origin_allowed(request: &Request, allowed: &[String], trust_proxy: bool) -> b
 /// Any before it came from the client and prove nothing; without the flag the header is
 /// ignored altogether, since any client can send it.
 fn client_address(request: &Request, peer: SocketAddr, trust_proxy: bool) -> String {
-    let forwarded = request
-        .headers()
-        .get_all("X-Forwarded-For")
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .map(str::trim)
-        .filter(|a| trust_proxy && a.parse::<std::net::IpAddr>().is_ok());
-    match forwarded {
-        Some(address) => address.to_owned(),
+    match forwarded_address(request, trust_proxy) {
+        Some(address) => address.to_string(),
         None => peer.to_string(),
     }
+}
+
+/// With `--trust-proxy`, the address the proxy forwards; never without it.
+fn forwarded_address(request: &Request, trust_proxy: bool) -> Option<IpAddr> {
+    let values = request.headers().get_all("X-Forwarded-For");
+    // A value that is not text stays in its place, so that it is never skipped for an
+    // earlier one the client may have written.
+    let values = values.iter().map(|v| v.to_str().unwrap_or(""));
+    addresses::last_forwarded(values).filter(|_| trust_proxy)
 }
 
 /// `example.org:8080` -> `example.org`; `[::1]:8080` -> `[::1]`.

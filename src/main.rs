@@ -1,7 +1,7 @@
 //! threadchat: the Common Lisp Cookbook's WebSocket chat room as a small threaded server.
 //!
 //! ```text
-//!  browser ──HTTP──> page thread (tiny_http)          serves www/ and /config.js
+//!  browser ──HTTP──> page thread ──spawns──> page-N thread (deadlines; tiny_http's Response)
 //!  browser ──WS────> listener thread ──spawns──> upgrade-N thread (handshake, then exits)
 //!                                                   │ starts
 //!                                                   ▼
@@ -17,6 +17,7 @@
 //!                   writer-0 .. writer-N threads, one per core (one sendmsg per client a pass)
 //! ```
 
+mod addresses;
 mod client;
 #[cfg(feature = "redis")]
 mod cluster;
@@ -31,6 +32,7 @@ mod listener;
 mod log;
 mod outbox;
 mod page;
+mod page_listener;
 mod rate;
 mod room;
 mod server;
@@ -47,18 +49,24 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::addresses::AddressTable;
 use crate::config::{Command, Config};
 use crate::event::Event;
 use crate::log::Log;
+use crate::page_listener::PageServer;
 use crate::room::Room;
 use crate::server::Shared;
 use crate::sys::ShutdownSignals;
 use crate::trace::Trace;
 use crate::writer::Writer;
 
-/// Descriptors kept back from the client limit for the listeners, the page server's
-/// connections and the odd file.
+/// Descriptors kept back from the client limit for the listeners, the writers' epoll sets
+/// and the odd file (a page the page server reads from `--www`). The page server's
+/// connections have a share of their own, `--max-page-connections`.
 const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// By default the page server gets at most this fraction of the open-file limit.
+const PAGE_DESCRIPTOR_DIVISOR: u64 = 8;
 
 /// How long clients get to receive their close frame when the server stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
@@ -106,11 +114,20 @@ fn run(config: Config) -> Result<(), String> {
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
     let open_files = sys::raise_open_file_limit().map_err(|e| format!("open-file limit: {e}"))?;
+    let max_page_connections = config
+        .max_page_connections
+        .unwrap_or_else(|| default_max_page_connections(open_files));
+    if max_page_connections as u64 + RESERVED_DESCRIPTORS >= open_files {
+        return Err(format!(
+            "--max-page-connections {max_page_connections} leaves no descriptors for the chat \
+             (open-file limit {open_files})"
+        ));
+    }
     let max_clients = config
         .max_clients
-        .unwrap_or_else(|| default_max_clients(open_files));
+        .unwrap_or_else(|| default_max_clients(open_files, max_page_connections));
 
-    let page_server = tiny_http::Server::http((config.bind, config.http_port)).map_err(|e| {
+    let page_listener = TcpListener::bind((config.bind, config.http_port)).map_err(|e| {
         format!(
             "cannot listen for HTTP on {}:{}: {e}",
             config.bind, config.http_port
@@ -122,10 +139,7 @@ fn run(config: Config) -> Result<(), String> {
             config.bind, config.ws_port
         )
     })?;
-    let page_addr = page_server
-        .server_addr()
-        .to_ip()
-        .ok_or("the page server is not on an IP address")?;
+    let page_addr = page_listener.local_addr().map_err(|e| e.to_string())?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let page_url = format!("http://{page_addr}/");
 
@@ -142,7 +156,10 @@ fn run(config: Config) -> Result<(), String> {
     let cluster = join_cluster(&config, trace, &events)?;
 
     // The addresses come last: scripts may take them as the sign that we are ready.
-    println!("threadchat: open-file limit {open_files}, so at most {max_clients} clients");
+    println!(
+        "threadchat: open-file limit {open_files}, so at most {max_clients} clients \
+         and {max_page_connections} page connections"
+    );
     println!("threadchat: chat page on {page_url}");
     println!("threadchat: WebSocket server on ws://{ws_addr}/");
 
@@ -160,6 +177,7 @@ fn run(config: Config) -> Result<(), String> {
         events: events.clone(),
         connections: AtomicUsize::new(0),
         max_clients,
+        addresses: AddressTable::new(config.max_clients_per_address),
         page_url,
         trace,
         writers: writers.clone(),
@@ -167,12 +185,28 @@ fn run(config: Config) -> Result<(), String> {
         config,
     });
 
+    let config = &shared.config;
     let settings = page::PageSettings {
         ws_port: ws_addr.port(),
-        ws_url: shared.config.ws_url.clone(),
-        max_message_bytes: shared.config.max_message_bytes,
+        ws_url: config.ws_url.clone(),
+        max_message_bytes: config.max_message_bytes,
     };
-    spawn("page", move || page::run(page_server, site, settings))?;
+    let page_server = Arc::new(PageServer {
+        site,
+        config_js: page::config_js(&settings),
+        max_connections: max_page_connections,
+        addresses: AddressTable::new(page_listener::page_share(
+            config.max_clients_per_address,
+            max_page_connections,
+        )),
+        head_timeout: config.handshake_timeout,
+        write_timeout: config.write_timeout,
+        trust_proxy: config.trust_proxy,
+        open: AtomicUsize::new(0),
+    });
+    spawn("page", move || {
+        page_listener::run(page_listener, page_server)
+    })?;
     let ping_interval = shared.config.ping_interval;
     let room = spawn("room", move || {
         Room::new(log, writers, cluster, trace).run(room_events, ping_interval)
@@ -217,9 +251,18 @@ fn join_cluster(
     Ok(None)
 }
 
+/// The page server's share of the descriptors: a fixed number, or an eighth of them if less.
+fn default_max_page_connections(open_files: u64) -> usize {
+    let eighth = usize::try_from(open_files / PAGE_DESCRIPTOR_DIVISOR).unwrap_or(usize::MAX);
+    config::DEFAULT_MAX_PAGE_CONNECTIONS.min(eighth).max(1)
+}
+
 /// Leaves room under the open-file limit for everything that is not a client.
-fn default_max_clients(open_files: u64) -> usize {
-    let for_clients = open_files.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+fn default_max_clients(open_files: u64, max_page_connections: usize) -> usize {
+    let for_clients = open_files
+        .saturating_sub(RESERVED_DESCRIPTORS)
+        .saturating_sub(max_page_connections as u64)
+        .max(1);
     usize::try_from(for_clients)
         .unwrap_or(usize::MAX)
         .min(config::MOST_CLIENTS)

@@ -1,14 +1,17 @@
-//! The page server: the cookbook's `client-server`, on tiny_http.
+//! What the page server answers: the cookbook's `client-server`, with tiny_http's HTTP.
 //!
 //! It serves the chat page and `/config.js`, which tells the page which port the
 //! WebSocket server really listens on (the cookbook hard-codes 12345). The page is built
 //! into the binary, so `threadchat` runs from anywhere; `--www DIR` serves a folder
 //! instead, for people editing the page. Nothing outside that folder is ever served.
+//! The connections themselves, with their limits and deadlines, are the page listener's
+//! (`src/page_listener.rs`); it hands each request here, and the answer goes back as bytes
+//! that tiny_http's `Response` has printed.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use tiny_http::{Header, Method, Request, Response, Server};
+use tiny_http::{HTTPVersion, Header, Method, Response};
 
 /// The page compiled into the binary.
 const BUILT_IN_PAGE: &str = include_str!("../www/index.html");
@@ -28,20 +31,16 @@ pub struct PageSettings {
     pub max_message_bytes: usize,
 }
 
-/// Answers requests until the server is dropped.
-pub fn run(server: Server, site: Site, settings: PageSettings) {
+/// `/config.js`, written once at start: what the page needs to find the WebSocket server.
+pub fn config_js(settings: &PageSettings) -> String {
     let ws_url = match &settings.ws_url {
         Some(url) => format!("\"{url}\""),
         None => "null".to_owned(),
     };
-    let config_js = format!(
+    format!(
         "window.THREADCHAT = {{ wsPort: {}, wsUrl: {ws_url}, maxMessageBytes: {} }};\n",
         settings.ws_port, settings.max_message_bytes
-    );
-    for request in server.incoming_requests() {
-        let reply = answer(&site, &config_js, request.method(), request.url());
-        respond(request, reply);
-    }
+    )
 }
 
 /// A response before it is turned into tiny_http's type, so the routing can be tested.
@@ -61,7 +60,7 @@ impl Reply {
         }
     }
 
-    fn error(status: u16, line: &str) -> Reply {
+    pub fn error(status: u16, line: &str) -> Reply {
         Reply {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -162,7 +161,21 @@ fn percent_decode(path: &str) -> Option<String> {
     (!text.contains(['\0', '\\'])).then_some(text)
 }
 
-fn respond(request: Request, reply: Reply) {
+/// How the request asked to be answered, as far as the response is concerned.
+pub struct Answering<'a> {
+    pub version: HTTPVersion,
+    /// The request's headers: tiny_http picks the transfer encoding from them.
+    pub headers: &'a [Header],
+    /// HEAD: the headers alone.
+    pub head_only: bool,
+    /// The connection closes after this response, and the response says so.
+    pub close: bool,
+}
+
+/// The whole response, printed by tiny_http (status line, `Date`, `Content-Length` or
+/// chunks, no body for HEAD), into memory: the page listener then writes it under its own
+/// deadline, which tiny_http's writer has no notion of.
+pub fn response_bytes(reply: Reply, answering: &Answering) -> Vec<u8> {
     let mut response = Response::from_data(reply.body).with_status_code(reply.status);
     if let Ok(header) = Header::from_bytes("Content-Type", reply.content_type) {
         response.add_header(header);
@@ -172,8 +185,34 @@ fn respond(request: Request, reply: Reply) {
             response.add_header(header);
         }
     }
-    // The client may have gone; there is nobody to tell.
-    let _ = request.respond(response);
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = response.raw_print(
+        &mut bytes,
+        answering.version.clone(),
+        answering.headers,
+        answering.head_only,
+        None,
+    );
+    // tiny_http leaves `Connection` to its own server loop, which is not in use here.
+    if answering.close {
+        if let Some(end_of_status) = bytes.windows(2).position(|w| w == b"\r\n") {
+            let at = end_of_status + 2;
+            bytes.splice(at..at, b"Connection: close\r\n".iter().copied());
+        }
+    }
+    bytes
+}
+
+/// A one-line HTTP error, for a connection refused before its request is read.
+pub fn refusal_bytes(status: u16, line: &str) -> Vec<u8> {
+    let answering = Answering {
+        version: HTTPVersion(1, 1),
+        headers: &[],
+        head_only: false,
+        close: true,
+    };
+    response_bytes(Reply::error(status, line), &answering)
 }
 
 #[cfg(test)]
@@ -219,6 +258,29 @@ mod tests {
     fn only_get_and_head() {
         assert_eq!(answer(&Site::BuiltIn, "", &Method::Post, "/").status, 405);
         assert_eq!(answer(&Site::BuiltIn, "", &Method::Head, "/").status, 200);
+    }
+
+    #[test]
+    fn responses_are_printed_by_tiny_http_and_say_when_they_close() {
+        let reply = || get(&Site::BuiltIn, "/");
+        let mut answering = Answering {
+            version: HTTPVersion(1, 1),
+            headers: &[],
+            head_only: false,
+            close: false,
+        };
+        let kept = String::from_utf8(response_bytes(reply(), &answering)).unwrap();
+        assert!(kept.starts_with("HTTP/1.1 200 OK\r\n"), "{kept}");
+        assert!(!kept.contains("Connection:"));
+        assert!(kept.ends_with("</html>\n"));
+        answering.close = true;
+        answering.head_only = true;
+        let closing = String::from_utf8(response_bytes(reply(), &answering)).unwrap();
+        assert!(closing.starts_with("HTTP/1.1 200 OK\r\nConnection: close\r\n"));
+        assert!(closing.ends_with("\r\n\r\n"), "HEAD has no body");
+        let refusal = String::from_utf8(refusal_bytes(503, "busy")).unwrap();
+        assert!(refusal.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(refusal.ends_with("\r\n\r\nbusy\n"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use crate::addresses::AddressTable;
 use crate::config::Config;
 use crate::event::Event;
 use crate::log::LogReader;
@@ -20,6 +21,8 @@ pub struct Shared {
     /// Open connections, joined or still in their handshake.
     pub connections: AtomicUsize,
     pub max_clients: usize,
+    /// Connections per client address on the WebSocket port.
+    pub addresses: Arc<AddressTable>,
     /// Where the chat page lives, for the answer to a plain HTTP request.
     pub page_url: String,
     pub trace: Trace,

@@ -214,6 +214,11 @@ fn help_lists_every_flag() {
         "--ws-port",
         "--www",
         "--max-message-bytes",
+        "--max-clients",
+        "--max-clients-per-address",
+        "--max-page-connections",
+        "--handshake-timeout",
+        "--trust-proxy",
         "--trace",
     ] {
         assert!(text.contains(flag), "--help does not mention {flag}");

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::fs;
 use std::thread;
 
 use common::*;
@@ -20,10 +19,6 @@ const CLIENTS_PER_WORKER: usize = 25;
 struct Visit {
     nickname: String,
     said: Vec<String>,
-}
-
-fn count_entries(path: String) -> usize {
-    fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
 }
 
 /// A frame sent as it is, bypassing the client's own checks.

@@ -214,7 +214,8 @@ fn a_storm_of_late_readers_all_stay_and_see_every_join_in_one_order() {
     const STORM: usize = 1000;
     const CONNECTORS: usize = 25;
     raise_own_open_file_limit();
-    let server = Server::start(&["--rate-limit", "0"]);
+    // All from one address, more than its default share.
+    let server = Server::start(&["--rate-limit", "0", "--max-clients-per-address", "0"]);
     let mut witness = server.join();
 
     // Everyone at once, as after a restart.

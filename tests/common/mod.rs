@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -269,7 +270,11 @@ pub fn settle(clients: &mut [Client]) {
 
 /// One raw HTTP/1.1 exchange; returns the status code, the headers and the body.
 pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    let mut socket = TcpStream::connect(addr).unwrap();
+    http_over(TcpStream::connect(addr).unwrap(), request)
+}
+
+/// [`http`] over a connection already made, e.g. by [`connect_from`].
+pub fn http_over(mut socket: TcpStream, request: &str) -> (u16, String, String) {
     socket.set_read_timeout(Some(PATIENCE)).unwrap();
     socket.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
@@ -393,6 +398,47 @@ impl RawClient {
 }
 
 pub const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+/// A TCP connection to `to` from the local address `from`, e.g. 127.0.0.2, so that one
+/// machine can play clients at several addresses (all of 127.0.0.0/8 is loopback).
+pub fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let (IpAddr::V4(from), IpAddr::V4(to_ip)) = (from, to.ip()) else {
+        panic!("connect_from speaks IPv4 only");
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (local, remote) = (sockaddr(from, 0), sockaddr(to_ip, to.port()));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, owned by the TcpStream as soon as it exists; the addresses
+    // are live locals of the length passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = TcpStream::from_raw_fd(fd);
+        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(bound, 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(
+            connected,
+            0,
+            "connect {to}: {}",
+            std::io::Error::last_os_error()
+        );
+        socket
+    }
+}
+
+/// How many entries a /proc directory has: a process's threads (`task`) or descriptors
+/// (`fd`).
+pub fn count_entries(path: String) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
 
 pub fn own_hard_open_file_limit() -> u64 {
     let mut limit = libc::rlimit {

@@ -49,6 +49,8 @@ impl Server {
     pub fn start(binary: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(binary)
             .args(["--http-port", "0", "--ws-port", "0", "--rate-limit", "0"])
+            // Every load-generating client comes from this one machine's address.
+            .args(["--max-clients-per-address", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

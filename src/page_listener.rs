@@ -1,0 +1,425 @@
+//! The page port: its listener and its connections, with the WebSocket port's discipline.
+//!
+//! A blocking accept loop, like the WebSocket listener's, and one `page-N` thread and one
+//! descriptor per connection. The head of each request must arrive within
+//! `--handshake-timeout`, and a kept-alive connection may then sit idle only for
+//! [`KEEP_ALIVE_IDLE`]. The page server holds at most `--max-page-connections` at once, and
+//! one address at most its share of them; past either the connection is answered (503 or
+//! 429) and closed by the accepting thread itself, so the page server can never take the
+//! descriptors and threads the chat's clients need.
+//!
+//! tiny_http's own server cannot be held to this: it reads each connection on a thread of
+//! its pool with no deadline, holds two descriptors per connection, accepts without bound,
+//! and its accept loop stops for good at the first failed `accept`. Nor can it be handed a
+//! connection accepted elsewhere (it takes only a listener). So the listener and the
+//! reading of request heads are ours; tiny_http's types carry the request, and its
+//! `Response` prints the answer ([`page::response_bytes`]).
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tiny_http::{HTTPVersion, Header, Method};
+
+use crate::addresses::{self, AddressTable};
+use crate::listener::{accept_each, discard_arrived, refuse_at_once, Door};
+use crate::page::{self, Answering, Site};
+use crate::sys;
+
+/// How long a kept-alive connection may wait for its next request. The page's own
+/// follow-up requests (`/config.js`, the icon) come within milliseconds; a browser keeps
+/// an idle connection open far longer, and would hold a page slot all that time.
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(3);
+
+/// The longest request head read. Browsers send one or two KiB, cookies included; without
+/// a bound, one endless header line would grow a buffer for as long as the deadline lasts.
+pub const HEAD_MAX_BYTES: usize = 16 * 1024;
+
+/// Bytes asked of the socket per read while a head arrives.
+const READ_CHUNK_BYTES: usize = 2048;
+
+/// Stack reserved for a connection's thread; it parses a head, routes it and prints a
+/// response, a few pages. Only the pages touched count against memory.
+const PAGE_STACK_BYTES: usize = 256 * 1024;
+
+/// On the page port, one address may hold at most this fraction of the page server's
+/// connections, however large its share of the WebSocket port: the page server holds few,
+/// and one address must not take them all.
+pub const PAGE_SHARE_DIVISOR: usize = 4;
+
+/// What every page connection needs.
+pub struct PageServer {
+    pub site: Site,
+    pub config_js: String,
+    pub max_connections: usize,
+    /// Page connections per client address.
+    pub addresses: Arc<AddressTable>,
+    /// `--handshake-timeout`: the time a request head has to arrive.
+    pub head_timeout: Duration,
+    /// `--write-timeout`: the time the socket may take nothing of a response.
+    pub write_timeout: Duration,
+    pub trust_proxy: bool,
+    /// Connections open now; only the accepting thread adds to it.
+    pub open: AtomicUsize,
+}
+
+/// One address's share of the page port, from its share of the WebSocket port (0: none).
+pub fn page_share(per_address: usize, max_connections: usize) -> usize {
+    let most = (max_connections / PAGE_SHARE_DIVISOR).max(1);
+    match per_address {
+        0 => 0,
+        n => n.min(most),
+    }
+}
+
+/// Counts a page connection as open until its thread ends, however it ends.
+struct PageCount(Arc<PageServer>);
+
+impl Drop for PageCount {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts page connections for as long as the process runs.
+pub fn run(listener: TcpListener, server: Arc<PageServer>) {
+    let mut next_id: u64 = 0;
+    let door = Door {
+        port: "page port",
+        addresses: &server.addresses,
+        trust_proxy: server.trust_proxy,
+    };
+    accept_each(&listener, &door, |socket, peer, address| {
+        if server.open.load(Ordering::Acquire) >= server.max_connections {
+            let line = format!(
+                "the page server is busy: {} connections at once, try again in a moment",
+                server.max_connections
+            );
+            return refuse_at_once(socket, 503, &line);
+        }
+        server.open.fetch_add(1, Ordering::AcqRel);
+        let count = PageCount(server.clone());
+        let accepted_at = Instant::now();
+        next_id += 1;
+        let spawned = thread::Builder::new()
+            .name(format!("page-{next_id}"))
+            .stack_size(PAGE_STACK_BYTES)
+            .spawn(move || {
+                serve(&count.0, &socket, peer.ip(), accepted_at);
+                drop((address, count));
+                sys::release_unused_stack();
+            });
+        // On failure the closure is dropped, and the connection and its counts with it.
+        if let Err(err) = spawned {
+            eprintln!("threadchat: no thread for page connection {peer}: {err}");
+        }
+    });
+}
+
+/// Answers requests on one connection until it closes, asks to, or misses a deadline.
+fn serve(server: &PageServer, socket: &TcpStream, peer: IpAddr, accepted_at: Instant) {
+    if socket
+        .set_write_timeout(Some(server.write_timeout))
+        .is_err()
+    {
+        return;
+    }
+    let mut buffer = Vec::new();
+    let mut wait = Wait::Head(accepted_at + server.head_timeout);
+    loop {
+        let end = match read_head(socket, &mut buffer, wait, server.head_timeout) {
+            HeadRead::Complete(end) => end,
+            HeadRead::TooLarge => {
+                let line = format!("the request head is longer than {HEAD_MAX_BYTES} bytes");
+                return close_with(socket, &page::refusal_bytes(431, &line));
+            }
+            HeadRead::Gone => return,
+        };
+        let parsed = parse_head(&buffer[..end]);
+        buffer.drain(..end);
+        let request = match parsed {
+            Ok(request) => request,
+            Err((status, line)) => return close_with(socket, &page::refusal_bytes(status, line)),
+        };
+        // Behind a trusted proxy, the forwarded address holds a slot while it is answered.
+        let _address = if server.trust_proxy {
+            let ip = request.forwarded().unwrap_or(peer);
+            match server.addresses.take(ip, Instant::now()) {
+                Ok(slot) => Some(slot),
+                Err(refused) => {
+                    refused.report("page port");
+                    return close_with(socket, &page::refusal_bytes(429, &refused.reason()));
+                }
+            }
+        } else {
+            None
+        };
+        let close = !request.keeps_alive();
+        let reply = page::answer(
+            &server.site,
+            &server.config_js,
+            &request.method,
+            &request.url,
+        );
+        let answering = Answering {
+            version: request.version.clone(),
+            headers: &request.headers,
+            head_only: request.method == Method::Head,
+            close,
+        };
+        let response = page::response_bytes(reply, &answering);
+        if close {
+            return close_with(socket, &response);
+        }
+        // write_all retries what is interrupted; a socket that takes nothing for the write
+        // timeout fails it.
+        if (&*socket).write_all(&response).is_err() {
+            return;
+        }
+        wait = Wait::Idle(Instant::now() + KEEP_ALIVE_IDLE);
+    }
+}
+
+/// Sends the last response and closes, without resetting what the client may still be
+/// sending (a body we do not read, a pipelined request).
+fn close_with(socket: &TcpStream, response: &[u8]) {
+    if (&*socket).write_all(response).is_ok() {
+        discard_arrived(socket);
+        let _ = socket.shutdown(Shutdown::Write);
+    }
+}
+
+/// How long the next head may take.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// The whole head must have arrived by then.
+    Head(Instant),
+    /// Its first byte must arrive by then; the rest within the head timeout after it.
+    Idle(Instant),
+}
+
+enum HeadRead {
+    /// The head is `buffer[..end]`, its blank line included.
+    Complete(usize),
+    TooLarge,
+    /// Closed, failed, or out of time: nobody to answer.
+    Gone,
+}
+
+/// Reads until `buffer` holds a whole request head. Bytes after it (a pipelined request)
+/// stay in the buffer for the next call.
+fn read_head(
+    socket: &TcpStream,
+    buffer: &mut Vec<u8>,
+    wait: Wait,
+    head_timeout: Duration,
+) -> HeadRead {
+    let (mut deadline, mut idle) = match wait {
+        Wait::Head(by) => (by, false),
+        Wait::Idle(until) if buffer.is_empty() => (until, true),
+        Wait::Idle(_) => (Instant::now() + head_timeout, false),
+    };
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    let mut scanned: usize = 0;
+    loop {
+        // RFC 9112 section 2.2: empty lines before a request line are ignored.
+        let blank = buffer
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        buffer.drain(..blank);
+        scanned = scanned.saturating_sub(blank);
+        if let Some(at) = find_blank_line(buffer, scanned) {
+            return if at > HEAD_MAX_BYTES {
+                HeadRead::TooLarge
+            } else {
+                HeadRead::Complete(at)
+            };
+        }
+        if buffer.len() >= HEAD_MAX_BYTES {
+            return HeadRead::TooLarge;
+        }
+        scanned = buffer.len().saturating_sub(3);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+            return HeadRead::Gone;
+        }
+        match (&*socket).read(&mut chunk) {
+            Ok(0) => return HeadRead::Gone,
+            Ok(n) => {
+                if idle {
+                    idle = false;
+                    deadline = Instant::now() + head_timeout;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            // Interrupted (a stopped and continued process) is retried; a timeout comes
+            // back to the deadline check above.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return HeadRead::Gone,
+        }
+    }
+}
+
+/// Where the head ends: just past the first `\r\n\r\n` at or after `from`.
+fn find_blank_line(buffer: &[u8], from: usize) -> Option<usize> {
+    buffer
+        .get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| from + at + 4)
+}
+
+/// One request head, in tiny_http's types.
+struct PageRequest {
+    method: Method,
+    url: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
+}
+
+impl PageRequest {
+    fn header(&self, name: &'static str) -> impl DoubleEndedIterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(move |h| h.field.equiv(name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// HTTP/1.1 without `Connection: close`, and no body: a body is never read here, so
+    /// the next request's start would be unknown. HTTP/1.0 closes.
+    fn keeps_alive(&self) -> bool {
+        let close = self
+            .header("Connection")
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"));
+        let body = self.header("Transfer-Encoding").next().is_some()
+            || self.header("Content-Length").any(|v| v.trim() != "0");
+        self.version == (1, 1) && !close && !body
+    }
+
+    fn forwarded(&self) -> Option<IpAddr> {
+        addresses::last_forwarded(self.header("X-Forwarded-For"))
+    }
+}
+
+/// Parses a request head (its blank line included), or says which error answers it.
+fn parse_head(head: &[u8]) -> Result<PageRequest, (u16, &'static str)> {
+    let text = std::str::from_utf8(head)
+        .ok()
+        .filter(|t| t.is_ascii())
+        .ok_or((400, "the request head is not ASCII"))?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(url), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err((400, "the request line is not METHOD PATH HTTP/1.1"));
+    };
+    if method.is_empty() || !url.starts_with('/') {
+        return Err((400, "the request line is not METHOD PATH HTTP/1.1"));
+    }
+    let method: Method = method.parse().map_err(|_| (400, "bad method"))?;
+    let version = match version {
+        "HTTP/1.1" => HTTPVersion(1, 1),
+        "HTTP/1.0" => HTTPVersion(1, 0),
+        v if v.starts_with("HTTP/") => return Err((505, "only HTTP/1.0 and HTTP/1.1 are served")),
+        _ => return Err((400, "the request line is not METHOD PATH HTTP/1.1")),
+    };
+    let mut headers = Vec::new();
+    for line in lines.take_while(|l| !l.is_empty()) {
+        // Obsolete line folding (RFC 9112 section 5.2) may be refused; it is.
+        if line.starts_with([' ', '\t']) {
+            return Err((400, "folded header lines are not accepted"));
+        }
+        headers.push(
+            line.parse()
+                .map_err(|_| (400, "a header line is not Name: value"))?,
+        );
+    }
+    Ok(PageRequest {
+        method,
+        url: url.to_owned(),
+        version,
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(head: &str) -> Result<PageRequest, (u16, &'static str)> {
+        parse_head(head.as_bytes())
+    }
+
+    #[test]
+    fn a_browser_request_keeps_alive_and_a_close_does_not() {
+        let request =
+            parse("GET /config.js?v=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n").unwrap();
+        assert_eq!(request.method, Method::Get);
+        assert_eq!(request.url, "/config.js?v=1");
+        assert!(request.keeps_alive());
+        let closing = parse("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").unwrap();
+        assert!(!closing.keeps_alive());
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().keeps_alive());
+        let with_body = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert!(!with_body.keeps_alive());
+    }
+
+    #[test]
+    fn malformed_heads_get_400_and_other_versions_505() {
+        for bad in [
+            "GET /\r\n\r\n",
+            "GET  / HTTP/1.1\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n",
+            "GET /é HTTP/1.1\r\n\r\n",
+            "GET / HTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad).err().map(|e| e.0), Some(400), "{bad:?}");
+        }
+        assert_eq!(
+            parse("GET / HTTP/2.0\r\n\r\n").err().map(|e| e.0),
+            Some(505)
+        );
+    }
+
+    #[test]
+    fn the_forwarded_address_is_the_last_one() {
+        let request = parse(
+            "GET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.1\r\n\
+             X-Forwarded-For: 10.0.0.1, 198.51.100.7\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(request.forwarded(), "198.51.100.7".parse().ok());
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_blank_line() {
+        let bytes = b"GET / HTTP/1.1\r\nA: b\r\n\r\nGET /next";
+        assert_eq!(find_blank_line(bytes, 0), Some(24));
+        assert_eq!(find_blank_line(bytes, 22), None);
+        assert_eq!(find_blank_line(b"GET", 10), None);
+    }
+
+    #[test]
+    fn the_page_share_is_at_most_a_quarter_of_the_page_server() {
+        assert_eq!(page_share(500, 512), 128);
+        assert_eq!(page_share(2, 512), 2);
+        assert_eq!(page_share(500, 2), 1);
+        assert_eq!(page_share(0, 512), 0);
+    }
+}

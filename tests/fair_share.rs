@@ -1,0 +1,208 @@
+//! Nobody holds the server hostage: the page port closes what does not arrive in time and
+//! holds a bounded number of connections, and one address gets a share of each port, not
+//! all of it. Clients at other addresses come from elsewhere in 127.0.0.0/8.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// A page connection that sends half a request and then nothing.
+fn slow_page_connection(socket: TcpStream) -> TcpStream {
+    let mut socket = socket;
+    socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    socket
+}
+
+fn get_request() -> &'static str {
+    "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+}
+
+/// The status and one-line body of a refused WebSocket handshake.
+fn refused_handshake(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    match handshake(url, headers) {
+        Err(tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, the handshake succeeded"),
+    }
+}
+
+fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn two_thousand_slow_page_connections_are_closed_by_the_deadline_and_all_is_given_back() {
+    raise_own_open_file_limit();
+    const SLOW: usize = 2000;
+    let timeout = Duration::from_secs(3);
+    let server = Server::start(&[
+        "--handshake-timeout",
+        "3",
+        // Room for all of them at once, from one address: here it is the deadline that
+        // must close them, not a limit that turns them away.
+        "--max-page-connections",
+        "2500",
+        "--max-clients-per-address",
+        "0",
+    ]);
+    let mut witness = server.join();
+    let pid = server.pid();
+    let threads_before = count_entries(format!("/proc/{pid}/task"));
+    let files_before = count_entries(format!("/proc/{pid}/fd"));
+
+    let slow: Vec<(TcpStream, Instant)> = (0..SLOW)
+        .map(|_| {
+            let socket = slow_page_connection(TcpStream::connect(server.http).unwrap());
+            (socket, Instant::now())
+        })
+        .collect();
+
+    // While they hang, the page is served, the room talks, and a newcomer joins.
+    let (status, _, body) = get(server.http, "/");
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>"));
+    let newcomer = server.join();
+    assert_eq!(
+        witness.line(),
+        format!(" .... {} has joined.", newcomer.nickname)
+    );
+    witness.say("still here");
+    assert_eq!(witness.line(), format!("{}: still here", witness.nickname));
+
+    // Each is closed, unanswered, within the timeout and 2 s of being opened.
+    for (i, (mut socket, opened)) in slow.into_iter().enumerate() {
+        let by = opened + timeout + Duration::from_secs(2);
+        let left = by.saturating_duration_since(Instant::now());
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut rest = Vec::new();
+        match socket.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "slow connection {i} was answered"),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("slow connection {i} still open 5 s after it was opened: {e}"),
+        }
+    }
+
+    drop(newcomer);
+    witness.line(); // the newcomer's leave
+    eventually("threads and descriptors back to where they started", || {
+        count_entries(format!("/proc/{pid}/task")) == threads_before
+            && count_entries(format!("/proc/{pid}/fd")) == files_before
+    });
+}
+
+#[test]
+fn past_the_page_servers_limit_503_at_once_and_a_client_still_joins() {
+    // A deadline far beyond the test: only the limit can turn the fifth away.
+    let server = Server::start(&["--max-page-connections", "4", "--handshake-timeout", "60"]);
+    // With 4 page connections, one address may hold one: the four come from four.
+    let hanging: Vec<TcpStream> = (2..6)
+        .map(|n| slow_page_connection(connect_from(loopback(n), server.http)))
+        .collect();
+    let (status, head, body) = http_over(connect_from(loopback(6), server.http), get_request());
+    assert_eq!(status, 503, "{head}");
+    assert_eq!(body.lines().count(), 1, "{body:?}");
+    assert!(body.contains("busy"), "{body:?}");
+
+    let mut client = server.join();
+    client.say("in anyway");
+    assert_eq!(client.line(), format!("{}: in anyway", client.nickname));
+
+    drop(hanging);
+    eventually("the page is served again once they are gone", || {
+        get(server.http, "/").0 == 200
+    });
+}
+
+#[test]
+fn one_address_gets_its_share_of_the_websocket_port_and_429_past_it() {
+    let server = Server::start(&["--max-clients-per-address", "2"]);
+    let url = server.ws_url("/");
+    let mut first = server.join();
+    let second = server.join();
+    for _ in 0..5 {
+        let (status, body) = refused_handshake(&url, &[]);
+        assert_eq!(status, 429);
+        assert_eq!(body.lines().count(), 1, "{body:?}");
+        assert!(body.contains("at most 2 per address"), "{body:?}");
+    }
+
+    // Another address still joins.
+    let socket = connect_from(loopback(2), server.ws);
+    let (mut elsewhere, _) =
+        tungstenite::client(url.as_str(), socket).expect("a join from 127.0.0.2");
+    assert!(read_text(&mut elsewhere).ends_with(" has joined."));
+
+    // A leave gives the place back.
+    drop(second);
+    eventually("a place for 127.0.0.1 once one of its clients left", || {
+        handshake(&url, &[]).is_ok()
+    });
+    first.say("after");
+    first.until(&format!("{}: after", first.nickname));
+
+    // Logged once, not once per refusal.
+    let logged = "127.0.0.1 holds 2 connections to the WebSocket port";
+    eventually("the refusal is logged", || {
+        count_lines(&server.stderr(), logged) > 0
+    });
+    assert_eq!(
+        count_lines(&server.stderr(), logged),
+        1,
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn with_trust_proxy_the_forwarded_address_is_the_one_counted() {
+    let server = Server::start(&["--trust-proxy", "--max-clients-per-address", "2"]);
+    let url = server.ws_url("/");
+    let via = |forwarded: &str| Client::connect_with(&url, &[("X-Forwarded-For", forwarded)]);
+    let _a = via("203.0.113.7");
+    // What the client wrote before the proxy's entry proves nothing.
+    let _b = via("198.51.100.1, 203.0.113.7");
+    let (status, body) = refused_handshake(&url, &[("X-Forwarded-For", "203.0.113.7")]);
+    assert_eq!(status, 429);
+    assert!(body.contains("203.0.113.7"), "{body:?}");
+    let _c = via("203.0.113.7, 198.51.100.8");
+    // Every connection here comes from 127.0.0.1, the "proxy": it is not what is counted.
+    let _d = via("198.51.100.9");
+    let _e = server.join();
+    let _f = server.join();
+}
+
+#[test]
+fn one_address_gets_its_share_of_the_page_port_and_429_past_it() {
+    let server = Server::start(&[
+        "--max-clients-per-address",
+        "2",
+        "--handshake-timeout",
+        "60",
+    ]);
+    let _hanging: Vec<TcpStream> = (0..2)
+        .map(|_| slow_page_connection(TcpStream::connect(server.http).unwrap()))
+        .collect();
+    let (status, _, body) = get(server.http, "/");
+    assert_eq!(status, 429);
+    assert_eq!(body.lines().count(), 1, "{body:?}");
+
+    let (status, _, _) = http_over(connect_from(loopback(2), server.http), get_request());
+    assert_eq!(status, 200, "another address is served");
+    // The two ports are counted apart: the chat is still open to this address.
+    let mut client = server.join();
+    client.say("hi");
+    assert_eq!(client.line(), format!("{}: hi", client.nickname));
+}
