@@ -7,9 +7,10 @@
 //!
 //! The log is a list of segments. A segment holds whole frames, and bytes once appended are
 //! never written again, so a writer can send them while the room goes on appending. A segment
-//! is dropped from the list when no cursor is in it any more, or when it falls more than the
-//! retention behind the head (a client still in it is then too slow, and is evicted). Each
-//! segment is its own memory mapping, so a dropped segment goes straight back to the system.
+//! is dropped from the list, at the next trim, when no cursor is in it any more, or when it
+//! falls more than the retention behind the head (a client still in it is then too slow, and
+//! is evicted). Each segment is its own memory mapping, unmapped when the last holder lets go:
+//! the list, the cursors in it, and a writer's snapshot for the pass it is in.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;

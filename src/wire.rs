@@ -1,14 +1,16 @@
 //! Server-to-client frames, built by hand so each is encoded exactly once.
 //!
 //! A server frame is never masked (RFC 6455 section 5.1), so the bytes of one broadcast
-//! are the same for every client: the room builds them here once and shares them.
+//! are the same for every client: the room builds them here once and appends them to the log
+//! that every writer reads.
 
 use std::sync::Arc;
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-/// The encoded bytes of one or more whole frames, shared between client queues.
+/// The encoded bytes of one or more whole frames: a line on its way to the log, or a frame for
+/// one client alone in its outbox.
 pub type Frame = Arc<[u8]>;
 
 /// Close codes the server sends (RFC 6455 section 7.4.1).
