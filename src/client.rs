@@ -32,7 +32,6 @@ use crate::rate::{RateLimit, Verdict};
 use crate::server::{ConnectionCount, Shared};
 use crate::stream::ClientStream;
 use crate::sys;
-use crate::trace::Direction;
 use crate::wire::{self, Frame};
 use crate::writer::{Writer, CLOSE_GRACE};
 
@@ -93,7 +92,7 @@ pub fn handle_new_connection(
         shared.log.clone(),
     ));
     ws.get_mut()
-        .start_queueing(outbox.clone(), writer.clone(), trace.frames(Direction::In));
+        .start_queueing(outbox.clone(), writer.clone(), trace);
 
     let reader = thread::Builder::new()
         .name(format!("client-{id}"))

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::outbox::Outbox;
-use crate::trace::FrameTrace;
+use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::Frame;
 use crate::writer::Writer;
 
@@ -32,6 +32,7 @@ pub struct ClientStream {
     handshake_deadline: Option<Instant>,
     /// With `--trace`: decodes what the client sends, frame by frame.
     frames_in: Option<FrameTrace>,
+    trace: Trace,
 }
 
 impl ClientStream {
@@ -42,6 +43,7 @@ impl ClientStream {
             outbox: None,
             handshake_deadline: Some(deadline),
             frames_in: None,
+            trace: Trace::default(),
         }
     }
 
@@ -52,14 +54,10 @@ impl ClientStream {
 
     /// Called once the handshake is done: from now on writes go to the outbox, and what
     /// is read is WebSocket frames.
-    pub fn start_queueing(
-        &mut self,
-        outbox: Arc<Outbox>,
-        writer: Arc<Writer>,
-        frames_in: Option<FrameTrace>,
-    ) {
+    pub fn start_queueing(&mut self, outbox: Arc<Outbox>, writer: Arc<Writer>, trace: Trace) {
         self.outbox = Some((outbox, writer));
-        self.frames_in = frames_in;
+        self.frames_in = trace.frames(Direction::In);
+        self.trace = trace;
     }
 }
 
@@ -74,7 +72,12 @@ impl Read for ClientStream {
                 self.socket.set_read_timeout(Some(left))?;
             }
             match (&*self.socket).read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if let Some((outbox, _)) = &self.outbox {
+                        let why = "read interrupted (the process was stopped); reading on";
+                        self.trace.decision(outbox.label(), why);
+                    }
+                }
                 read => break read?,
             }
         };

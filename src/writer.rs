@@ -463,6 +463,8 @@ impl Pump {
     fn finish(&mut self, slot: usize, now: Instant) {
         if let Some(client) = self.forget(slot) {
             let outbox = client.delivery.outbox;
+            self.trace
+                .decision(outbox.label(), "all sent; write side shut");
             let _ = outbox.socket.shutdown(Shutdown::Write);
             self.tell_room_if_ended(client.id, outbox.done());
             self.draining.push((outbox, now + CLOSE_GRACE));

@@ -16,8 +16,8 @@ const DOC: &str = include_str!("../docs/WALKTHROUGH.md");
 /// RFC 6455 section 5.7's masking key, so the masked bytes match the RFC's example.
 const RFC_MASK: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
 
-/// The session the walk-through follows: two clients join, one says "Hello", pings,
-/// and the other says goodbye with a close frame.
+/// The session the walk-through follows: two clients join, one says "Hello" and pings, the
+/// server is stopped and continued, and the other client says goodbye with a close frame.
 ///
 /// Frame lengths depend on how many digits the random nicknames have, and the stand-ins
 /// have five, as 90% of real ones do; a session that drew a shorter one is run again.
@@ -46,19 +46,27 @@ fn try_session() -> Option<Vec<String>> {
     bob.text();
     alice.send_frame(0x89, RFC_MASK, b"still there?");
     alice.next_frame();
+    // Ctrl-Z and `fg`: both readers' sleeping reads are interrupted, and go on.
+    pause_process(server.pid(), std::time::Duration::from_millis(300));
+    eventually("both readers to go on reading", || {
+        let interrupted = "| read interrupted (the process was stopped); reading on";
+        server.stderr().matches(interrupted).count() == 2
+    });
     let mut bye = 1000u16.to_be_bytes().to_vec();
     bye.extend_from_slice(b"bye");
     bob.send_frame(0x88, RFC_MASK, &bye);
     assert_eq!(bob.close_code(), (1000, "bye".to_owned()));
     let left = alice.text();
     assert!(left.ends_with("has left."));
-    // The writer's report of the leave line is the last thing the session prints, and
-    // stderr is collected by another thread: wait for it before comparing.
-    let last = "user-40127 | wrote 28 bytes in 1 system call(s)";
-    eventually("the last trace line", || {
-        normalise(&server.stderr(), &server)
-            .iter()
-            .any(|l| l == last)
+    // The writers' reports of the leave line and of the close are the last things the session
+    // prints, and stderr is collected by another thread: wait for them before comparing.
+    let last = [
+        "user-40127 | wrote 28 bytes in 1 system call(s)",
+        "user-90211 | all sent; write side shut",
+    ];
+    eventually("the last trace lines", || {
+        let lines = normalise(&server.stderr(), &server);
+        last.iter().all(|want| lines.iter().any(|l| l == want))
     });
     Some(normalise(&server.stderr(), &server))
 }
@@ -230,6 +238,83 @@ fn every_link_to_a_line_of_code_lands_on_what_it_names() {
             link.line,
             link.name
         );
+    }
+}
+
+/// A code block the walk-through quotes: its language, the file its fence names, and its
+/// lines. ```` ```rust src/client.rs ```` quotes that file; ```` ```rust illustration ````
+/// says the block is not a quote.
+struct QuotedBlock {
+    fence: String,
+    file: Option<String>,
+    lines: Vec<String>,
+}
+
+/// Every `js` and `rust` block in the document.
+fn quoted_code_blocks(doc: &str) -> Vec<QuotedBlock> {
+    let mut blocks = Vec::new();
+    // Inside a block: `Some(Some(..))` for one to check, `Some(None)` for another language.
+    let mut inside: Option<Option<QuotedBlock>> = None;
+    for line in doc.lines() {
+        let trimmed = line.trim();
+        if !trimmed.starts_with("```") {
+            if let Some(Some(block)) = &mut inside {
+                block.lines.push(trimmed.to_owned());
+            }
+            continue;
+        }
+        match inside.take() {
+            Some(block) => blocks.extend(block),
+            None => {
+                let info: Vec<&str> = trimmed.trim_start_matches('`').split_whitespace().collect();
+                let checked = matches!(info.first(), Some(&"js" | &"rust"));
+                inside = Some(checked.then(|| QuotedBlock {
+                    fence: trimmed.to_owned(),
+                    file: info.get(1).map(|f| f.to_string()),
+                    lines: Vec::new(),
+                }));
+            }
+        }
+    }
+    blocks
+}
+
+/// Where `run` (consecutive lines) starts in `lines` at or after `from`.
+fn find_run(lines: &[&str], run: &[&str], from: usize) -> Option<usize> {
+    (from..=lines.len().saturating_sub(run.len())).find(|&at| {
+        run.iter()
+            .enumerate()
+            .all(|(i, want)| lines[at + i] == *want)
+    })
+}
+
+#[test]
+fn every_code_block_quoted_in_the_walkthrough_is_in_the_file_it_names() {
+    let blocks = quoted_code_blocks(DOC);
+    assert!(blocks.len() >= 2, "the walk-through quotes too little code");
+    for block in blocks {
+        let file = match block.file.as_deref() {
+            Some("illustration") => continue,
+            Some(file) => file,
+            None => panic!(
+                "{}: name the file it quotes after the language (or say `illustration`)",
+                block.fence
+            ),
+        };
+        let text = source(file);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        // `...` stands for lines left out; each run between them is quoted whole.
+        let quoted: Vec<&str> = block.lines.iter().map(String::as_str).collect();
+        let mut from = 0;
+        for run in quoted.split(|l| *l == "...").filter(|r| !r.is_empty()) {
+            match find_run(&lines, run, from) {
+                Some(at) => from = at + run.len(),
+                None => panic!(
+                    "docs/WALKTHROUGH.md quotes {file}, which no longer has these lines (in this order):\n{}",
+                    run.join("\n")
+                ),
+            }
+        }
     }
 }
 
