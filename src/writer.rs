@@ -57,8 +57,9 @@ pub const REST_PER_WORK: u32 = 9;
 pub const GATHER_BUDGET: Duration = Duration::from_millis(18);
 
 /// How long a client we have finished writing to may take to answer our close and end its
-/// side before its socket is shut altogether.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// side before its socket is shut altogether. It has our close frame and the end of the
+/// stream by then; a browser answers within a round trip.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a writer checks its blocked clients against the write timeout, and its closing
 /// ones against the grace.

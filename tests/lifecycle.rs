@@ -183,8 +183,9 @@ fn a_client_evicted_while_it_keeps_pinging_leaves_nothing_behind() {
         let mut sink = vec![0u8; 1 << 16];
         while matches!(reading_end.read(&mut sink), Ok(n) if n > 0) {}
     });
-    // Its socket, its thread and its share of the log go, well before the write timeout.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Its socket, its thread and its share of the log go within a second of its eviction
+    // (a further second allowed for a loaded machine), well before the write timeout.
+    let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let now = footprint(&server);
         if now == baseline {
