@@ -1,27 +1,44 @@
 //! Several instances, one room: every line goes through one Redis stream.
 //!
-//! With `--redis`, the room no longer appends its lines to its own log. It adds each one
-//! (joins, says, leaves) to the stream `threadchat:room` with XADD, and a `stream` thread reads
-//! the stream back in order (XREAD BLOCK, in batches) and hands every entry to the room, which
-//! appends it to the log. Lines from this instance come back the same way as everyone else's,
-//! so every client on every instance sees the same lines in the same order: Redis's.
+//! With `--redis`, a line's place in the order is its place in the stream `threadchat:room`.
+//! The room never talks to Redis itself. It hands each item (a join, a line, a leave) to the
+//! **publisher** thread, which owns the connection that writes, sends everything waiting in
+//! one pipelined round trip, and answers only what failed, as events. The **stream** thread
+//! reads the stream back in order and hands every entry to the room, which appends it to
+//! its log; this instance's own lines come back that way too, so every client on every
+//! instance sees Redis's one order. A **heartbeat** thread keeps this instance alive in
+//! Redis and announces the clients of instances that have died.
 //!
-//! Nicknames are claimed in one hash, atomically, so no two instances hand out the same one.
-//! Each instance keeps a heartbeat key with a time to live, and the set of names it holds. A
-//! `heartbeat` thread renews its own key and looks for instances whose key has expired: one
-//! script, run atomically by Redis, announces each of a dead instance's clients as left and
-//! frees their names, so exactly one survivor does it, once.
+//! Every outcome is exact:
+//! - Joins and leaves are one script each. A join claims its name, records it as held by
+//!   this instance and appends the join line, atomically; a leave appends its line only if
+//!   this instance still held the name, so no retry, reap or race announces it twice.
+//! - Each line and join carries a number, in order, and Redis keeps the highest this
+//!   instance has had applied. When a reply is lost (a timeout: applied or not?), the
+//!   publisher asks again once Redis answers, and raises the mark so that the lost request
+//!   can never apply late: what was applied stays, what was not is refused, aloud.
+//! - An instance reaps another only after its own heartbeats have succeeded for the whole
+//!   time to live, so a pause of Redis itself reaps nobody. Reaping fences the dead
+//!   instance: every script it runs from then on is refused, and it closes its clients with
+//!   1012 so they come back under names that are theirs again.
+//! - Redis restarted without its data is noticed by an epoch key every script checks: each
+//!   instance registers again the names it holds. Lines lost from the stream, by trimming
+//!   or a restart, give the clients of an instance that missed them one line saying so.
 //!
-//! While Redis is unreachable the room fails fast: a say gets a notice for its sender alone,
-//! a newcomer is turned away with close 1013, and leaves wait to be announced. The stream
-//! thread reconnects with backoff and resumes from the last entry it read.
+//! While Redis is away, nothing waits for it: a line gets ` .... not sent`, a newcomer close
+//! 1013, leaves are kept until Redis is back, and reconnecting (name lookup included)
+//! happens on a thread of its own.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{select, Receiver, Sender};
 use redis::{Connection, Value};
 
-use crate::event::{ClientId, Entry, Event};
+use crate::event::{ClientId, Entry, Event, Item, Refusal};
+use crate::order::Placement;
 use crate::trace::Trace;
 
 /// The stream every instance adds its lines to and reads the room from.
@@ -30,40 +47,121 @@ const STREAM: &str = "threadchat:room";
 const NICKNAMES: &str = "threadchat:nicknames";
 /// Every instance that has announced itself.
 const INSTANCES: &str = "threadchat:instances";
+/// A random value set once per Redis data set: it changes only when Redis lost its data.
+const EPOCH: &str = "threadchat:epoch";
 
 /// How often an instance renews its heartbeat and looks for dead ones.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 /// An instance whose heartbeat is this old is gone. Detection takes at most this plus
 /// [`HEARTBEAT_EVERY`]: 13 s.
 const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// A reaped instance's fence outlives any pause it may come back from.
+const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// A Redis call that takes longer than this counts as Redis being unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one XREAD waits for new entries before asking again.
 const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Entries taken by one XREAD.
 const READ_BATCH: usize = 1000;
+/// Items sent in one round trip at most.
+const MOST_PER_ROUND_TRIP: usize = 1000;
+/// Joins and lines waiting for the publisher; past this they are refused at once. Leaves are
+/// never refused: there are at most as many as clients.
+const PUBLISH_QUEUE: usize = 4096;
 /// Reconnection backoff: the first wait, doubled up to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MOST: Duration = Duration::from_secs(4);
+/// How long a stopping server waits for its last leaves to reach Redis.
+const FLUSH_FOR: Duration = Duration::from_secs(1);
 
-/// Claims a nickname for an instance, and records it in the instance's set, atomically.
-const CLAIM: &str = "if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then \
-     redis.call('SADD', KEYS[2], ARGV[1]) return 1 end return 0";
+/// Checks, for every script that places a line, that Redis still has our data (the epoch)
+/// and that this instance was not reaped, and takes the request's number: a number already
+/// passed is void (a request that arrives after its fate was decided).
+/// KEYS: epoch, done:<instance>. ARGV: epoch, number.
+const ADMIT: &str = "
+local function admit()
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+  local done = redis.call('GET', KEYS[2])
+  if done == 'reaped' then return 'fenced' end
+  if done and tonumber(done) >= tonumber(ARGV[2]) then return 'void' end
+  redis.call('SET', KEYS[2], ARGV[2])
+  return nil
+end
+";
 
-/// Frees a nickname the instance holds.
-const RELEASE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
-     redis.call('HDEL', KEYS[1], ARGV[1]) end redis.call('SREM', KEYS[2], ARGV[1]) return 1";
+/// A line. KEYS: epoch, done, stream. ARGV: epoch, number, max entries, line.
+const SAY: &str = "
+local refused = admit() if refused then return refused end
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4])
+";
+
+/// A join: claims the name for this instance and announces it, or answers 'taken'.
+/// KEYS: epoch, done, stream, nicknames, held:<instance>.
+/// ARGV: epoch, number, max entries, line, nickname, instance, instance:client.
+const JOIN: &str = "
+local refused = admit() if refused then return refused end
+if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[6]) == 0 then return 'taken' end
+redis.call('SADD', KEYS[5], ARGV[5])
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4], 'joined', ARGV[7])
+";
+
+/// A leave, announced only if this instance still held the name.
+/// KEYS: epoch, done, stream, nicknames, held. ARGV: epoch, -, max entries, line, nickname,
+/// instance.
+const LEAVE: &str = "
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+if redis.call('GET', KEYS[2]) == 'reaped' then return 'fenced' end
+if redis.call('SREM', KEYS[5], ARGV[5]) == 0 then return 'gone' end
+if redis.call('HGET', KEYS[4], ARGV[5]) == ARGV[6] then redis.call('HDEL', KEYS[4], ARGV[5]) end
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4])
+";
+
+/// After lost replies: returns the highest number applied so far, and raises the mark to
+/// `ARGV[1]`, so that none of the requests in doubt can apply any more. KEYS: done.
+const SETTLE: &str = "
+local done = redis.call('GET', KEYS[1])
+if done == 'reaped' then return 'fenced' end
+local applied = tonumber(done or '0')
+if applied < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return applied
+";
+
+/// Adopts the data set's epoch, setting it if there is none. It writes, so a replica
+/// refuses it: a connection that cannot write is no connection. KEYS: epoch. ARGV: fresh.
+const REGISTER: &str = "
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then redis.call('SET', KEYS[1], ARGV[1]) epoch = ARGV[1] end
+return epoch
+";
+
+/// Renews this instance's heartbeat. KEYS: epoch, done, alive:<instance>, instances.
+/// ARGV: epoch, time to live (ms), instance.
+const HEARTBEAT: &str = "
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+if redis.call('GET', KEYS[2]) == 'reaped' then return 'fenced' end
+redis.call('SET', KEYS[3], 1, 'PX', ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[3])
+return 'ok'
+";
 
 /// If instance ARGV[1] is still listed but its heartbeat has expired: announces each of its
-/// clients as left, frees their names, and forgets it. Atomic, so one caller does it once.
-const REAP: &str = "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or \
-     redis.call('EXISTS', KEYS[2]) == 1 then return -1 end \
-     local names = redis.call('SMEMBERS', KEYS[3]) \
-     for _, name in ipairs(names) do \
-       redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', ' .... ' .. name .. ' has left.') \
-       if redis.call('HGET', KEYS[5], name) == ARGV[1] then redis.call('HDEL', KEYS[5], name) end \
-     end \
-     redis.call('DEL', KEYS[3]) redis.call('SREM', KEYS[1], ARGV[1]) return #names";
+/// clients as left, frees their names, fences it, and forgets it. Atomic, so one caller does
+/// it once. KEYS: instances, alive:<dead>, held:<dead>, stream, nicknames, done:<dead>.
+/// ARGV: dead, max entries, fence time to live (s).
+const REAP: &str = "
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+local names = redis.call('SMEMBERS', KEYS[3])
+for _, name in ipairs(names) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', ' .... ' .. name .. ' has left.')
+  if redis.call('HGET', KEYS[5], name) == ARGV[1] then redis.call('HDEL', KEYS[5], name) end
+end
+redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[6], 'reaped', 'EX', ARGV[3])
+return #names
+";
 
 fn alive_key(instance: &str) -> String {
     format!("threadchat:alive:{instance}")
@@ -73,320 +171,895 @@ fn held_key(instance: &str) -> String {
     format!("threadchat:held:{instance}")
 }
 
-/// Redis did not answer: the caller tells its client, or tries again later.
-#[derive(Debug, PartialEq)]
-pub struct Unreachable;
+fn done_key(instance: &str) -> String {
+    format!("threadchat:done:{instance}")
+}
 
-/// A connection that fails fast while Redis is away and reconnects with backoff.
-struct Link {
-    client: redis::Client,
+/// A Lua script, loaded into Redis by every connection as it opens and then called by its
+/// SHA-1, which Redis computes.
+struct Script {
+    code: String,
+    sha: OnceLock<String>,
+}
+
+impl Script {
+    fn new(code: &str) -> Script {
+        Script {
+            code: code.to_owned(),
+            sha: OnceLock::new(),
+        }
+    }
+
+    fn load(&self, connection: &mut Connection) -> redis::RedisResult<()> {
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&self.code)
+            .query(connection)?;
+        let _ = self.sha.set(sha);
+        Ok(())
+    }
+}
+
+/// A call of one of the scripts with its keys; the caller adds the arguments.
+fn script_call(script: &Script, keys: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    let sha = script.sha.get().map_or("", String::as_str);
+    cmd.arg(sha).arg(keys.len()).arg(keys);
+    cmd
+}
+
+fn new_instance_name() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The scripts, compiled once; each connection loads them when it opens.
+struct Scripts {
+    say: Script,
+    join: Script,
+    leave: Script,
+    settle: Script,
+    register: Script,
+    heartbeat: Script,
+    reap: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let placing = |body: &str| Script::new(&format!("{ADMIT}{body}"));
+        Scripts {
+            say: placing(SAY),
+            join: placing(JOIN),
+            leave: Script::new(LEAVE),
+            settle: Script::new(SETTLE),
+            register: Script::new(REGISTER),
+            heartbeat: Script::new(HEARTBEAT),
+            reap: Script::new(REAP),
+        }
+    }
+
+    fn all(&self) -> [&Script; 7] {
+        [
+            &self.say,
+            &self.join,
+            &self.leave,
+            &self.settle,
+            &self.register,
+            &self.heartbeat,
+            &self.reap,
+        ]
+    }
+}
+
+/// Who this instance is in Redis: its name, new when the others fence it, and the epoch of
+/// the data set it registered in.
+#[derive(Clone)]
+struct Identity {
+    instance: String,
+    epoch: String,
+}
+
+type SharedIdentity = Arc<Mutex<Identity>>;
+
+fn identity(shared: &SharedIdentity) -> MutexGuard<'_, Identity> {
+    // Each field is replaced whole, so a panic elsewhere cannot leave it half written.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens a connection, loads the scripts, and learns the data set's epoch. Any failure,
+/// including a Redis that cannot take writes (a replica, or one still loading), is a reason.
+fn open(client: &redis::Client, scripts: &Scripts) -> Result<(Connection, String), String> {
+    let mut connection = client
+        .get_connection_with_timeout(CALL_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let timeouts = connection
+        .set_read_timeout(Some(CALL_TIMEOUT))
+        .and_then(|()| connection.set_write_timeout(Some(CALL_TIMEOUT)));
+    timeouts.map_err(|e| e.to_string())?;
+    for script in scripts.all() {
+        script.load(&mut connection).map_err(|e| e.to_string())?;
+    }
+    let epoch: String = script_call(&scripts.register, &[EPOCH])
+        .arg(new_instance_name())
+        .query(&mut connection)
+        .map_err(|e| e.to_string())?;
+    Ok((connection, epoch))
+}
+
+/// Whether Redis can be reached, for one thread: one log line per change, and the backoff.
+struct Reach {
+    who: &'static str,
     url: String,
-    connection: Option<Connection>,
+    down_since: Option<Instant>,
     retry_at: Instant,
     backoff: Duration,
-    /// Who is speaking, for the one log line when Redis goes away or comes back.
-    who: &'static str,
+}
+
+impl Reach {
+    fn new(who: &'static str, url: &str) -> Reach {
+        Reach {
+            who,
+            url: url.to_owned(),
+            down_since: None,
+            retry_at: Instant::now(),
+            backoff: RETRY_FIRST,
+        }
+    }
+
+    fn up(&mut self) {
+        if self.down_since.take().is_some() {
+            eprintln!("threadchat: {}: redis at {} is back", self.who, self.url);
+        }
+        self.backoff = RETRY_FIRST;
+    }
+
+    fn down(&mut self, why: &str) {
+        if self.down_since.is_none() {
+            eprintln!(
+                "threadchat: {}: redis at {} is unreachable ({why}); retrying",
+                self.who, self.url
+            );
+            self.down_since = Some(Instant::now());
+        }
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(RETRY_MOST);
+    }
+}
+
+/// A connection for a thread that may wait (the stream and heartbeat threads): it connects
+/// again when due, blocking only its own thread.
+struct Link {
+    client: redis::Client,
+    scripts: Arc<Scripts>,
+    connection: Option<Connection>,
+    reach: Reach,
 }
 
 impl Link {
-    fn open(url: &str, who: &'static str) -> Result<Link, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
-        Ok(Link {
-            client,
-            url: url.to_owned(),
+    fn new(client: &redis::Client, scripts: &Arc<Scripts>, who: &'static str, url: &str) -> Link {
+        Link {
+            client: client.clone(),
+            scripts: scripts.clone(),
             connection: None,
-            retry_at: Instant::now(),
-            backoff: RETRY_FIRST,
-            who,
-        })
+            reach: Reach::new(who, url),
+        }
     }
 
-    /// Runs `call` on the connection, connecting first if need be. While Redis is away
-    /// (until the next retry time) it fails at once.
+    /// Runs `call`, connecting first if need be; waits out the backoff while Redis is away.
+    /// Any error drops the connection: a server error such as READONLY or LOADING may last,
+    /// and it is retried with backoff, never in a tight loop.
     fn call<T>(
         &mut self,
         read_timeout: Duration,
         call: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, Unreachable> {
+    ) -> Option<T> {
         if self.connection.is_none() {
-            if Instant::now() < self.retry_at {
-                return Err(Unreachable);
-            }
-            match self.client.get_connection_with_timeout(CALL_TIMEOUT) {
-                Ok(connection) => {
-                    let _ = connection.set_write_timeout(Some(CALL_TIMEOUT));
-                    if self.backoff > RETRY_FIRST {
-                        eprintln!("threadchat: {}: redis at {} is back", self.who, self.url);
-                    }
-                    self.connection = Some(connection);
-                    self.backoff = RETRY_FIRST;
+            thread::sleep(
+                self.reach
+                    .retry_at
+                    .saturating_duration_since(Instant::now()),
+            );
+            match open(&self.client, &self.scripts) {
+                Ok((connection, _)) => self.connection = Some(connection),
+                Err(why) => {
+                    self.reach.down(&why);
+                    return None;
                 }
-                Err(_) => return Err(self.went_away()),
             }
         }
-        let connection = self.connection.as_mut().ok_or(Unreachable)?;
+        let connection = self.connection.as_mut()?;
         let _ = connection.set_read_timeout(Some(read_timeout));
         match call(connection) {
-            Ok(value) => Ok(value),
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-                self.connection = None;
-                Err(self.went_away())
+            Ok(value) => {
+                self.reach.up();
+                Some(value)
             }
             Err(e) => {
-                eprintln!("threadchat: {}: redis: {e}", self.who);
-                Err(Unreachable)
+                self.connection = None;
+                self.reach.down(&e.to_string());
+                None
             }
         }
     }
-
-    fn went_away(&mut self) -> Unreachable {
-        if self.backoff == RETRY_FIRST {
-            eprintln!(
-                "threadchat: {}: redis at {} is unreachable; retrying",
-                self.who, self.url
-            );
-        }
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(RETRY_MOST);
-        Unreachable
-    }
 }
 
-/// The room's side of the cluster: it claims and frees nicknames and publishes lines.
-pub struct Cluster {
-    link: Link,
-    /// This instance's name in Redis: new at every start.
-    instance: String,
-    max_entries: u64,
-    trace: Trace,
+/// What the publisher is asked.
+enum Job {
+    Item(Item),
+    /// Redis lost its data: register the names this instance holds again.
+    Register,
+    /// A script answered that this instance (by that name) was reaped.
+    Fenced(String),
+    /// The server is stopping: answer once what is waiting has been sent.
+    Flush(Sender<()>),
 }
 
-impl Cluster {
-    /// Connects, and returns the cluster and the stream's last entry, where reading starts.
-    pub fn connect(url: &str, max_entries: u64, trace: Trace) -> Result<(Cluster, String), String> {
-        let mut link = Link::open(url, "room")?;
-        let instance = format!("{:016x}", rand::random::<u64>());
-        let last = link
-            .call(CALL_TIMEOUT, |c| {
-                redis::cmd("XREVRANGE")
-                    .arg(STREAM)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query::<Value>(c)
-            })
-            .map_err(|_| format!("cannot reach redis at {url}"))?;
+/// The room's handle on the cluster: where it hands items to be placed.
+pub struct Publisher {
+    jobs: Sender<Job>,
+    identity: SharedIdentity,
+}
+
+impl Publisher {
+    /// Connects, registers this instance, and starts the publisher, stream and heartbeat
+    /// threads, which tell the room through `events`.
+    pub fn start(
+        url: &str,
+        max_entries: u64,
+        trace: Trace,
+        events: Sender<Event>,
+    ) -> Result<Publisher, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        let scripts = Arc::new(Scripts::new());
+        let unreachable = |why: String| format!("cannot use redis at {url}: {why}");
+        let (mut connection, epoch) = open(&client, &scripts).map_err(unreachable)?;
+        let last: Value = redis::cmd("XREVRANGE")
+            .arg(STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut connection)
+            .map_err(|e| unreachable(e.to_string()))?;
         let from = entries_of(&last)
             .first()
-            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
-        let mut cluster = Cluster {
-            link,
-            instance,
+            .map_or_else(|| "0-0".to_owned(), |e| e.0.clone());
+        let identity = Arc::new(Mutex::new(Identity {
+            instance: new_instance_name(),
+            epoch,
+        }));
+        let (jobs, inbox) = crossbeam_channel::unbounded();
+        let mut heartbeat = Heartbeat {
+            link: Link::new(&client, &scripts, "heartbeat", url),
+            identity: identity.clone(),
+            jobs: jobs.clone(),
+            healthy_since: None,
+            max_entries,
+        };
+        if !heartbeat.beat() {
+            return Err(unreachable("the first heartbeat failed".into()));
+        }
+        let desk = Desk {
+            client: client.clone(),
+            scripts: scripts.clone(),
+            connection: Some(connection),
+            reach: Reach::new("publisher", url),
+            connecting: None,
+            identity: identity.clone(),
+            inbox,
+            events: events.clone(),
+            held: HashSet::new(),
+            number: 0,
+            doubtful: Vec::new(),
+            owed: Vec::new(),
             max_entries,
             trace,
         };
-        cluster
-            .heartbeat()
-            .map_err(|_| format!("cannot reach redis at {url}"))?;
-        Ok((cluster, from))
+        spawn("publisher", move || desk.run())?;
+        let mut link = Link::new(&client, &scripts, "stream", url);
+        let reading = identity.clone();
+        spawn("stream", move || {
+            read_stream(&mut link, from, events, reading, trace)
+        })?;
+        spawn("heartbeat", move || heartbeat.run())?;
+        Ok(Publisher { jobs, identity })
     }
 
     /// This instance's name in Redis.
-    pub fn instance(&self) -> &str {
-        &self.instance
+    pub fn instance(&self) -> String {
+        identity(&self.identity).instance.clone()
     }
 
-    /// Claims `nickname` for this instance; false if another instance holds it.
-    pub fn claim(&mut self, nickname: &str) -> Result<bool, Unreachable> {
-        let keys = [NICKNAMES.to_owned(), held_key(&self.instance)];
-        let instance = self.instance.clone();
-        self.link.call(CALL_TIMEOUT, |c| {
-            let claimed: i64 = redis::cmd("EVAL")
-                .arg(CLAIM)
-                .arg(2)
-                .arg(&keys)
-                .arg(nickname)
-                .arg(&instance)
-                .query(c)?;
-            Ok(claimed == 1)
-        })
-    }
-
-    /// Frees a nickname this instance holds.
-    pub fn release(&mut self, nickname: &str) -> Result<(), Unreachable> {
-        let keys = [NICKNAMES.to_owned(), held_key(&self.instance)];
-        let instance = self.instance.clone();
-        self.link.call(CALL_TIMEOUT, |c| {
-            redis::cmd("EVAL")
-                .arg(RELEASE)
-                .arg(2)
-                .arg(&keys)
-                .arg(nickname)
-                .arg(&instance)
-                .query::<Value>(c)
-                .map(drop)
-        })
-    }
-
-    /// Adds a line to the stream; `joined` marks it as the join of one of our clients.
-    pub fn publish(&mut self, line: &str, joined: Option<ClientId>) -> Result<(), Unreachable> {
-        let mut command = redis::cmd("XADD");
-        command
-            .arg(STREAM)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_entries)
-            .arg("*")
-            .arg("line")
-            .arg(line);
-        if let Some(client) = joined {
-            command
-                .arg("joined")
-                .arg(format!("{}:{client}", self.instance));
+    /// Hands an item to the publisher without waiting. A join or a line finds the queue full
+    /// only when Redis cannot keep up: it is refused at once.
+    pub fn submit(&self, item: Item) -> Placement {
+        let full = self.jobs.len() >= PUBLISH_QUEUE;
+        if full && !matches!(item, Item::Leave { .. }) {
+            return Placement::Refused(item, Refusal::Unreachable);
         }
-        let id: String = self.link.call(CALL_TIMEOUT, |c| command.query(c))?;
-        if self.trace.is_on() {
-            self.trace
-                .decision("stream", &format!("XADD {STREAM} -> {id}: {line:?}"));
-        }
-        Ok(())
-    }
-
-    /// Renews this instance's heartbeat.
-    fn heartbeat(&mut self) -> Result<(), Unreachable> {
-        let alive = alive_key(&self.instance);
-        let instance = self.instance.clone();
-        self.link.call(CALL_TIMEOUT, |c| {
-            redis::pipe()
-                .cmd("SET")
-                .arg(&alive)
-                .arg(1)
-                .arg("PX")
-                .arg(HEARTBEAT_TTL.as_millis() as u64)
-                .ignore()
-                .cmd("SADD")
-                .arg(INSTANCES)
-                .arg(&instance)
-                .ignore()
-                .query::<()>(c)
-        })
-    }
-
-    /// A cluster handle for the heartbeat thread: same instance, its own connection.
-    fn for_heartbeat(&self) -> Result<Cluster, String> {
-        Ok(Cluster {
-            link: Link::open(&self.link.url, "heartbeat")?,
-            instance: self.instance.clone(),
-            max_entries: self.max_entries,
-            trace: self.trace,
-        })
-    }
-
-    /// Announces the clients of every instance whose heartbeat has expired as left.
-    fn reap_the_dead(&mut self) -> Result<(), Unreachable> {
-        let instances: Vec<String> = self.link.call(CALL_TIMEOUT, |c| {
-            redis::cmd("SMEMBERS").arg(INSTANCES).query(c)
-        })?;
-        for dead in instances.iter().filter(|i| **i != self.instance) {
-            let keys = [
-                INSTANCES.to_owned(),
-                alive_key(dead),
-                held_key(dead),
-                STREAM.to_owned(),
-                NICKNAMES.to_owned(),
-            ];
-            let max_entries = self.max_entries;
-            let reaped: i64 = self.link.call(CALL_TIMEOUT, |c| {
-                redis::cmd("EVAL")
-                    .arg(REAP)
-                    .arg(keys.len())
-                    .arg(&keys)
-                    .arg(dead)
-                    .arg(max_entries)
-                    .query(c)
-            })?;
-            if reaped >= 0 {
-                eprintln!(
-                    "threadchat: instance {dead} is gone; announced its {reaped} client(s) as left"
-                );
+        match self.jobs.send(Job::Item(item)) {
+            Ok(()) => Placement::Later,
+            Err(crossbeam_channel::SendError(Job::Item(item))) => {
+                Placement::Refused(item, Refusal::Unreachable)
             }
+            Err(_) => Placement::Later,
         }
-        Ok(())
     }
 
-    /// Starts the threads that read the stream into the room and keep this instance alive.
-    pub fn start(&self, from: String, events: Sender<Event>) -> Result<(), String> {
-        let mut link = Link::open(&self.link.url, "stream")?;
-        let trace = self.trace;
-        spawn("stream", move || {
-            read_stream(&mut link, from, events, trace)
-        })?;
-        let mut heartbeat = self.for_heartbeat()?;
-        spawn("heartbeat", move || loop {
-            std::thread::sleep(HEARTBEAT_EVERY);
-            if heartbeat.heartbeat().is_ok() {
-                let _ = heartbeat.reap_the_dead();
-            }
-        })?;
-        Ok(())
+    /// Gives what is waiting (the last leaves) a moment to reach Redis.
+    pub fn flush(&self) {
+        let (done, flushed) = crossbeam_channel::bounded(1);
+        if self.jobs.send(Job::Flush(done)).is_ok() {
+            let _ = flushed.recv_timeout(FLUSH_FOR);
+        }
     }
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), String> {
-    std::thread::Builder::new()
+    thread::Builder::new()
         .name(name.to_owned())
         .spawn(body)
         .map(drop)
         .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }
 
+/// An item sent whose reply was lost: applied or not is settled once Redis answers again.
+struct Doubtful {
+    number: u64,
+    item: Item,
+}
+
+/// The publisher thread's state: the connection that writes, and what waits for it.
+struct Desk {
+    client: redis::Client,
+    scripts: Arc<Scripts>,
+    connection: Option<Connection>,
+    reach: Reach,
+    /// A connection being opened on a thread of its own, and where it will arrive.
+    connecting: Option<Receiver<Result<(Connection, String), String>>>,
+    identity: SharedIdentity,
+    inbox: Receiver<Job>,
+    events: Sender<Event>,
+    /// The names this instance holds in Redis, to register again if Redis loses them.
+    held: HashSet<String>,
+    /// The number of the last request that places a line.
+    number: u64,
+    doubtful: Vec<Doubtful>,
+    /// Leaves not yet placed: kept until Redis takes them.
+    owed: Vec<String>,
+    max_entries: u64,
+    trace: Trace,
+}
+
+/// What one reply says.
+enum Reply {
+    /// Placed; the stream ID.
+    Placed(String),
+    /// Nothing placed, for the reason Redis gave (a script's answer or an error).
+    Not(String),
+}
+
+fn reply_of(value: &Value) -> Reply {
+    match value {
+        Value::ServerError(e) => Reply::Not(e.to_string()),
+        other => match text(other) {
+            Some(t) if t.contains('-') => Reply::Placed(t),
+            Some(t) => Reply::Not(t),
+            None => Reply::Not(format!("{other:?}")),
+        },
+    }
+}
+
+impl Desk {
+    fn run(mut self) {
+        loop {
+            let first = match &self.connecting {
+                Some(arriving) => select! {
+                    recv(self.inbox) -> job => job.ok(),
+                    recv(arriving) -> opened => {
+                        self.connecting = None;
+                        self.opened(opened.unwrap_or_else(|_| Err("no connection".into())));
+                        None
+                    }
+                },
+                None => {
+                    let wait = self
+                        .reach
+                        .retry_at
+                        .saturating_duration_since(Instant::now());
+                    if self.connection.is_none() && wait.is_zero() {
+                        self.connect();
+                    }
+                    if self.connection.is_none() {
+                        self.inbox.recv_timeout(wait.max(RETRY_FIRST)).ok()
+                    } else if !self.doubtful.is_empty() || !self.owed.is_empty() {
+                        self.inbox.try_recv().ok()
+                    } else {
+                        match self.inbox.recv() {
+                            Ok(job) => Some(job),
+                            Err(_) => return, // the room has stopped
+                        }
+                    }
+                }
+            };
+            let mut jobs: Vec<Job> = first.into_iter().collect();
+            while jobs.len() < MOST_PER_ROUND_TRIP {
+                match self.inbox.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.handle(jobs);
+        }
+    }
+
+    /// Opens a connection on a thread of its own (resolving the name included), so that
+    /// the publisher goes on answering meanwhile.
+    fn connect(&mut self) {
+        let (done, arriving) = crossbeam_channel::bounded(1);
+        let (client, scripts) = (self.client.clone(), self.scripts.clone());
+        let started = thread::Builder::new()
+            .name("redis-connect".into())
+            .spawn(move || {
+                let _ = done.send(open(&client, &scripts));
+            });
+        match started {
+            Ok(_) => self.connecting = Some(arriving),
+            Err(e) => self.reach.down(&e.to_string()),
+        }
+    }
+
+    fn opened(&mut self, opened: Result<(Connection, String), String>) {
+        match opened {
+            Ok((connection, epoch)) => {
+                self.connection = Some(connection);
+                self.reach.up();
+                if epoch != identity(&self.identity).epoch {
+                    self.register();
+                }
+            }
+            Err(why) => self.reach.down(&why),
+        }
+    }
+
+    fn handle(&mut self, jobs: Vec<Job>) {
+        let mut items = Vec::new();
+        let mut flushes = Vec::new();
+        let mut register = false;
+        for job in jobs {
+            match job {
+                Job::Item(Item::Leave { nickname }) => self.owed.push(nickname),
+                Job::Item(item) => items.push(item),
+                Job::Register => register = true,
+                Job::Fenced(instance) => self.fenced(&instance),
+                Job::Flush(done) => flushes.push(done),
+            }
+        }
+        if register && self.connection.is_some() {
+            self.register();
+        }
+        if self.connection.is_some() && !self.doubtful.is_empty() {
+            self.settle();
+        }
+        if self.connection.is_none() {
+            for item in items {
+                self.refuse(item, Refusal::Unreachable);
+            }
+        } else {
+            self.send(items);
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+
+    /// Sends the owed leaves and `items` in one round trip.
+    fn send(&mut self, items: Vec<Item>) {
+        if items.is_empty() && self.owed.is_empty() {
+            return;
+        }
+        let who = identity(&self.identity).clone();
+        let (done, held) = (done_key(&who.instance), held_key(&who.instance));
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let leaves = std::mem::take(&mut self.owed);
+        for nickname in &leaves {
+            let line = Item::Leave {
+                nickname: nickname.clone(),
+            }
+            .line();
+            let keys = [EPOCH, &done, STREAM, NICKNAMES, &held];
+            pipe.add_command(
+                script_call(&self.scripts.leave, &keys)
+                    .arg(&who.epoch)
+                    .arg(0)
+                    .arg(self.max_entries)
+                    .arg(line)
+                    .arg(nickname)
+                    .arg(&who.instance)
+                    .clone(),
+            );
+        }
+        let mut sent = Vec::with_capacity(items.len());
+        for item in items {
+            self.number += 1;
+            let mut cmd = match &item {
+                Item::Join { id, nickname } => {
+                    let keys = [EPOCH, &done, STREAM, NICKNAMES, &held];
+                    let mut cmd = script_call(&self.scripts.join, &keys);
+                    cmd.arg(&who.epoch)
+                        .arg(self.number)
+                        .arg(self.max_entries)
+                        .arg(item.line())
+                        .arg(nickname)
+                        .arg(&who.instance)
+                        .arg(format!("{}:{id}", who.instance));
+                    cmd
+                }
+                _ => script_call(&self.scripts.say, &[EPOCH, &done, STREAM]),
+            };
+            if !matches!(item, Item::Join { .. }) {
+                cmd.arg(&who.epoch)
+                    .arg(self.number)
+                    .arg(self.max_entries)
+                    .arg(item.line());
+            }
+            pipe.add_command(cmd);
+            sent.push(Doubtful {
+                number: self.number,
+                item,
+            });
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let replies: Vec<Value> = match pipe.query(connection) {
+            Ok(replies) => replies,
+            Err(e) => {
+                // Applied or not, nobody knows: settled once Redis answers again.
+                self.owed = leaves;
+                self.doubtful.extend(sent);
+                return self.lost_connection(&e.to_string());
+            }
+        };
+        let mut replies = replies.iter().map(reply_of);
+        let mut down = None;
+        for nickname in leaves {
+            match replies.next() {
+                Some(Reply::Placed(id)) => self.traced("leave", &id, &nickname),
+                Some(Reply::Not(why)) if why == "gone" || why == "fenced" => {}
+                Some(Reply::Not(why)) => {
+                    self.owed.push(nickname);
+                    down.get_or_insert(why);
+                }
+                None => self.owed.push(nickname),
+            }
+        }
+        for Doubtful { item, .. } in sent {
+            match replies.next() {
+                Some(Reply::Placed(id)) => {
+                    if let Item::Join { nickname, .. } = &item {
+                        self.held.insert(nickname.clone());
+                    }
+                    self.traced("XADD", &id, &item.line());
+                }
+                Some(Reply::Not(why)) if why == "taken" => self.refuse(item, Refusal::Taken),
+                Some(Reply::Not(why)) => {
+                    self.refuse(item, Refusal::Unreachable);
+                    down.get_or_insert(why);
+                }
+                None => self.refuse(item, Refusal::Unreachable),
+            }
+        }
+        if let Some(why) = down {
+            self.answered_with(&why);
+        }
+    }
+
+    /// A reply that places nothing and is no script's plain answer: this instance was
+    /// fenced, Redis lost its data, or it cannot take writes now (READONLY, LOADING).
+    fn answered_with(&mut self, why: &str) {
+        match why {
+            "fenced" => {
+                let instance = identity(&self.identity).instance.clone();
+                self.fenced(&instance);
+            }
+            "lost" => self.register(),
+            _ => self.lost_connection(why),
+        }
+    }
+
+    fn lost_connection(&mut self, why: &str) {
+        self.connection = None;
+        self.reach.down(why);
+    }
+
+    /// Settles the requests whose replies were lost: Redis says how far it applied them, and
+    /// raises the mark past the rest, which can then never apply.
+    fn settle(&mut self) {
+        let who = identity(&self.identity).clone();
+        let highest = self.doubtful.iter().map(|d| d.number).max().unwrap_or(0);
+        let mut pipe = redis::pipe();
+        pipe.add_command(
+            script_call(&self.scripts.settle, &[&done_key(&who.instance)])
+                .arg(highest)
+                .clone(),
+        );
+        for doubtful in &self.doubtful {
+            if let Item::Join { nickname, .. } = &doubtful.item {
+                pipe.cmd("HGET").arg(NICKNAMES).arg(nickname);
+            }
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let replies: Vec<Value> = match pipe.query(connection) {
+            Ok(replies) => replies,
+            Err(e) => return self.lost_connection(&e.to_string()),
+        };
+        let mut replies = replies.iter();
+        let applied = match replies.next() {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(other) => {
+                let why = text(other).unwrap_or_default();
+                return self.answered_with(&why);
+            }
+            None => 0,
+        };
+        for Doubtful { number, item } in std::mem::take(&mut self.doubtful) {
+            let holder = match &item {
+                Item::Join { .. } => replies.next().and_then(text),
+                _ => None,
+            };
+            if number > applied {
+                self.refuse(item, Refusal::Unreachable);
+            } else if let Item::Join { nickname, .. } = &item {
+                // Applied: its join line is in the stream, unless the name was taken.
+                if holder.as_deref() == Some(who.instance.as_str()) {
+                    self.held.insert(nickname.clone());
+                } else {
+                    self.refuse(item, Refusal::Taken);
+                }
+            }
+            // An applied line simply comes back through the stream.
+        }
+    }
+
+    /// Redis lost its data (or this is a new data set): adopt its epoch and claim again the
+    /// names this instance holds.
+    fn register(&mut self) {
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let epoch: Result<String, _> = script_call(&self.scripts.register, &[EPOCH])
+            .arg(new_instance_name())
+            .query(connection);
+        let epoch = match epoch {
+            Ok(epoch) => epoch,
+            Err(e) => return self.lost_connection(&e.to_string()),
+        };
+        let instance = {
+            let mut who = identity(&self.identity);
+            if who.epoch != epoch {
+                eprintln!(
+                    "threadchat: publisher: redis lost its data; registering {} name(s) again",
+                    self.held.len()
+                );
+            }
+            who.epoch = epoch;
+            who.instance.clone()
+        };
+        let mut pipe = redis::pipe();
+        for name in &self.held {
+            pipe.cmd("HSETNX")
+                .arg(NICKNAMES)
+                .arg(name)
+                .arg(&instance)
+                .ignore();
+            pipe.cmd("SADD").arg(held_key(&instance)).arg(name).ignore();
+        }
+        if let Err(e) = pipe.query::<()>(connection) {
+            self.lost_connection(&e.to_string());
+        }
+    }
+
+    /// This instance was reaped: the others announced its clients as left and freed their
+    /// names. It goes on under a new name, and the room closes every client so they rejoin.
+    fn fenced(&mut self, instance: &str) {
+        {
+            let mut who = identity(&self.identity);
+            if who.instance != instance {
+                return; // already done
+            }
+            who.instance = new_instance_name();
+            eprintln!(
+                "threadchat: publisher: the others took instance {instance} for dead; \
+                 going on as {}",
+                who.instance
+            );
+        }
+        self.held.clear();
+        self.owed.clear();
+        self.number = 0;
+        for Doubtful { item, .. } in std::mem::take(&mut self.doubtful) {
+            self.refuse(item, Refusal::Unreachable);
+        }
+        let _ = self.events.send(Event::Fenced);
+    }
+
+    fn refuse(&self, item: Item, why: Refusal) {
+        let _ = self.events.send(Event::Refused(item, why));
+    }
+
+    fn traced(&self, command: &str, id: &str, line: &str) {
+        if self.trace.is_on() {
+            self.trace
+                .decision("stream", &format!("{command} {STREAM} -> {id}: {line:?}"));
+        }
+    }
+}
+
+/// The heartbeat thread: renews this instance's key, and reaps instances whose key expired,
+/// but only after its own heartbeats have succeeded for a whole time to live: after a pause
+/// of Redis itself every key looks expired, and nobody is dead.
+struct Heartbeat {
+    link: Link,
+    identity: SharedIdentity,
+    jobs: Sender<Job>,
+    healthy_since: Option<Instant>,
+    max_entries: u64,
+}
+
+impl Heartbeat {
+    fn run(mut self) {
+        loop {
+            thread::sleep(HEARTBEAT_EVERY);
+            if self.beat() {
+                let healthy = self.healthy_since.get_or_insert_with(Instant::now);
+                if healthy.elapsed() >= HEARTBEAT_TTL {
+                    self.reap_the_dead();
+                }
+            }
+        }
+    }
+
+    /// Renews the heartbeat; says whether it was renewed.
+    fn beat(&mut self) -> bool {
+        let who = identity(&self.identity).clone();
+        let scripts = self.link.scripts.clone();
+        let (done, alive) = (done_key(&who.instance), alive_key(&who.instance));
+        let answer: Option<String> = self.link.call(CALL_TIMEOUT, |c| {
+            script_call(&scripts.heartbeat, &[EPOCH, &done, &alive, INSTANCES])
+                .arg(&who.epoch)
+                .arg(HEARTBEAT_TTL.as_millis() as u64)
+                .arg(&who.instance)
+                .query(c)
+        });
+        match answer.as_deref() {
+            Some("ok") => return true,
+            Some("lost") => {
+                let _ = self.jobs.send(Job::Register);
+            }
+            Some("fenced") => {
+                let _ = self.jobs.send(Job::Fenced(who.instance));
+            }
+            _ => {}
+        }
+        self.healthy_since = None;
+        false
+    }
+
+    /// Announces the clients of every instance whose heartbeat has expired as left.
+    fn reap_the_dead(&mut self) {
+        let ours = identity(&self.identity).instance.clone();
+        let Some(instances) = self.link.call(CALL_TIMEOUT, |c| {
+            redis::cmd("SMEMBERS")
+                .arg(INSTANCES)
+                .query::<Vec<String>>(c)
+        }) else {
+            return;
+        };
+        let scripts = self.link.scripts.clone();
+        for dead in instances.iter().filter(|i| **i != ours) {
+            let max_entries = self.max_entries;
+            let (alive, held, done) = (alive_key(dead), held_key(dead), done_key(dead));
+            let keys = [INSTANCES, &alive, &held, STREAM, NICKNAMES, &done];
+            let reaped: Option<i64> = self.link.call(CALL_TIMEOUT, |c| {
+                script_call(&scripts.reap, &keys)
+                    .arg(dead)
+                    .arg(max_entries)
+                    .arg(FENCE_KEEP.as_secs())
+                    .query(c)
+            });
+            if let Some(count) = reaped.filter(|n| *n >= 0) {
+                eprintln!(
+                    "threadchat: instance {dead} is gone; announced its {count} client(s) as left"
+                );
+            }
+        }
+    }
+}
+
 /// The stream thread: reads the stream from `from` on, in order, for ever, and hands each
-/// batch to the room. After an outage it goes on from the last entry it read.
-fn read_stream(link: &mut Link, mut from: String, events: Sender<Event>, trace: Trace) {
+/// batch to the room. Before each read it checks that the last entry it read is still
+/// there: if trimming or a restart took it, entries after it may be gone too, and the room
+/// says so.
+fn read_stream(
+    link: &mut Link,
+    mut from: String,
+    events: Sender<Event>,
+    identity_of: SharedIdentity,
+    trace: Trace,
+) {
     loop {
+        let probe = from != "0-0";
         let reply = link.call(READ_BLOCK + CALL_TIMEOUT, |c| {
-            redis::cmd("XREAD")
+            let mut pipe = redis::pipe();
+            if probe {
+                pipe.cmd("XRANGE")
+                    .arg(STREAM)
+                    .arg(&from)
+                    .arg(&from)
+                    .arg("COUNT")
+                    .arg(1);
+            }
+            pipe.cmd("XREAD")
                 .arg("COUNT")
                 .arg(READ_BATCH)
                 .arg("BLOCK")
                 .arg(READ_BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(STREAM)
-                .arg(&from)
-                .query::<Value>(c)
+                .arg(&from);
+            pipe.query::<Vec<Value>>(c)
         });
-        let entries = match reply {
-            Ok(Value::Array(streams)) => streams.first().map(entries_of).unwrap_or_default(),
-            Ok(_) => continue, // nothing new within READ_BLOCK
-            Err(Unreachable) => {
-                std::thread::sleep(link.retry_at.saturating_duration_since(Instant::now()));
-                continue;
-            }
+        let Some(replies) = reply else {
+            continue; // the link waits out its backoff
         };
-        let Some(last) = entries.last() else {
+        let mut replies = replies.iter();
+        if probe && replies.next().is_some_and(|r| entries_of(r).is_empty()) {
+            if trace.is_on() {
+                trace.decision("stream", &format!("{from} is gone: lines were missed"));
+            }
+            if events.send(Event::Gap).is_err() {
+                return;
+            }
+        }
+        let read = match replies.next() {
+            Some(Value::Array(streams)) => streams.first().map(entries_of).unwrap_or_default(),
+            _ => continue, // nothing new within READ_BLOCK
+        };
+        let Some((last, _, _)) = read.last() else {
             continue;
         };
         if trace.is_on() {
-            trace.decision(
-                "stream",
-                &format!(
-                    "XREAD {STREAM} after {from}: {} entries, up to {}",
-                    entries.len(),
-                    last.id
-                ),
+            let what = format!(
+                "XREAD {STREAM} after {from}: {} entries, up to {last}",
+                read.len()
             );
+            trace.decision("stream", &what);
         }
-        from = last.id.clone();
+        from = last.clone();
+        let ours = identity(&identity_of).instance.clone();
+        let entries = read
+            .into_iter()
+            .map(|(_, line, joined)| Entry {
+                line,
+                joined: joined.and_then(|(instance, id)| (instance == ours).then_some(id)),
+            })
+            .collect();
         if events.send(Event::Stream(entries)).is_err() {
             return; // the room has stopped
         }
     }
 }
 
+/// One entry as the stream carries it: its ID, its line, and for a join the instance and the
+/// client it announces.
+type Raw = (String, String, Option<(String, ClientId)>);
+
 /// The entries in an XREAD stream reply `[name, [[id, [field, value, ...]], ...]]`, or in an
-/// XREVRANGE reply `[[id, [field, value, ...]], ...]`.
-fn entries_of(reply: &Value) -> Vec<Entry> {
+/// XRANGE reply `[[id, [field, value, ...]], ...]`.
+fn entries_of(reply: &Value) -> Vec<Raw> {
     let list = match reply {
         Value::Array(parts) if parts.len() == 2 && matches!(parts[1], Value::Array(_)) => {
             match (&parts[0], &parts[1]) {
@@ -400,39 +1073,37 @@ fn entries_of(reply: &Value) -> Vec<Entry> {
     list.iter().filter_map(entry_of).collect()
 }
 
-fn entry_of(value: &Value) -> Option<Entry> {
+fn entry_of(value: &Value) -> Option<Raw> {
     let Value::Array(parts) = value else {
         return None;
     };
     let [id, Value::Array(fields)] = parts.as_slice() else {
         return None;
     };
-    let mut entry = Entry {
-        id: text(id)?,
-        line: String::new(),
-        joined: None,
-    };
+    let mut line = String::new();
+    let mut joined = None;
     for pair in fields.chunks(2) {
         match (
             pair.first().and_then(text).as_deref(),
             pair.get(1).and_then(text),
         ) {
-            (Some("line"), Some(line)) => entry.line = line,
+            (Some("line"), Some(text)) => line = text,
             (Some("joined"), Some(who)) => {
-                entry.joined = who.rsplit_once(':').and_then(|(instance, client)| {
+                joined = who.rsplit_once(':').and_then(|(instance, client)| {
                     Some((instance.to_owned(), client.parse().ok()?))
                 });
             }
             _ => {}
         }
     }
-    Some(entry)
+    Some((text(id)?, line, joined))
 }
 
 fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".into()),
         _ => None,
     }
 }
@@ -465,9 +1136,19 @@ mod tests {
         ]);
         let entries = entries_of(&reply);
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].line, "user-1: hi");
-        assert_eq!(entries[0].joined, None);
-        assert_eq!(entries[1].id, "2-0");
-        assert_eq!(entries[1].joined, Some(("abc".to_owned(), 7)));
+        assert_eq!(entries[0].1, "user-1: hi");
+        assert_eq!(entries[0].2, None);
+        assert_eq!(entries[1].0, "2-0");
+        assert_eq!(entries[1].2, Some(("abc".to_owned(), 7)));
+    }
+
+    #[test]
+    fn a_reply_places_only_with_a_stream_id() {
+        assert!(matches!(
+            reply_of(&bulk("1700000000000-0")),
+            Reply::Placed(_)
+        ));
+        assert!(matches!(reply_of(&bulk("taken")), Reply::Not(t) if t == "taken"));
+        assert!(matches!(reply_of(&Value::Nil), Reply::Not(_)));
     }
 }

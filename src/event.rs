@@ -1,4 +1,4 @@
-//! What the room hears: the events client threads, writers, the stream thread and the
+//! What the room hears: the events client threads, writers, the cluster's threads and the
 //! signal thread send it over one channel. The room handles them one at a time, in the
 //! order they arrive, and that order is the chat's.
 
@@ -25,20 +25,69 @@ pub enum Event {
     /// A connection stopped being open, for whatever reason. Whoever ended it sends this,
     /// once: the reader, or the writer when it evicts the client or loses the socket.
     Leave { id: ClientId },
-    /// Lines the stream thread read back from the cluster, in the cluster's order.
+    /// Lines placed in the cluster's shared order, read back in that order.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Stream(Vec<Entry>),
+    /// The cluster could not place an item; it certainly did not reach anyone.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Refused(Item, Refusal),
+    /// Lines of the shared order were lost before this instance read them.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Gap,
+    /// The other instances took this one for dead and announced its clients as left: they
+    /// must reconnect, under new names.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Fenced,
     /// The server is stopping: say goodbye to everyone.
     Shutdown,
 }
 
-/// One line as the cluster's stream carries it.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+/// What the room asks a place in the order for.
 #[derive(Debug)]
+pub enum Item {
+    /// A newcomer's join, under a nickname drawn for it.
+    Join { id: ClientId, nickname: String },
+    /// A line a member said, already prefixed with its nickname.
+    Say { id: ClientId, line: String },
+    /// A member's leave. Never refused: an order that cannot place it now keeps it.
+    Leave { nickname: String },
+}
+
+impl Item {
+    /// The line everyone sees for this item: the wire contract's wording.
+    pub fn line(&self) -> String {
+        match self {
+            Item::Join { nickname, .. } => format!(" .... {nickname} has joined."),
+            Item::Say { line, .. } => line.clone(),
+            Item::Leave { nickname } => format!(" .... {nickname} has left."),
+        }
+    }
+
+    /// The item as a placed line.
+    pub fn into_entry(self) -> Entry {
+        let line = self.line();
+        let joined = match self {
+            Item::Join { id, .. } => Some(id),
+            _ => None,
+        };
+        Entry { line, joined }
+    }
+}
+
+/// Why an item got no place.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Refusal {
+    /// The nickname is held by another instance: draw another.
+    Taken,
+    /// The shared order is out of reach, or too busy to take more.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Unreachable,
+}
+
+/// One line in its place in the order.
+#[derive(Debug, PartialEq)]
 pub struct Entry {
-    /// The stream's ID for it, which orders it among everyone's lines.
-    pub id: String,
     pub line: String,
-    /// For a join line: the instance and the client it announces.
-    pub joined: Option<(String, ClientId)>,
+    /// For the join of one of this instance's newcomers: which one.
+    pub joined: Option<ClientId>,
 }

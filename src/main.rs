@@ -30,6 +30,7 @@ mod event;
 mod handshake;
 mod listener;
 mod log;
+mod order;
 mod outbox;
 mod page;
 mod page_listener;
@@ -53,6 +54,7 @@ use crate::addresses::AddressTable;
 use crate::config::{Command, Config};
 use crate::event::Event;
 use crate::log::Log;
+use crate::order::Order;
 use crate::page_listener::PageServer;
 use crate::room::Room;
 use crate::server::Shared;
@@ -153,7 +155,7 @@ fn run(config: Config) -> Result<(), String> {
 
     let trace = Trace::new(config.trace);
     let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
-    let cluster = join_cluster(&config, trace, &events)?;
+    let order = choose_order(&config, trace, &events)?;
 
     // The addresses come last: scripts may take them as the sign that we are ready.
     println!(
@@ -209,7 +211,7 @@ fn run(config: Config) -> Result<(), String> {
     })?;
     let ping_interval = shared.config.ping_interval;
     let room = spawn("room", move || {
-        Room::new(log, writers, cluster, trace).run(room_events, ping_interval)
+        Room::new(log, writers, order, trace).run(room_events, ping_interval)
     })?;
     let stopping = shared.clone();
     spawn("signals", move || {
@@ -222,33 +224,34 @@ fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// With `--redis`: connects, prints the cluster line, and starts the stream and heartbeat
-/// threads, which feed the room through `events`.
+/// The order lines get their place in: this instance's log, or with `--redis` a stream
+/// shared with other instances (this connects, prints the cluster line, and starts the
+/// cluster's threads, which feed the room through `events`).
 #[cfg(feature = "redis")]
-fn join_cluster(
+fn choose_order(
     config: &Config,
     trace: Trace,
     events: &crossbeam_channel::Sender<Event>,
-) -> Result<Option<cluster::Cluster>, String> {
+) -> Result<Order, String> {
     let Some(url) = &config.redis else {
-        return Ok(None);
+        return Ok(Order::Local);
     };
-    let (cluster, from) = cluster::Cluster::connect(url, config.redis_max_entries, trace)?;
-    cluster.start(from, events.clone())?;
+    let publisher =
+        cluster::Publisher::start(url, config.redis_max_entries, trace, events.clone())?;
     println!(
         "threadchat: room shared through {url} as instance {}",
-        cluster.instance()
+        publisher.instance()
     );
-    Ok(Some(cluster))
+    Ok(Order::Shared(publisher))
 }
 
 #[cfg(not(feature = "redis"))]
-fn join_cluster(
+fn choose_order(
     _: &Config,
     _: Trace,
     _: &crossbeam_channel::Sender<Event>,
-) -> Result<Option<cluster::Cluster>, String> {
-    Ok(None)
+) -> Result<Order, String> {
+    Ok(Order::Local)
 }
 
 /// The page server's share of the descriptors: a fixed number, or an eighth of them if less.

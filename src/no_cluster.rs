@@ -1,29 +1,18 @@
 //! The cluster in a build without the `redis` feature: the same names as `cluster.rs`, but a
-//! `Cluster` can never exist, so the room's cluster paths compile away.
+//! `Publisher` can never exist, so the order is always the room's own log.
 
-use crate::event::ClientId;
-
-/// Redis did not answer.
-#[derive(Debug, PartialEq)]
-pub struct Unreachable;
+use crate::event::Item;
+use crate::order::Placement;
 
 /// No value of this type exists in this build.
-pub enum Cluster {}
+pub enum Publisher {}
 
-impl Cluster {
-    pub fn instance(&self) -> &str {
+impl Publisher {
+    pub fn submit(&self, _item: Item) -> Placement {
         match *self {}
     }
 
-    pub fn claim(&mut self, _nickname: &str) -> Result<bool, Unreachable> {
-        match *self {}
-    }
-
-    pub fn release(&mut self, _nickname: &str) -> Result<(), Unreachable> {
-        match *self {}
-    }
-
-    pub fn publish(&mut self, _line: &str, _joined: Option<ClientId>) -> Result<(), Unreachable> {
+    pub fn flush(&self) {
         match *self {}
     }
 }

@@ -11,10 +11,10 @@
 //! writer threads do the slow part. The room never waits on anyone, and never looks at
 //! each member to send a line: a line costs the same with ten members or ten thousand.
 //!
-//! With `--redis` several instances share the room ([`Cluster`]): the room adds its lines to
-//! the cluster's stream instead of its log, and appends what the stream thread reads back,
-//! everyone's lines in the stream's one order. A newcomer starts reading at its own join
-//! line when that line comes back.
+//! Every line first gets its place in the [`Order`]: at once on a single instance, or, with
+//! `--redis`, when it comes back through the stream all instances share. Either way the room
+//! asks for a place, then appends the line once it is placed, or tells the one client
+//! concerned that it was not. A newcomer is a member from the moment its join is placed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
 
-use crate::cluster::{Cluster, Unreachable};
-use crate::event::{ClientId, Entry, Event};
+use crate::event::{ClientId, Entry, Event, Item, Refusal};
 use crate::log::Log;
+use crate::order::{Order, Placement};
 use crate::outbox::Outbox;
 use crate::sys;
 use crate::trace::Trace;
@@ -38,14 +38,14 @@ pub const NICKNAME_SPACE: u32 = 100_000;
 /// free their buffers just after their leave reaches the room.
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(1);
 
-/// How often leaves that could not reach the cluster are tried again.
-const RETRY_OWED_EVERY: Duration = Duration::from_secs(1);
-
 /// Draws of a nickname that other instances hold before a newcomer is turned away.
 const MOST_DRAWS: usize = 100;
 
-/// What the sender alone hears when its line cannot reach the cluster.
+/// What the sender alone hears when its line could not be placed.
 const NOT_SENT: &str = " .... not sent: the room is unreachable";
+
+/// What members hear where lines of the shared order were lost before they could be read.
+const MISSED: &str = " .... some lines were missed here";
 
 /// A connected client as the room sees it.
 struct Member {
@@ -55,11 +55,23 @@ struct Member {
     outbox: Arc<Outbox>,
 }
 
+/// A newcomer whose join waits for its place.
+struct Newcomer {
+    member: Member,
+    /// Nicknames drawn for it so far.
+    draws: usize,
+    /// It left before its join was placed: announce the leave right after the join.
+    gone: bool,
+}
+
 /// The nickname table and everything the broadcaster decides.
 pub struct Room {
     members: HashMap<ClientId, Member>,
-    /// The N of every `user-N` in use, so a join finds a free name without a scan.
+    newcomers: HashMap<ClientId, Newcomer>,
+    /// The N of every `user-N` in use here, so a join finds a free name without a scan.
     taken: HashSet<u32>,
+    /// Where each line gets its place: this log, or a stream shared with other instances.
+    order: Order,
     /// Every line, in the one order every member sees.
     log: Log,
     /// Woken after each append, so that none sleeps through a line.
@@ -68,29 +80,20 @@ pub struct Room {
     peak: usize,
     /// Fires when it is time to give memory back; `never` until the room has halved.
     give_back: Receiver<Instant>,
-    /// The other instances sharing the room, if any.
-    cluster: Option<Cluster>,
-    /// Nicknames whose leave could not reach the cluster yet.
-    owed: Vec<String>,
     trace: Trace,
 }
 
 impl Room {
-    pub fn new(
-        log: Log,
-        writers: Vec<Arc<Writer>>,
-        cluster: Option<Cluster>,
-        trace: Trace,
-    ) -> Room {
+    pub fn new(log: Log, writers: Vec<Arc<Writer>>, order: Order, trace: Trace) -> Room {
         Room {
             members: HashMap::new(),
+            newcomers: HashMap::new(),
             taken: HashSet::new(),
+            order,
             log,
             writers,
             peak: 0,
             give_back: crossbeam_channel::never(),
-            cluster,
-            owed: Vec::new(),
             trace,
         }
     }
@@ -104,60 +107,48 @@ impl Room {
             Some(every) => tick(every),
             None => crossbeam_channel::never(),
         };
-        let retries = match self.cluster {
-            Some(_) => tick(RETRY_OWED_EVERY),
-            None => crossbeam_channel::never(),
-        };
         loop {
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Join { id, from, outbox }) => self.handle_new_connection(id, from, outbox),
                     Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text.as_str()),
                     Ok(Event::Leave { id }) => self.handle_close_connection(id),
-                    Ok(Event::Stream(entries)) => self.take_from_stream(entries),
+                    Ok(Event::Stream(entries)) => entries.into_iter().for_each(|e| self.placed(e)),
+                    Ok(Event::Refused(item, why)) => self.refused(item, why),
+                    Ok(Event::Gap) => {
+                        self.append_line(MISSED);
+                    }
+                    Ok(Event::Fenced) => self.restart_everyone(),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(pings) -> _ => self.ping_everyone(),
                 recv(self.give_back) -> _ => self.shrink(),
-                recv(retries) -> _ => self.pay_owed(),
             }
         }
         self.say_goodbye();
     }
 
-    /// Gives the newcomer a free `user-N` and tells everyone, the newcomer first of all.
+    /// Draws a free `user-N` for the newcomer and asks a place for its join. Once placed,
+    /// everyone hears it, the newcomer first of all.
     fn handle_new_connection(&mut self, id: ClientId, from: String, outbox: Arc<Outbox>) {
-        let Ok(number) = self.claim_free_number() else {
-            return self.turn_away(id, &outbox);
-        };
-        let nickname = format!("user-{number}");
-        let _ = outbox.nickname.set(nickname.clone());
-        let line = format!(" .... {nickname} has joined.");
-        if let Some(cluster) = &mut self.cluster {
-            // Its cursor starts when this line comes back through the stream.
-            if cluster.publish(&line, Some(id)).is_err() {
-                let _ = cluster.release(&nickname);
-                self.taken.remove(&number);
-                return self.turn_away(id, &outbox);
-            }
-        }
-        eprintln!("join  {nickname} from {from}");
-        self.trace.decision(&nickname, "joined the room");
-        self.members.insert(
-            id,
-            Member {
+        let number = self.free_number();
+        let newcomer = Newcomer {
+            member: Member {
                 number,
-                nickname,
+                nickname: format!("user-{number}"),
                 from,
-                outbox: outbox.clone(),
+                outbox,
             },
-        );
-        self.peak = self.peak.max(self.members.len());
-        if self.cluster.is_none() {
-            // The newcomer's cursor starts at its own join line: it sees everything from there.
-            let joined_at = self.append_line(&line);
-            self.start_reading(id, &outbox, joined_at);
-        }
+            draws: 1,
+            gone: false,
+        };
+        self.ask_to_join(id, newcomer);
+    }
+
+    fn ask_to_join(&mut self, id: ClientId, newcomer: Newcomer) {
+        let nickname = newcomer.member.nickname.clone();
+        self.newcomers.insert(id, newcomer);
+        self.place(Item::Join { id, nickname });
     }
 
     /// Prefixes the sender's nickname and sends the line to every member, sender included.
@@ -166,63 +157,92 @@ impl Room {
             return; // evicted while its message was on the way
         };
         let line = format!("{}: {}", sender.nickname, text);
-        let outbox = sender.outbox.clone();
-        if self.send_to_all(&line).is_err() {
-            let _ = self.writers[outbox.writer].push(&outbox, wire::text_frame(NOT_SENT));
-        }
+        self.place(Item::Say { id, line });
     }
 
-    /// Frees the nickname and tells the others. The reader reports every departure once,
-    /// whether the client closed, vanished, or was evicted by its writer.
+    /// Frees the nickname and tells the others. Every departure is reported once, whether
+    /// the client closed, vanished, or was evicted by its writer.
     fn handle_close_connection(&mut self, id: ClientId) {
+        if let Some(newcomer) = self.newcomers.get_mut(&id) {
+            newcomer.gone = true;
+            return;
+        }
         let Some(gone) = self.members.remove(&id) else {
             return;
         };
         self.taken.remove(&gone.number);
         eprintln!("leave {} from {}", gone.nickname, gone.from);
         self.trace.decision(&gone.nickname, "left the room");
-        match &mut self.cluster {
-            None => {
-                self.append_line(&format!(" .... {} has left.", gone.nickname));
-            }
-            Some(_) => {
-                self.owed.push(gone.nickname);
-                self.pay_owed();
-            }
-        }
+        self.place(Item::Leave {
+            nickname: gone.nickname,
+        });
         if self.members.len() * 2 <= self.peak {
             self.peak = self.members.len();
             self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
         }
     }
 
-    /// Announces the leaves that could not reach the cluster before, and frees their names.
-    fn pay_owed(&mut self) {
-        let Some(cluster) = &mut self.cluster else {
-            return;
-        };
-        self.owed.retain(|nickname| {
-            let line = format!(" .... {nickname} has left.");
-            let paid = cluster.release(nickname).is_ok() && cluster.publish(&line, None).is_ok();
-            !paid
-        });
+    /// Asks the order for a place, and acts on an answer that comes at once.
+    fn place(&mut self, item: Item) {
+        match self.order.place(item) {
+            Placement::Now(entry) => self.placed(entry),
+            Placement::Later => {}
+            Placement::Refused(item, why) => self.refused(item, why),
+        }
     }
 
-    /// Appends lines read back from the cluster's stream; a join of ours starts its reader.
-    fn take_from_stream(&mut self, entries: Vec<Entry>) {
-        for entry in entries {
-            let at = self.append_line(&entry.line);
-            let Some((instance, id)) = entry.joined else {
-                continue;
-            };
-            let ours = self
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.instance() == instance);
-            if let Some(member) = self.members.get(&id).filter(|_| ours) {
-                let outbox = member.outbox.clone();
-                self.start_reading(id, &outbox, at);
+    /// A line has its place: everyone gets it. A newcomer's join makes it a member, reading
+    /// from its own join line on.
+    fn placed(&mut self, entry: Entry) {
+        let Some((id, newcomer)) = entry
+            .joined
+            .and_then(|id| Some((id, self.newcomers.remove(&id)?)))
+        else {
+            self.append_line(&entry.line);
+            return;
+        };
+        let member = newcomer.member;
+        let outbox = member.outbox.clone();
+        let _ = outbox.nickname.set(member.nickname.clone());
+        eprintln!("join  {} from {}", member.nickname, member.from);
+        self.trace.decision(&member.nickname, "joined the room");
+        self.members.insert(id, member);
+        self.peak = self.peak.max(self.members.len());
+        let at = self.append_line(&entry.line);
+        self.start_reading(id, &outbox, at);
+        if newcomer.gone {
+            self.handle_close_connection(id);
+        }
+    }
+
+    /// A line that got no place: only the client concerned hears of it.
+    fn refused(&mut self, item: Item, why: Refusal) {
+        match item {
+            Item::Join { id, .. } => {
+                let Some(mut newcomer) = self.newcomers.remove(&id) else {
+                    return;
+                };
+                self.taken.remove(&newcomer.member.number);
+                if newcomer.gone {
+                    return;
+                }
+                if why == Refusal::Taken && newcomer.draws < MOST_DRAWS {
+                    let number = self.free_number();
+                    newcomer.member.number = number;
+                    newcomer.member.nickname = format!("user-{number}");
+                    newcomer.draws += 1;
+                    return self.ask_to_join(id, newcomer);
+                }
+                self.turn_away(id, &newcomer.member.outbox);
             }
+            Item::Say { id, .. } => {
+                if let Some(sender) = self.members.get(&id) {
+                    let outbox = sender.outbox.clone();
+                    let _ = self.writers[outbox.writer].push(&outbox, wire::text_frame(NOT_SENT));
+                }
+            }
+            // An order keeps a leave until it can place it.
+            Item::Leave { .. } => {}
         }
     }
 
@@ -236,18 +256,6 @@ impl Room {
         self.log.reader().trim();
         sys::give_back_free_heap();
         self.give_back = crossbeam_channel::never();
-    }
-
-    /// Sends a line to everyone: into the log, or into the cluster's stream, from which every
-    /// instance appends it to its own log.
-    fn send_to_all(&mut self, line: &str) -> Result<(), Unreachable> {
-        match &mut self.cluster {
-            Some(cluster) => cluster.publish(line, None),
-            None => {
-                self.append_line(line);
-                Ok(())
-            }
-        }
     }
 
     /// Frames `line` once, appends it to the log, and returns where it starts.
@@ -271,19 +279,47 @@ impl Room {
         self.trace.pinged(self.members.len());
     }
 
+    /// The other instances announced our clients as left and freed their names (they took
+    /// this instance for dead): every member must come back as a newcomer. Close 1012
+    /// "service restart" tells browsers and scripts to reconnect.
+    fn restart_everyone(&mut self) {
+        eprintln!("threadchat: the other instances took this one for dead; closing every client");
+        let restart = wire::close_frame(wire::CLOSE_SERVICE_RESTART, "service restart");
+        for (_, member) in self.members.drain() {
+            self.writers[member.outbox.writer].close(&member.outbox, Some(restart.clone()));
+        }
+        for (id, newcomer) in std::mem::take(&mut self.newcomers) {
+            if !newcomer.gone {
+                self.turn_away(id, &newcomer.member.outbox);
+            }
+        }
+        self.taken.clear();
+    }
+
     /// Sends close 1001 to every member; its writer shuts the socket after it. In a
     /// cluster, the other instances' clients hear that ours have left.
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
-        for member in self.members.values() {
+        let members: Vec<Member> = self.members.drain().map(|(_, m)| m).collect();
+        for member in members {
             self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
+            self.place(Item::Leave {
+                nickname: member.nickname,
+            });
         }
-        if self.cluster.is_some() {
-            self.owed
-                .extend(self.members.drain().map(|(_, member)| member.nickname));
-            self.pay_owed();
+        self.order.flush();
+    }
+
+    /// Draws N until it is free here and reserves it. A room holds at most half of the
+    /// 100,000 names (`config::MOST_CLIENTS`), so even a full one finds a free name in two
+    /// draws on average.
+    fn free_number(&mut self) -> u32 {
+        loop {
+            let n = rand::random_range(0..NICKNAME_SPACE);
+            if self.taken.insert(n) {
+                return n;
+            }
         }
-        self.members.clear();
     }
 
     /// The newcomer's writer starts sending it the log from `at`, its join line.
@@ -300,37 +336,5 @@ impl Room {
             "the room is unreachable; try again later",
         );
         self.writers[outbox.writer].close(outbox, Some(sorry));
-    }
-
-    /// Draws N until it is free and reserves it, here and, in a cluster, in Redis.
-    fn claim_free_number(&mut self) -> Result<u32, Unreachable> {
-        for _ in 0..MOST_DRAWS {
-            let number = self.free_number();
-            let Some(cluster) = &mut self.cluster else {
-                return Ok(number);
-            };
-            match cluster.claim(&format!("user-{number}")) {
-                Ok(true) => return Ok(number),
-                Ok(false) => {} // another instance has it
-                Err(e) => {
-                    self.taken.remove(&number);
-                    return Err(e);
-                }
-            }
-            self.taken.remove(&number);
-        }
-        Err(Unreachable)
-    }
-
-    /// Draws N until it is free here and reserves it. A room holds at most half of the
-    /// 100,000 names (`config::MOST_CLIENTS`), so even a full one finds a free name in two
-    /// draws on average.
-    fn free_number(&mut self) -> u32 {
-        loop {
-            let n = rand::random_range(0..NICKNAME_SPACE);
-            if self.taken.insert(n) {
-                return n;
-            }
-        }
     }
 }
