@@ -126,11 +126,11 @@ if applied < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return applied
 ";
 
-/// Adopts the data set's epoch, setting it if there is none. It writes, so a replica
+/// Adopts the data set's epoch, setting it if there is none. It always writes, so a replica
 /// refuses it: a connection that cannot write is no connection. KEYS: epoch. ARGV: fresh.
 const REGISTER: &str = "
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then redis.call('SET', KEYS[1], ARGV[1]) epoch = ARGV[1] end
+local epoch = redis.call('GET', KEYS[1]) or ARGV[1]
+redis.call('SET', KEYS[1], epoch)
 return epoch
 ";
 
@@ -744,6 +744,7 @@ impl Desk {
                 }
                 Some(Reply::Not(why)) if why == "taken" => self.refuse(item, Refusal::Taken),
                 Some(Reply::Not(why)) => {
+                    self.traced("refused", &why, &item.line());
                     self.refuse(item, Refusal::Unreachable);
                     down.get_or_insert(why);
                 }

@@ -3,6 +3,9 @@
 //! hanging it; no test depends on how fast anything is.
 #![allow(dead_code)]
 
+#[cfg(feature = "redis")]
+pub mod redis_server;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
@@ -461,20 +464,22 @@ pub fn raise_own_open_file_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 }
 
+/// Sends a signal by name (`STOP`, `CONT`, `KILL`...) to a process.
+pub fn signal_process(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
 /// Stops the process for `pause` and continues it, as Ctrl-Z then `fg`, `docker pause`, or a
 /// debugger would.
 pub fn pause_process(pid: u32, pause: Duration) {
-    let signal = |name: &str| {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} {pid}");
-    };
-    signal("STOP");
+    signal_process(pid, "STOP");
     let until = Instant::now() + pause;
     while Instant::now() < until {
         thread::sleep(Duration::from_millis(10));
     }
-    signal("CONT");
+    signal_process(pid, "CONT");
 }

@@ -1,0 +1,108 @@
+//! A real redis-server (Debian's) for the cluster tests, started on a free port with no
+//! persistence, and the threadchat instances that share it.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{eventually, Server};
+
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    /// A fresh redis-server, or None (with a loud warning) where there is none and this is
+    /// not CI.
+    pub fn start() -> Option<Redis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("CI").map_or(true, |ci| ci.is_empty()),
+                "redis-server is missing; make test installs it"
+            );
+            eprintln!("WARNING: redis-server not found; the cluster tests are SKIPPED");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        Some(Redis::start_on(port))
+    }
+
+    /// A redis-server on `port`, empty.
+    pub fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let redis = Redis { child, port };
+        eventually("redis-server to answer", || {
+            redis::Client::open(redis.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        let connection = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+            .expect("a connection to redis");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        connection
+    }
+
+    /// kill -9, and a new empty redis-server on the same port: Redis restarted without
+    /// persistence.
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Redis::start_on(self.port);
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A threadchat instance sharing the room through `redis`, with no flood limit.
+pub fn instance(redis: &Redis, args: &[&str]) -> Server {
+    let url = redis.url();
+    let mut all = vec!["--rate-limit", "0", "--redis", &url];
+    all.extend_from_slice(args);
+    let server = Server::start(&all);
+    assert!(
+        server.startup[0].starts_with("threadchat: room shared through redis://"),
+        "{:?}",
+        server.startup
+    );
+    server
+}
