@@ -99,7 +99,16 @@ struct Link {
 
 impl Link {
     fn open(url: &str, who: &'static str) -> Result<Link, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        use redis::IntoConnectionInfo;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("--redis {url}: {e}"))?;
+        // No CLIENT SETINFO when connecting: the client waits for each of its two replies in
+        // turn, so a Redis that does not answer would hold the room for two timeouts. Whether
+        // Redis answers is the next call's business, with one timeout.
+        let quiet = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = redis::Client::open(info.set_redis_settings(quiet))
+            .map_err(|e| format!("--redis {url}: {e}"))?;
         Ok(Link {
             client,
             url: url.to_owned(),
@@ -124,11 +133,7 @@ impl Link {
             match self.client.get_connection_with_timeout(CALL_TIMEOUT) {
                 Ok(connection) => {
                     let _ = connection.set_write_timeout(Some(CALL_TIMEOUT));
-                    if self.backoff > RETRY_FIRST {
-                        eprintln!("threadchat: {}: redis at {} is back", self.who, self.url);
-                    }
                     self.connection = Some(connection);
-                    self.backoff = RETRY_FIRST;
                 }
                 Err(_) => return Err(self.went_away()),
             }
@@ -136,7 +141,15 @@ impl Link {
         let connection = self.connection.as_mut().ok_or(Unreachable)?;
         let _ = connection.set_read_timeout(Some(read_timeout));
         match call(connection) {
-            Ok(value) => Ok(value),
+            // Redis is back once it answers, not merely once a connection opens: a stopped
+            // process's kernel still accepts connections.
+            Ok(value) => {
+                if self.backoff > RETRY_FIRST {
+                    eprintln!("threadchat: {}: redis at {} is back", self.who, self.url);
+                    self.backoff = RETRY_FIRST;
+                }
+                Ok(value)
+            }
             Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 self.connection = None;
                 Err(self.went_away())
