@@ -23,7 +23,7 @@ test-rust:
 test-cluster: redis-server websocat
 	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster
 	cargo build --quiet --features redis --target-dir target/redis
-	THREADCHAT=target/redis/debug/threadchat bash tests/shell/cluster/two-instances.sh
+	THREADCHAT=target/redis/debug/threadchat bash tests/shell/run.sh tests/shell/cluster/two-instances.sh
 
 redis-server:
 	@bash tests/shell/cluster/ensure-redis.sh
@@ -37,14 +37,10 @@ cluster: redis-server
 	cargo build --release --features redis --target-dir target/redis
 	bash tests/shell/cluster/run.sh target/redis/release/threadchat
 
+## test-shell: every tests/shell/*.sh; prints how many passed, failed and were skipped
 test-shell: websocat proxy-tools
 	cargo build --quiet
-	@passed=0; failed=0; \
-	for t in tests/shell/*.sh; do \
-	  [ "$$(basename $$t)" = lib.sh ] && continue; \
-	  if bash "$$t"; then passed=$$((passed+1)); else failed=$$((failed+1)); echo "FAILED: $$t"; fi; \
-	done; \
-	echo "shell: $$passed passed, $$failed failed"; [ $$failed -eq 0 ]
+	@bash tests/shell/run.sh tests/shell/*.sh
 
 test-browser: chromium proxy-tools
 	cargo build --quiet
