@@ -126,13 +126,40 @@ fn plain_http_on_the_websocket_port_gets_426_naming_the_page() {
 
 #[test]
 fn unfinished_handshakes_are_dropped_and_do_not_delay_a_real_join() {
+    const DEADLINE: Duration = Duration::from_millis(500);
     let server = Server::start(&["--handshake-timeout", "0.5"]);
     let mut slow = TcpStream::connect(server.ws).unwrap();
+    let connected = Instant::now();
     slow.set_read_timeout(Some(PATIENCE)).unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
-    // Dropped: the server closes without answering.
+    // A byte every 100 ms: a timeout per read would never fire, the deadline must.
+    let mut trickle = slow.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for byte in
+            b"GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if trickle.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Meanwhile a real client joins and chats.
+    let mut client = server.join();
+    client.say("not delayed");
+    assert_eq!(client.line(), format!("{}: not delayed", client.nickname));
+    // Dropped when the deadline passes: the server closes without answering.
     let mut rest = Vec::new();
-    assert_eq!(slow.read_to_end(&mut rest).unwrap(), 0);
+    let _ = slow.read_to_end(&mut rest);
+    let dropped = connected.elapsed();
+    assert!(
+        rest.is_empty(),
+        "answered {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        dropped >= DEADLINE && dropped <= DEADLINE + MARGIN,
+        "dropped {dropped:?} after connecting"
+    );
 }
 
 #[test]
