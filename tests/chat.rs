@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::Read;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
@@ -74,6 +75,28 @@ fn leaving_is_announced_once_to_those_who_remain() {
     // Nothing else about b arrives: the next line is the one we send now.
     a.say("after");
     assert_eq!(a.line(), format!("{}: after", a.nickname));
+}
+
+#[test]
+fn after_a_close_handshake_the_server_closes_the_connection() {
+    let server = Server::start(&[]);
+    let mut witness = server.join();
+    let mut raw = RawClient::connect(server.ws);
+    let name = witness.line();
+    // A close frame, code 1000: the server answers with its own and then ends the TCP
+    // connection (RFC 6455 section 7.1.1), while others keep chatting.
+    raw.send_frame(0x88, MASK, &1000u16.to_be_bytes());
+    assert_eq!(raw.close_code().0, 1000);
+    witness.say("still chatting");
+    // The end of the stream, not the test's read timeout.
+    let mut rest = Vec::new();
+    let ended = raw.socket.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "the connection stayed open: {ended:?}");
+    let name = name
+        .strip_prefix(" .... ")
+        .and_then(|r| r.strip_suffix(" has joined."))
+        .unwrap();
+    assert_eq!(witness.line(), format!(" .... {name} has left."));
 }
 
 #[test]
