@@ -418,6 +418,13 @@ fn a_killed_instance_clients_are_announced_as_left_exactly_once_within_13_s() {
             assert_eq!(leaves.count(), 1, "{heard:?}");
         }
     }
+    // One survivor did it, and said so once.
+    let said = format!("instance {dead_id} is gone; announced its 2 client(s) as left");
+    let saying: usize = [&two, &three]
+        .iter()
+        .map(|s| s.stderr().lines().filter(|l| l.ends_with(&said)).count())
+        .sum();
+    assert_eq!(saying, 1, "survivors logging {said:?}");
     // Their names are free again.
     let held = held_names(&mut connection);
     assert!(
@@ -452,18 +459,36 @@ fn numbered(lines: &[String], name: &str, tag: &str) -> Vec<usize> {
         .collect()
 }
 
-/// How many times each of the instance's Redis connections logged that Redis is unreachable.
-fn unreachable_logged(server: &Server) -> HashMap<String, usize> {
+/// How many times each of the instance's Redis connections (room, stream, heartbeat) logged
+/// a line ending with `what`.
+fn logged(server: &Server, what: &str) -> HashMap<String, usize> {
     let mut count = HashMap::new();
     for line in server.stderr().lines() {
         if let Some(rest) = line.strip_prefix("threadchat: ") {
-            if rest.ends_with("is unreachable; retrying") {
+            if rest.ends_with(what) {
                 let who = rest.split(':').next().unwrap_or_default().to_owned();
                 *count.entry(who).or_default() += 1;
             }
         }
     }
     count
+}
+
+/// One line when Redis goes away and one when it is back, per connection that noticed: not
+/// one per failed attempt, nor one per call. The room's connection noticed both.
+fn assert_logged_once(server: &Server) {
+    let gone = logged(server, "is unreachable; retrying");
+    let back = logged(server, "is back");
+    assert_eq!(gone.get("room"), Some(&1), "{gone:?}");
+    assert_eq!(back.get("room"), Some(&1), "{back:?}");
+    assert!(
+        gone.values().chain(back.values()).all(|&n| n == 1),
+        "{gone:?} {back:?}"
+    );
+    assert!(
+        back.keys().all(|who| gone.contains_key(who)),
+        "{gone:?} {back:?}"
+    );
 }
 
 #[test]
@@ -546,8 +571,31 @@ fn while_redis_is_stopped_each_line_is_refused_to_its_sender_alone_within_a_seco
         }
         heard_by_a.push(line);
     }
-    let heard_by_c = c.until(&back);
     assert!(!heard_by_a.contains(&NOT_SENT.to_owned()), "{heard_by_a:?}");
+    // a's own instance takes lines again too, within the longest backoff. Its refusals now
+    // are for these lines of its own.
+    let resumed = Instant::now();
+    let mut attempt = 0;
+    let again = 'again: loop {
+        assert!(
+            resumed.elapsed() < PROMISED_MOST_BACKOFF + MARGIN,
+            "a's lines still refused"
+        );
+        attempt += 1;
+        a_says.send_frame(0x81, MASK, format!("again {attempt}").as_bytes());
+        let again = format!("{a_name}: again {attempt}");
+        loop {
+            match a.text() {
+                line if line == again => break 'again line,
+                line if line == NOT_SENT => break,
+                line => heard_by_a.push(line),
+            }
+        }
+        thread::sleep(Duration::from_millis(50)); // the next try
+    };
+    let mut heard_by_c = c.until(&back);
+    heard_by_c.extend(c.until(&again));
+    heard_by_b.extend(b.until(&again));
     assert!(
         !heard_by_c.contains(&NOT_SENT.to_owned()),
         "c was told of a's refused lines: {heard_by_c:?}"
@@ -558,10 +606,7 @@ fn while_redis_is_stopped_each_line_is_refused_to_its_sender_alone_within_a_seco
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "{delivered:?}");
     assert_eq!(numbered(&heard_by_a, &a_name, "during"), delivered);
     assert_eq!(numbered(&heard_by_c, &a_name, "during"), delivered);
-    // One line in the log per connection to Redis, not one per failed attempt.
-    let logged = unreachable_logged(&one);
-    assert_eq!(logged.get("room"), Some(&1), "{logged:?}");
-    assert!(logged.values().all(|&n| n == 1), "{logged:?}");
+    assert_logged_once(&one);
 }
 
 #[test]
@@ -670,9 +715,7 @@ fn cut_off_from_redis_an_instance_refuses_aloud_then_misses_nothing_and_pays_its
     let held: HashSet<String> = held_names(&mut redis.connection()).into_keys().collect();
     let connected: HashSet<String> = [&a, &b, &c].iter().map(|x| x.nickname.clone()).collect();
     assert_eq!(held, connected);
-    let logged = unreachable_logged(&one);
-    assert_eq!(logged.get("room"), Some(&1), "{logged:?}");
-    assert!(logged.values().all(|&n| n == 1), "{logged:?}");
+    assert_logged_once(&one);
 }
 
 #[test]
