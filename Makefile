@@ -5,7 +5,7 @@ TOOLS    := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 ARGS     ?=
 
-.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links
+.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links mutants cargo-mutants
 
 ## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
 run:
@@ -21,9 +21,9 @@ test-rust:
 ## test-cluster: instances sharing one room through Debian's redis-server (installed when
 ## missing), with a build that has the redis feature, kept apart in target/redis
 test-cluster: redis-server websocat
-	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster
+	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster --test cluster_faults
 	cargo build --quiet --features redis --target-dir target/redis
-	THREADCHAT=target/redis/debug/threadchat bash tests/shell/cluster/two-instances.sh
+	THREADCHAT=target/redis/debug/threadchat bash tests/shell/run.sh tests/shell/cluster/two-instances.sh
 
 redis-server:
 	@bash tests/shell/cluster/ensure-redis.sh
@@ -37,14 +37,10 @@ cluster: redis-server
 	cargo build --release --features redis --target-dir target/redis
 	bash tests/shell/cluster/run.sh target/redis/release/threadchat
 
+## test-shell: every tests/shell/*.sh; prints how many passed, failed and were skipped
 test-shell: websocat proxy-tools
 	cargo build --quiet
-	@passed=0; failed=0; \
-	for t in tests/shell/*.sh; do \
-	  [ "$$(basename $$t)" = lib.sh ] && continue; \
-	  if bash "$$t"; then passed=$$((passed+1)); else failed=$$((failed+1)); echo "FAILED: $$t"; fi; \
-	done; \
-	echo "shell: $$passed passed, $$failed failed"; [ $$failed -eq 0 ]
+	@bash tests/shell/run.sh tests/shell/*.sh
 
 test-browser: chromium proxy-tools
 	cargo build --quiet
@@ -80,6 +76,24 @@ trace-session:
 ## walkthrough-links: after code moves, point docs/WALKTHROUGH.md's code links at it again
 walkthrough-links:
 	@cargo test --quiet --test walkthrough -- --ignored --exact repoint_code_links
+
+## mutants: mutation testing of the core with cargo-mutants (installed into .tools/ when
+## missing), settings and exclusions in .cargo/mutants.toml. First the Rust tests against
+## room, log, delivery, writer, outbox, rate, wire and handshake; then cluster.rs and the
+## room's cluster paths, built with the redis feature. Hours on 2 cores; not in CI.
+## Reports in target/mutants.out and target/redis/mutants.out. ARGS go to both runs
+## (e.g. ARGS="--list", or ARGS="--file src/rate.rs").
+ROOM_CLUSTER_PATHS := src/room\.rs:.*Room::(pay_owed|take_from_stream)( |$$)
+mutants: cargo-mutants redis-server
+	cargo mutants --exclude src/cluster.rs --exclude-re '$(ROOM_CLUSTER_PATHS)' $(ARGS)
+	cargo mutants --features redis --output target/redis \
+	  --re 'src/cluster\.rs:' --re '$(ROOM_CLUSTER_PATHS)' --re 'Room::claim_free_number( |$$)' $(ARGS)
+
+## cargo-mutants: use the one on PATH, or build it once into .tools/
+cargo-mutants:
+	@command -v cargo-mutants >/dev/null || { \
+	  echo "cargo-mutants not found: installing it into $(TOOLS) (a few minutes, once)"; \
+	  cargo install --locked --quiet cargo-mutants --root "$(TOOLS)"; }
 
 ## check: what CI checks besides the tests
 check:

@@ -408,7 +408,16 @@ impl Publisher {
         trace: Trace,
         events: Sender<Event>,
     ) -> Result<Publisher, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        use redis::IntoConnectionInfo;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("--redis {url}: {e}"))?;
+        // No CLIENT SETINFO when connecting: the client waits for each of its two replies in
+        // turn, so a Redis that does not answer would hold a connection attempt for two more
+        // timeouts. Whether Redis answers is the business of the calls that follow.
+        let quiet = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = redis::Client::open(info.set_redis_settings(quiet))
+            .map_err(|e| format!("--redis {url}: {e}"))?;
         let scripts = Arc::new(Scripts::new());
         let unreachable = |why: String| format!("cannot use redis at {url}: {why}");
         let (mut connection, epoch) = open(&client, &scripts).map_err(unreachable)?;
@@ -914,16 +923,15 @@ impl Heartbeat {
     fn run(mut self) {
         loop {
             thread::sleep(HEARTBEAT_EVERY);
-            if self.beat() {
-                let healthy = self.healthy_since.get_or_insert_with(Instant::now);
-                if healthy.elapsed() >= HEARTBEAT_TTL {
-                    self.reap_the_dead();
-                }
+            let healthy_for = self.beat().then(|| self.healthy_since.map(|t| t.elapsed()));
+            if healthy_for.flatten() >= Some(HEARTBEAT_TTL) {
+                self.reap_the_dead();
             }
         }
     }
 
-    /// Renews the heartbeat; says whether it was renewed.
+    /// Renews the heartbeat; says whether it was renewed, and since when it has been
+    /// renewed without a failure.
     fn beat(&mut self) -> bool {
         let who = identity(&self.identity).clone();
         let scripts = self.link.scripts.clone();
@@ -936,7 +944,10 @@ impl Heartbeat {
                 .query(c)
         });
         match answer.as_deref() {
-            Some("ok") => return true,
+            Some("ok") => {
+                self.healthy_since.get_or_insert_with(Instant::now);
+                return true;
+            }
             Some("lost") => {
                 let _ = self.jobs.send(Job::Register);
             }

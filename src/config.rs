@@ -407,4 +407,20 @@ mod tests {
             "0 is never, whatever the timeout"
         );
     }
+
+    #[test]
+    fn default_limits_are_the_ones_the_readme_lists() {
+        let config = run(&[]).unwrap();
+        assert_eq!(config.max_message_bytes, 65536);
+        assert_eq!(config.max_clients, None, "derived from the open-file limit");
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_lag_bytes, 4_194_304);
+        assert_eq!(config.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.ping_interval, Some(Duration::from_secs(30)));
+        assert_eq!(config.pong_timeout, Duration::from_secs(60));
+        assert_eq!(config.rate_limit, 20);
+        assert_eq!(config.flood_close, Duration::from_secs(10));
+        assert!(config.allow_origins.is_empty());
+        assert_eq!(config.redis_max_entries, 100_000);
+    }
 }

@@ -110,4 +110,48 @@ mod tests {
         let t0 = Instant::now();
         assert!((0..10_000).all(|_| limit.check(t0) == Verdict::Send));
     }
+
+    /// The verdicts for checks at these milliseconds, rate 1/s, flood_close 3 s. Tokens come
+    /// back a quarter at a time at these steps, so every sum is exact.
+    fn verdicts(ms: &[u64]) -> Vec<(u64, Verdict)> {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(1, Duration::from_secs(3));
+        ms.iter()
+            .map(|&ms| (ms, limit.check(t0 + Duration::from_millis(ms))))
+            .collect()
+    }
+
+    /// Two sends at 0, then a check every 250 ms up to `to`: refused but for a send each
+    /// second, when a token is back.
+    fn flooding(to: u64) -> Vec<u64> {
+        [0, 0].into_iter().chain((250..=to).step_by(250)).collect()
+    }
+
+    #[test]
+    fn a_flood_closes_once_it_has_lasted_flood_close_not_before() {
+        let got = verdicts(&flooding(4_000));
+        assert_eq!(got[2], (250, Verdict::Refuse), "the flood starts");
+        let closed = got.iter().find(|(_, v)| *v == Verdict::Close);
+        assert_eq!(closed, Some(&(3_250, Verdict::Close)));
+    }
+
+    #[test]
+    fn a_second_of_quiet_ends_a_flood_and_less_does_not() {
+        // Refused up to 2.25 s; then at 3.25 s a send (a token is back) and a refusal
+        // exactly a second after the last one: a new flood, which has not lasted 3 s by 6 s.
+        let mut times = flooding(2_250);
+        times.extend([3_250, 3_250]);
+        times.extend((3_500..=6_000).step_by(250));
+        let got = verdicts(&times);
+        assert!(got.iter().any(|g| g.0 > 5_000 && g.1 == Verdict::Refuse));
+        assert!(got.iter().all(|(_, v)| *v != Verdict::Close), "{got:?}");
+        // Quiet for 750 ms only: the same flood goes on, and closes at 3.25 s.
+        let mut times = flooding(2_250);
+        times.extend([3_000, 3_000, 3_250]);
+        let got: Vec<Verdict> = verdicts(&times).into_iter().map(|g| g.1).collect();
+        assert_eq!(
+            got[got.len() - 3..],
+            [Verdict::Send, Verdict::Refuse, Verdict::Close]
+        );
+    }
 }

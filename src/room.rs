@@ -296,13 +296,15 @@ impl Room {
         self.taken.clear();
     }
 
-    /// Sends close 1001 to every member; its writer shuts the socket after it. In a
-    /// cluster, the other instances' clients hear that ours have left.
+    /// Sends close 1001 to every member; its writer shuts the socket after it. Then each
+    /// leave is placed: after every close here, so only other instances' clients hear them.
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
         let members: Vec<Member> = self.members.drain().map(|(_, m)| m).collect();
-        for member in members {
+        for member in &members {
             self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
+        }
+        for member in members {
             self.place(Item::Leave {
                 nickname: member.nickname,
             });
@@ -336,5 +338,45 @@ impl Room {
             "the room is unreachable; try again later",
         );
         self.writers[outbox.writer].close(outbox, Some(sorry));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room() -> Room {
+        Room::new(
+            Log::new(1 << 20),
+            Vec::new(),
+            Order::Local,
+            Trace::new(false),
+        )
+    }
+
+    #[test]
+    fn a_clash_is_drawn_again_until_a_free_number_comes_up() {
+        let mut room = room();
+        // Every number but one is in use: a first draw clashes 99,999 times in 100,000.
+        let free = 31_337;
+        room.taken
+            .extend((0..NICKNAME_SPACE).filter(|&n| n != free));
+        assert_eq!(room.free_number(), free);
+        assert_eq!(
+            room.taken.len(),
+            NICKNAME_SPACE as usize,
+            "and it is taken now"
+        );
+    }
+
+    #[test]
+    fn numbers_are_drawn_from_the_whole_range_and_never_twice() {
+        let mut room = room();
+        let drawn: Vec<u32> = (0..1000).map(|_| room.free_number()).collect();
+        assert!(drawn.iter().all(|&n| n < NICKNAME_SPACE));
+        assert_eq!(drawn.iter().collect::<HashSet<_>>().len(), drawn.len());
+        // Of 1000 uniform draws, none in the top or bottom tenth: 2 x 0.9^1000, never.
+        assert!(drawn.iter().any(|&n| n >= 90_000), "none of the highest");
+        assert!(drawn.iter().any(|&n| n < 10_000), "none of the lowest");
     }
 }

@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::Read;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
@@ -77,6 +78,36 @@ fn leaving_is_announced_once_to_those_who_remain() {
 }
 
 #[test]
+fn after_a_close_handshake_the_server_closes_the_connection() {
+    let server = Server::start(&[]);
+    let mut witness = server.join();
+    let mut raw = RawClient::connect(server.ws);
+    let name = witness.line();
+    // A close frame, code 1000: the server answers with its own and then ends the TCP
+    // connection (RFC 6455 section 7.1.1), while others keep chatting.
+    raw.send_frame(0x88, MASK, &1000u16.to_be_bytes());
+    assert_eq!(raw.close_code().0, 1000);
+    witness.say("still chatting");
+    // The end of the stream, not the test's read timeout.
+    let mut rest = Vec::new();
+    let ended = raw.socket.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "the connection stayed open: {ended:?}");
+    let name = name
+        .strip_prefix(" .... ")
+        .and_then(|r| r.strip_suffix(" has joined."))
+        .unwrap();
+    // The leave and the witness's own line race to the room: either order, each once.
+    let mut heard = [witness.line(), witness.line()];
+    heard.sort();
+    let mut want = [
+        format!(" .... {name} has left."),
+        format!("{}: still chatting", witness.nickname),
+    ];
+    want.sort();
+    assert_eq!(heard, want);
+}
+
+#[test]
 fn a_dropped_connection_without_close_is_announced_as_left() {
     let server = Server::start(&[]);
     let mut a = server.join();
@@ -85,6 +116,39 @@ fn a_dropped_connection_without_close_is_announced_as_left() {
     let name = b.nickname.clone();
     drop(b); // TCP closes with no close frame
     assert_eq!(a.line(), format!(" .... {name} has left."));
+}
+
+#[test]
+fn a_connection_reset_is_announced_as_left_once() {
+    use std::os::fd::AsRawFd;
+    let server = Server::start(&[]);
+    let mut a = server.join();
+    let b = server.join();
+    a.line();
+    let name = b.nickname.clone();
+    let tungstenite::stream::MaybeTlsStream::Plain(socket) = b.ws.get_ref() else {
+        unreachable!("a ws:// client")
+    };
+    // A zero linger time makes close() send RST instead of FIN.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a live socket and a live local of the type the option expects.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER");
+    drop(b);
+    assert_eq!(a.line(), format!(" .... {name} has left."));
+    a.say("after");
+    assert_eq!(a.line(), format!("{}: after", a.nickname));
 }
 
 #[test]

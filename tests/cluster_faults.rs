@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::redis_server::{instance, Redis};
+use common::redis_server::{instance_id, instance_with, Redis};
 use common::*;
 use tungstenite::stream::MaybeTlsStream;
 
@@ -42,14 +42,6 @@ fn line_within(client: &mut Client, wait: Duration) -> Option<String> {
         socket.set_read_timeout(Some(PATIENCE)).unwrap();
     }
     line
-}
-
-/// The instance name a server printed at startup.
-fn instance_name(server: &Server) -> String {
-    server.startup[0]
-        .rsplit_once("as instance ")
-        .map(|(_, name)| name.to_owned())
-        .expect("the cluster line names the instance")
 }
 
 /// `sender` says a marker; every client reads up to it. Returns what each read before it.
@@ -104,7 +96,10 @@ fn until_a_line_gets_through(
 fn while_redis_is_stopped_newcomers_are_answered_at_once_and_every_line_is_exact() {
     const SENT: usize = 30;
     let Some(redis) = Redis::start() else { return };
-    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let (one, two) = (
+        instance_with(&redis.url(), &[]),
+        instance_with(&redis.url(), &[]),
+    );
     let mut clients = vec![one.join(), two.join()];
     settle(&mut clients);
 
@@ -184,10 +179,13 @@ fn while_redis_is_stopped_newcomers_are_answered_at_once_and_every_line_is_exact
 #[test]
 fn a_redis_paused_past_the_heartbeat_ttl_reaps_nobody() {
     let Some(redis) = Redis::start() else { return };
-    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let (one, two) = (
+        instance_with(&redis.url(), &[]),
+        instance_with(&redis.url(), &[]),
+    );
     let mut clients = vec![one.join(), one.join(), two.join(), two.join()];
     settle(&mut clients);
-    let names = [instance_name(&one), instance_name(&two)];
+    let names = [instance_id(&one), instance_id(&two)];
 
     redis.signal(libc::SIGSTOP);
     let stopped = Instant::now();
@@ -227,7 +225,10 @@ fn a_redis_paused_past_the_heartbeat_ttl_reaps_nobody() {
 #[test]
 fn an_instance_taken_for_dead_is_announced_once_and_closes_its_clients_with_1012() {
     let Some(redis) = Redis::start() else { return };
-    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let (one, two) = (
+        instance_with(&redis.url(), &[]),
+        instance_with(&redis.url(), &[]),
+    );
     let mut clients = vec![one.join(), two.join(), two.join()];
     settle(&mut clients);
     let mut witness = clients.remove(0);
@@ -284,7 +285,10 @@ fn an_instance_taken_for_dead_is_announced_once_and_closes_its_clients_with_1012
 fn an_instance_that_missed_trimmed_lines_tells_its_clients() {
     let Some(redis) = Redis::start() else { return };
     let args = ["--redis-max-entries", "100"];
-    let (one, two) = (instance(&redis, &args), instance(&redis, &args));
+    let (one, two) = (
+        instance_with(&redis.url(), &args),
+        instance_with(&redis.url(), &args),
+    );
     let mut clients = vec![one.join(), two.join()];
     settle(&mut clients);
 
@@ -323,10 +327,13 @@ fn after_redis_restarts_empty_lines_flow_and_every_name_is_held_again() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let (one, two) = (
+        instance_with(&redis.url(), &[]),
+        instance_with(&redis.url(), &[]),
+    );
     let mut clients = vec![one.join(), two.join()];
     settle(&mut clients);
-    let holders = [instance_name(&one), instance_name(&two)];
+    let holders = [instance_id(&one), instance_id(&two)];
 
     redis.restart_empty();
     let (a, b) = clients.split_at_mut(1);
@@ -353,7 +360,10 @@ fn after_redis_restarts_empty_lines_flow_and_every_name_is_held_again() {
 #[test]
 fn a_redis_that_turned_read_only_refuses_lines_aloud_and_logs_a_few_lines() {
     let Some(redis) = Redis::start() else { return };
-    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let (one, two) = (
+        instance_with(&redis.url(), &[]),
+        instance_with(&redis.url(), &[]),
+    );
     let mut clients = vec![one.join(), two.join()];
     settle(&mut clients);
     let nobody = TcpListener::bind("127.0.0.1:0")

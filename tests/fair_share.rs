@@ -206,3 +206,40 @@ fn one_address_gets_its_share_of_the_page_port_and_429_past_it() {
     client.say("hi");
     assert_eq!(client.line(), format!("{}: hi", client.nickname));
 }
+
+#[test]
+fn a_kept_alive_page_connection_idle_for_three_seconds_is_closed() {
+    let server = Server::start(&[]);
+    let mut socket = TcpStream::connect(server.http).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    socket
+        .write_all(b"GET /config.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answered = Instant::now();
+    // The answer, then the end of the stream once the idle time has passed.
+    let mut all = Vec::new();
+    socket.read_to_end(&mut all).unwrap();
+    let idle = answered.elapsed();
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+    // README: 3 s; half a second either way for a loaded machine.
+    assert!(
+        (Duration::from_millis(2500)..Duration::from_millis(3500)).contains(&idle),
+        "closed after {idle:?} idle"
+    );
+}
+
+#[test]
+fn a_page_request_head_over_16_kib_gets_431() {
+    let server = Server::start(&[]);
+    let mut socket = TcpStream::connect(server.http).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "f".repeat(17 * 1024)
+    );
+    let _ = socket.write_all(long.as_bytes());
+    let mut all = Vec::new();
+    let _ = socket.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}

@@ -22,7 +22,7 @@ impl Redis {
             .is_err()
         {
             assert!(
-                std::env::var("CI").map_or(true, |ci| ci.is_empty()),
+                std::env::var("CI").unwrap_or_default().is_empty(),
                 "redis-server is missing; make test installs it"
             );
             eprintln!("WARNING: redis-server not found; the cluster tests are SKIPPED");
@@ -93,10 +93,9 @@ impl Drop for Redis {
     }
 }
 
-/// A threadchat instance sharing the room through `redis`, with no flood limit.
-pub fn instance(redis: &Redis, args: &[&str]) -> Server {
-    let url = redis.url();
-    let mut all = vec!["--rate-limit", "0", "--redis", &url];
+/// A threadchat instance sharing the room through the Redis at `url`, with no flood limit.
+pub fn instance_with(url: &str, args: &[&str]) -> Server {
+    let mut all = vec!["--rate-limit", "0", "--redis", url];
     all.extend_from_slice(args);
     let server = Server::start(&all);
     assert!(
@@ -105,4 +104,13 @@ pub fn instance(redis: &Redis, args: &[&str]) -> Server {
         server.startup
     );
     server
+}
+
+/// The instance's name in Redis, from its startup line.
+pub fn instance_id(server: &Server) -> String {
+    let line = &server.startup[0];
+    line.rsplit_once(" as instance ")
+        .unwrap_or_else(|| panic!("no instance name in {line:?}"))
+        .1
+        .to_owned()
 }

@@ -15,6 +15,14 @@ trap cleanup EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# skip WHAT: a tool the test needs is missing. Under CI (any non-empty value) that fails the
+# test; elsewhere the test is skipped, loudly, with the status run.sh counts as skipped.
+skip() {
+  [ -z "${CI:-}" ] || fail "$1 (CI requires it; make test installs it)"
+  echo "WARNING: SKIPPED $(basename "$0"): $1" >&2
+  exit 77
+}
+
 # wait_for DESCRIPTION COMMAND...: runs COMMAND until it succeeds or the deadline passes.
 wait_for() {
   local what=$1; shift

@@ -6,9 +6,12 @@ source "$(dirname "$0")/proxy/lib.sh"
 proxy_tools_or_skip
 start_behind_proxy
 
-curl -sfk "${HTTPS_URL}config.js" | grep -qF "wsUrl: \"$WSS_URL\"" ||
+# Into files, not through grep -q: under pipefail, grep leaving early can make curl fail.
+curl -sfk -o "$WORK/config.js" "${HTTPS_URL}config.js" || fail "no /config.js over https"
+grep -qF "wsUrl: \"$WSS_URL\"" "$WORK/config.js" ||
   fail "/config.js over https does not hand the page $WSS_URL"
-curl -sfk "$HTTPS_URL" | grep -q '<title>' || fail "no page over https"
+curl -sfk -o "$WORK/page.html" "$HTTPS_URL" || fail "no page over https"
+grep -q '<title>' "$WORK/page.html" || fail "no page over https"
 
 export WEBSOCAT_FLAGS=-k # the test's certificate is self-signed
 open_pair "$WSS_URL" "$WSS_URL"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian's redis-server when it is missing and this machine allows it (root, apt).
-# Says so when it cannot; the cluster tests then skip loudly, or fail under CI=true.
+# Says so when it cannot; the cluster tests then skip loudly, or fail under CI (any non-empty value).
 set -euo pipefail
 command -v redis-server >/dev/null && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

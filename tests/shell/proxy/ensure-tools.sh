@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian's nginx and openssl when missing and this machine allows it (root, apt).
-# Says so when it cannot; the proxy tests then skip loudly, or fail under CI=true.
+# Says so when it cannot; the proxy tests then skip loudly, or fail under CI (any non-empty value).
 set -euo pipefail
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)

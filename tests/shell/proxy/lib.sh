@@ -3,12 +3,10 @@
 PATH=$PATH:/usr/sbin
 
 # proxy_tools_or_skip: returns when nginx and openssl are here; otherwise skips the test
-# loudly, or fails it under CI=true.
+# loudly, or fails it under CI.
 proxy_tools_or_skip() {
   if command -v nginx >/dev/null && command -v openssl >/dev/null; then return 0; fi
-  [ -z "${CI:-}" ] || fail "nginx or openssl is missing; make test installs them"
-  echo "WARNING: nginx or openssl not found; the proxy test is SKIPPED" >&2
-  exit 0
+  skip "nginx or openssl not found"
 }
 
 # start_behind_proxy: starts threadchat and nginx in front of it; sets HTTPS_URL, WSS_URL
