@@ -48,9 +48,7 @@ struct Client {
     open: bool,
     nickname: String,
     joins_seen: u64,
-    got: u64,
-    /// A hash chain over the ids of received messages: equal chains, equal order.
-    order: u64,
+    heard: Heard,
     in_flight: u32,
     /// The latest settle marker this client has heard.
     settled: usize,
@@ -147,8 +145,7 @@ impl Load {
             open: true,
             nickname: String::new(),
             joins_seen: 0,
-            got: 0,
-            order: 0,
+            heard: Heard::default(),
             in_flight: 0,
             settled: 0,
             read_pending: false,
@@ -319,28 +316,20 @@ impl Load {
             }
             return;
         }
-        // threadchat prefixes "user-N: "; the peer passes the text on as it came.
-        let text = match text.split_once(": ") {
-            Some((_, rest)) if self.kind == Kind::Threadchat => rest,
-            _ => &text,
-        };
+        let text = said(&text, self.kind);
         if let Some(marker) = text.strip_prefix("settle ") {
             self.clients[i].settled = marker.parse().unwrap_or(0);
             return;
         }
-        // "b <id> <sender> <sent_us>"
-        let Some(body) = text.strip_prefix("b ") else {
+        let Some(Timed {
+            id,
+            sender,
+            sent_us,
+        }) = Timed::parse(text)
+        else {
             return;
         };
-        let mut fields = body.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
-        let (id, sender, sent_us) = (
-            fields.next().unwrap_or(0),
-            fields.next().unwrap_or(0) as usize,
-            fields.next().unwrap_or(0),
-        );
-        let client = &mut self.clients[i];
-        client.got += 1;
-        client.order = (client.order ^ id).wrapping_mul(0x0100_0000_01b3);
+        self.clients[i].heard.add(id);
         // The next client is the sender's witness: the peer sends nobody their own lines.
         if i == (sender + 1) % self.clients.len() {
             let sender = &mut self.clients[sender];
@@ -369,8 +358,13 @@ impl Load {
     fn send(&mut self, sender: usize, padding: &str) {
         let id = self.sent;
         self.sent += 1;
-        let now_us = self.epoch.elapsed().as_micros();
-        let text = format!("b {id} {sender} {now_us} {padding}");
+        let sent_us = self.epoch.elapsed().as_micros() as u64;
+        let text = Timed {
+            id,
+            sender,
+            sent_us,
+        }
+        .text(padding);
         let client = &mut self.clients[sender];
         client.in_flight += 1;
         conn::client_frame(0x1, text.as_bytes(), &mut client.outbuf);
@@ -387,6 +381,60 @@ impl Load {
             Kind::Threadchat => self.readers(),
             Kind::Peer => self.readers().saturating_sub(1),
         }
+    }
+}
+
+/// What a client said, without the "user-N: " threadchat puts before it; the peer passes
+/// the text on as it came.
+fn said(text: &str, kind: Kind) -> &str {
+    match text.split_once(": ") {
+        Some((_, rest)) if kind == Kind::Threadchat => rest,
+        _ => text,
+    }
+}
+
+/// A line that senders time: "b <id> <sender> <sent_us> <padding>", sent_us counted from
+/// the run's epoch, so a receiver's latency is its own reading of that clock minus sent_us.
+struct Timed {
+    id: u64,
+    sender: usize,
+    sent_us: u64,
+}
+
+impl Timed {
+    fn text(&self, padding: &str) -> String {
+        let Timed {
+            id,
+            sender,
+            sent_us,
+        } = self;
+        format!("b {id} {sender} {sent_us} {padding}")
+    }
+
+    /// The timed line in what a client said, if it is one.
+    fn parse(said: &str) -> Option<Timed> {
+        let body = said.strip_prefix("b ")?;
+        let mut fields = body.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
+        Some(Timed {
+            id: fields.next().unwrap_or(0),
+            sender: fields.next().unwrap_or(0) as usize,
+            sent_us: fields.next().unwrap_or(0),
+        })
+    }
+}
+
+/// The timed lines one client received: how many, and in what order.
+#[derive(Clone, Copy, Default, PartialEq)]
+struct Heard {
+    got: u64,
+    /// A hash chain over the ids of received lines: equal chains, equal order.
+    order: u64,
+}
+
+impl Heard {
+    fn add(&mut self, id: u64) {
+        self.got += 1;
+        self.order = (self.order ^ id).wrapping_mul(0x0100_0000_01b3);
     }
 }
 
@@ -420,6 +468,48 @@ struct Fanout {
     evicted_after: Option<Duration>,
     /// Commands Redis ran per line sent, when a cluster was watched.
     redis_commands_per_line: Option<f64>,
+}
+
+/// The totals of one measured phase, sending and draining.
+struct Sums {
+    /// Deliveries there should have been: lines sent times their recipients.
+    expected: u64,
+    delivered: u64,
+    elapsed: Duration,
+    server_cpu: Duration,
+    /// The load generator's own CPU time.
+    own_cpu: Duration,
+}
+
+impl Fanout {
+    /// The figures every fanout run has, from what each reading client heard and every
+    /// latency measured (microseconds); the others are left empty.
+    fn measured(heard: impl Iterator<Item = Heard>, mut lat: Vec<u32>, sums: Sums) -> Fanout {
+        let heard: Vec<Heard> = heard.collect();
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
+        let seconds = sums.elapsed.as_secs_f64();
+        Fanout {
+            deliveries_per_s: sums.delivered as f64 / seconds,
+            lost: sums.expected.saturating_sub(sums.delivered),
+            one_order: heard.iter().all(|h| *h == heard[0]),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+            server_us_per_delivery: sums.server_cpu.as_secs_f64() * 1e6
+                / sums.delivered.max(1) as f64,
+            sends_per_delivery: None,
+            loadgen_cpu: sums.own_cpu.as_secs_f64() / seconds,
+            rss_peak_kib: 0,
+            evicted_after: None,
+            redis_commands_per_line: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -559,32 +649,25 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
     let own = probe::cpu_of("/proc/self/stat") - own_before;
     let sends = counter.and_then(|c| c.finish());
 
-    let reading: Vec<&Client> = load.clients.iter().filter(|c| c.reads).collect();
-    let one_order = reading
-        .iter()
-        .all(|c| c.got == reading[0].got && c.order == reading[0].order);
-    let mut lat = std::mem::take(&mut load.latencies_us);
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let heard = load.clients.iter().filter(|c| c.reads).map(|c| c.heard);
+    let f = Fanout::measured(
+        heard,
+        std::mem::take(&mut load.latencies_us),
+        Sums {
+            expected,
+            delivered: load.delivered,
+            elapsed,
+            server_cpu: cpu,
+            own_cpu: own,
+        },
+    );
     let delivered = load.delivered.max(1);
     Fanout {
-        deliveries_per_s: load.delivered as f64 / elapsed.as_secs_f64(),
-        lost: expected.saturating_sub(load.delivered),
-        one_order,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
-        server_us_per_delivery: cpu.as_secs_f64() * 1e6 / delivered as f64,
         sends_per_delivery: sends.map(|s| s as f64 / delivered as f64),
-        loadgen_cpu: own.as_secs_f64() / elapsed.as_secs_f64(),
         rss_peak_kib: servers.iter().map(|s| s.status("VmHWM")).max().unwrap_or(0),
         redis_commands_per_line,
         evicted_after: load.left_at,
+        ..f
     }
 }
 
