@@ -3,10 +3,12 @@
 //! Starts threadchat as a child process, drives it with up to 10,000 clients from one
 //! event-loop thread (so the generator is not the bottleneck), measures the server from
 //! the outside, and prints one table. Every scenario is bounded in time and count, and
-//! all traffic stays on 127.0.0.x.
+//! all traffic stays on 127.0.0.x. The `threads` rows drive the fanout scenarios again
+//! with one thread per client instead (see `threads`).
 
 mod conn;
 mod probe;
+mod threads;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -381,6 +383,21 @@ impl Load {
             Kind::Threadchat => self.readers(),
             Kind::Peer => self.readers().saturating_sub(1),
         }
+    }
+
+    /// Gives up the clients' connections, blocking again, each with what it has read
+    /// and not yet parsed.
+    fn into_streams(mut self) -> Vec<(std::net::TcpStream, Vec<u8>)> {
+        let registry = self.poll.registry();
+        self.clients
+            .drain(..)
+            .map(|mut c| {
+                registry.deregister(&mut c.stream).expect("deregister");
+                let stream = std::net::TcpStream::from(c.stream);
+                stream.set_nonblocking(false).expect("blocking");
+                (stream, c.inbuf)
+            })
+            .collect()
     }
 }
 
@@ -868,89 +885,139 @@ fn main() {
     let ours = Target::Threadchat(&binary);
     let peer = peer_binary.as_deref().map(Target::Peer);
 
-    // Against the peer, in the same run: a figure is a ratio, not an absolute.
-    if wanted("fanout C=10 5 senders max") {
-        let name = "fanout C=10 5 senders max";
+    // Against the peer, in the same run: a figure is a ratio, not an absolute. The
+    // event loop's rows come first, then the same scenario with a thread per client.
+    type Run = fn(Target, Shape) -> Fanout;
+    let drivers: [(bool, Run); 2] = [(false, fanout), (true, threads::fanout)];
+    for (threaded, run) in drivers {
+        let name = if threaded { "threads" } else { "fanout" }.to_owned() + " C=10 5 senders max";
+        if !wanted(&name) {
+            continue;
+        }
         let shape = Shape {
             senders: 5,
             ..Shape::new(10, Pace::AsFastAsItGoes)
         };
-        let mine = fanout(ours, shape);
-        let theirs = peer.map(|p| fanout(p, shape));
+        let mine = run(ours, shape);
+        let theirs = peer.map(|p| run(p, shape));
         row(
-            name,
+            &name,
             "deliveries/s",
             format!("{:.0}", mine.deliveries_per_s),
-            ">= peer",
+            if threaded { "" } else { ">= peer" },
         );
-        row(name, "lost deliveries", mine.lost.to_string(), "0");
-        row(name, "latency p99 (ms)", format!("{:.1}", mine.p99_ms), "");
+        row(&name, "lost deliveries", mine.lost.to_string(), "0");
+        if threaded {
+            row(&name, "one order", mine.one_order.to_string(), "true");
+        }
+        row(&name, "latency p99 (ms)", format!("{:.1}", mine.p99_ms), "");
         if let Some(t) = theirs {
             row(
-                name,
+                &name,
                 "peer: deliveries/s",
                 format!("{:.0}", t.deliveries_per_s),
                 "",
             );
             row(
-                name,
+                &name,
                 "peer: latency p99 (ms)",
                 format!("{:.1}", t.p99_ms),
+                "",
+            );
+            if threaded {
+                row(
+                    &name,
+                    "ours / peer deliveries/s",
+                    format!("{:.2}", mine.deliveries_per_s / t.deliveries_per_s),
+                    "",
+                );
+            }
+        }
+        if threaded {
+            row(
+                &name,
+                "load generator CPU (cores)",
+                format!("{:.2}", mine.loadgen_cpu),
                 "",
             );
         }
     }
     for clients in [100usize, 1000] {
-        let name = format!("late C={clients} 200 msg/s");
-        if !wanted(&name) || (quick && clients > 100) {
-            continue;
-        }
-        let shape = Shape {
-            late: true,
-            ..Shape::new(clients, Pace::Steady(STEADY_RATE_PER_S))
-        };
-        let mine = fanout(ours, shape);
-        let theirs = peer.map(|p| fanout(p, shape));
-        let big = clients == 1000;
-        row(&name, "lost deliveries", mine.lost.to_string(), "0");
-        row(&name, "one order", mine.one_order.to_string(), "true");
-        row(
-            &name,
-            "latency p50 / p99 / max (ms)",
-            format!(
-                "{:.1} / {:.1} / {:.1}",
-                mine.p50_ms, mine.p99_ms, mine.max_ms
-            ),
-            if big { "p99 <= 30" } else { "p99 <= 8" },
-        );
-        row(
-            &name,
-            "server CPU per delivery (us)",
-            format!("{:.2}", mine.server_us_per_delivery),
-            if big { "<= 1.5 and <= 0.5x peer" } else { "" },
-        );
-        if let Some(t) = theirs {
+        for (threaded, run) in drivers {
+            let name = if threaded { "threads" } else { "late" }.to_owned()
+                + &format!(" C={clients} 200 msg/s");
+            if !wanted(&name) || (quick && clients > 100) {
+                continue;
+            }
+            let shape = Shape {
+                late: !threaded,
+                ..Shape::new(clients, Pace::Steady(STEADY_RATE_PER_S))
+            };
+            let mine = run(ours, shape);
+            let theirs = peer.map(|p| run(p, shape));
+            // The targets are for late readers; a thread per client is set against the peer.
+            let (p99_target, cpu_target, ratio_target) = match (threaded, clients == 1000) {
+                (true, _) => ("", "", ""),
+                (false, true) => ("p99 <= 30", "<= 1.5 and <= 0.5x peer", "<= 0.5"),
+                (false, false) => ("p99 <= 8", "", ""),
+            };
+            row(&name, "lost deliveries", mine.lost.to_string(), "0");
+            row(&name, "one order", mine.one_order.to_string(), "true");
             row(
                 &name,
-                "peer: latency p50 / p99 (ms)",
-                format!("{:.1} / {:.1}", t.p50_ms, t.p99_ms),
-                "",
-            );
-            row(
-                &name,
-                "peer: server CPU per delivery (us)",
-                format!("{:.2}", t.server_us_per_delivery),
-                "",
-            );
-            row(
-                &name,
-                "ours / peer CPU per delivery",
+                "latency p50 / p99 / max (ms)",
                 format!(
-                    "{:.2}",
-                    mine.server_us_per_delivery / t.server_us_per_delivery
+                    "{:.1} / {:.1} / {:.1}",
+                    mine.p50_ms, mine.p99_ms, mine.max_ms
                 ),
-                if big { "<= 0.5" } else { "" },
+                p99_target,
             );
+            row(
+                &name,
+                "server CPU per delivery (us)",
+                format!("{:.2}", mine.server_us_per_delivery),
+                cpu_target,
+            );
+            if let Some(t) = theirs {
+                row(
+                    &name,
+                    "peer: latency p50 / p99 (ms)",
+                    format!("{:.1} / {:.1}", t.p50_ms, t.p99_ms),
+                    "",
+                );
+                row(
+                    &name,
+                    "peer: server CPU per delivery (us)",
+                    format!("{:.2}", t.server_us_per_delivery),
+                    "",
+                );
+                row(
+                    &name,
+                    "ours / peer CPU per delivery",
+                    format!(
+                        "{:.2}",
+                        mine.server_us_per_delivery / t.server_us_per_delivery
+                    ),
+                    ratio_target,
+                );
+                if threaded {
+                    row(
+                        &name,
+                        "ours / peer latency p99",
+                        format!("{:.2}", mine.p99_ms / t.p99_ms),
+                        "",
+                    );
+                }
+            }
+            // Its threads share the cores with the server's.
+            if threaded {
+                row(
+                    &name,
+                    "load generator CPU (cores)",
+                    format!("{:.2}", mine.loadgen_cpu),
+                    "",
+                );
+            }
         }
     }
 
