@@ -3,10 +3,12 @@
 //! Starts threadchat as a child process, drives it with up to 10,000 clients from one
 //! event-loop thread (so the generator is not the bottleneck), measures the server from
 //! the outside, and prints one table. Every scenario is bounded in time and count, and
-//! all traffic stays on 127.0.0.x.
+//! all traffic stays on 127.0.0.x. The `threads` rows drive the fanout scenarios again
+//! with one thread per client instead (see `threads`).
 
 mod conn;
 mod probe;
+mod threads;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -48,9 +50,7 @@ struct Client {
     open: bool,
     nickname: String,
     joins_seen: u64,
-    got: u64,
-    /// A hash chain over the ids of received messages: equal chains, equal order.
-    order: u64,
+    heard: Heard,
     in_flight: u32,
     /// The latest settle marker this client has heard.
     settled: usize,
@@ -147,8 +147,7 @@ impl Load {
             open: true,
             nickname: String::new(),
             joins_seen: 0,
-            got: 0,
-            order: 0,
+            heard: Heard::default(),
             in_flight: 0,
             settled: 0,
             read_pending: false,
@@ -319,28 +318,20 @@ impl Load {
             }
             return;
         }
-        // threadchat prefixes "user-N: "; the peer passes the text on as it came.
-        let text = match text.split_once(": ") {
-            Some((_, rest)) if self.kind == Kind::Threadchat => rest,
-            _ => &text,
-        };
+        let text = said(&text, self.kind);
         if let Some(marker) = text.strip_prefix("settle ") {
             self.clients[i].settled = marker.parse().unwrap_or(0);
             return;
         }
-        // "b <id> <sender> <sent_us>"
-        let Some(body) = text.strip_prefix("b ") else {
+        let Some(Timed {
+            id,
+            sender,
+            sent_us,
+        }) = Timed::parse(text)
+        else {
             return;
         };
-        let mut fields = body.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
-        let (id, sender, sent_us) = (
-            fields.next().unwrap_or(0),
-            fields.next().unwrap_or(0) as usize,
-            fields.next().unwrap_or(0),
-        );
-        let client = &mut self.clients[i];
-        client.got += 1;
-        client.order = (client.order ^ id).wrapping_mul(0x0100_0000_01b3);
+        self.clients[i].heard.add(id);
         // The next client is the sender's witness: the peer sends nobody their own lines.
         if i == (sender + 1) % self.clients.len() {
             let sender = &mut self.clients[sender];
@@ -369,8 +360,13 @@ impl Load {
     fn send(&mut self, sender: usize, padding: &str) {
         let id = self.sent;
         self.sent += 1;
-        let now_us = self.epoch.elapsed().as_micros();
-        let text = format!("b {id} {sender} {now_us} {padding}");
+        let sent_us = self.epoch.elapsed().as_micros() as u64;
+        let text = Timed {
+            id,
+            sender,
+            sent_us,
+        }
+        .text(padding);
         let client = &mut self.clients[sender];
         client.in_flight += 1;
         conn::client_frame(0x1, text.as_bytes(), &mut client.outbuf);
@@ -387,6 +383,75 @@ impl Load {
             Kind::Threadchat => self.readers(),
             Kind::Peer => self.readers().saturating_sub(1),
         }
+    }
+
+    /// Gives up the clients' connections, blocking again, each with what it has read
+    /// and not yet parsed.
+    fn into_streams(mut self) -> Vec<(std::net::TcpStream, Vec<u8>)> {
+        let registry = self.poll.registry();
+        self.clients
+            .drain(..)
+            .map(|mut c| {
+                registry.deregister(&mut c.stream).expect("deregister");
+                let stream = std::net::TcpStream::from(c.stream);
+                stream.set_nonblocking(false).expect("blocking");
+                (stream, c.inbuf)
+            })
+            .collect()
+    }
+}
+
+/// What a client said, without the "user-N: " threadchat puts before it; the peer passes
+/// the text on as it came.
+fn said(text: &str, kind: Kind) -> &str {
+    match text.split_once(": ") {
+        Some((_, rest)) if kind == Kind::Threadchat => rest,
+        _ => text,
+    }
+}
+
+/// A line that senders time: "b <id> <sender> <sent_us> <padding>", sent_us counted from
+/// the run's epoch, so a receiver's latency is its own reading of that clock minus sent_us.
+struct Timed {
+    id: u64,
+    sender: usize,
+    sent_us: u64,
+}
+
+impl Timed {
+    fn text(&self, padding: &str) -> String {
+        let Timed {
+            id,
+            sender,
+            sent_us,
+        } = self;
+        format!("b {id} {sender} {sent_us} {padding}")
+    }
+
+    /// The timed line in what a client said, if it is one.
+    fn parse(said: &str) -> Option<Timed> {
+        let body = said.strip_prefix("b ")?;
+        let mut fields = body.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
+        Some(Timed {
+            id: fields.next().unwrap_or(0),
+            sender: fields.next().unwrap_or(0) as usize,
+            sent_us: fields.next().unwrap_or(0),
+        })
+    }
+}
+
+/// The timed lines one client received: how many, and in what order.
+#[derive(Clone, Copy, Default, PartialEq)]
+struct Heard {
+    got: u64,
+    /// A hash chain over the ids of received lines: equal chains, equal order.
+    order: u64,
+}
+
+impl Heard {
+    fn add(&mut self, id: u64) {
+        self.got += 1;
+        self.order = (self.order ^ id).wrapping_mul(0x0100_0000_01b3);
     }
 }
 
@@ -420,6 +485,48 @@ struct Fanout {
     evicted_after: Option<Duration>,
     /// Commands Redis ran per line sent, when a cluster was watched.
     redis_commands_per_line: Option<f64>,
+}
+
+/// The totals of one measured phase, sending and draining.
+struct Sums {
+    /// Deliveries there should have been: lines sent times their recipients.
+    expected: u64,
+    delivered: u64,
+    elapsed: Duration,
+    server_cpu: Duration,
+    /// The load generator's own CPU time.
+    own_cpu: Duration,
+}
+
+impl Fanout {
+    /// The figures every fanout run has, from what each reading client heard and every
+    /// latency measured (microseconds); the others are left empty.
+    fn measured(heard: impl Iterator<Item = Heard>, mut lat: Vec<u32>, sums: Sums) -> Fanout {
+        let heard: Vec<Heard> = heard.collect();
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
+        let seconds = sums.elapsed.as_secs_f64();
+        Fanout {
+            deliveries_per_s: sums.delivered as f64 / seconds,
+            lost: sums.expected.saturating_sub(sums.delivered),
+            one_order: heard.iter().all(|h| *h == heard[0]),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+            server_us_per_delivery: sums.server_cpu.as_secs_f64() * 1e6
+                / sums.delivered.max(1) as f64,
+            sends_per_delivery: None,
+            loadgen_cpu: sums.own_cpu.as_secs_f64() / seconds,
+            rss_peak_kib: 0,
+            evicted_after: None,
+            redis_commands_per_line: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -559,32 +666,25 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
     let own = probe::cpu_of("/proc/self/stat") - own_before;
     let sends = counter.and_then(|c| c.finish());
 
-    let reading: Vec<&Client> = load.clients.iter().filter(|c| c.reads).collect();
-    let one_order = reading
-        .iter()
-        .all(|c| c.got == reading[0].got && c.order == reading[0].order);
-    let mut lat = std::mem::take(&mut load.latencies_us);
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let heard = load.clients.iter().filter(|c| c.reads).map(|c| c.heard);
+    let f = Fanout::measured(
+        heard,
+        std::mem::take(&mut load.latencies_us),
+        Sums {
+            expected,
+            delivered: load.delivered,
+            elapsed,
+            server_cpu: cpu,
+            own_cpu: own,
+        },
+    );
     let delivered = load.delivered.max(1);
     Fanout {
-        deliveries_per_s: load.delivered as f64 / elapsed.as_secs_f64(),
-        lost: expected.saturating_sub(load.delivered),
-        one_order,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
-        server_us_per_delivery: cpu.as_secs_f64() * 1e6 / delivered as f64,
         sends_per_delivery: sends.map(|s| s as f64 / delivered as f64),
-        loadgen_cpu: own.as_secs_f64() / elapsed.as_secs_f64(),
         rss_peak_kib: servers.iter().map(|s| s.status("VmHWM")).max().unwrap_or(0),
         redis_commands_per_line,
         evicted_after: load.left_at,
+        ..f
     }
 }
 
@@ -785,89 +885,139 @@ fn main() {
     let ours = Target::Threadchat(&binary);
     let peer = peer_binary.as_deref().map(Target::Peer);
 
-    // Against the peer, in the same run: a figure is a ratio, not an absolute.
-    if wanted("fanout C=10 5 senders max") {
-        let name = "fanout C=10 5 senders max";
+    // Against the peer, in the same run: a figure is a ratio, not an absolute. The
+    // event loop's rows come first, then the same scenario with a thread per client.
+    type Run = fn(Target, Shape) -> Fanout;
+    let drivers: [(bool, Run); 2] = [(false, fanout), (true, threads::fanout)];
+    for (threaded, run) in drivers {
+        let name = if threaded { "threads" } else { "fanout" }.to_owned() + " C=10 5 senders max";
+        if !wanted(&name) {
+            continue;
+        }
         let shape = Shape {
             senders: 5,
             ..Shape::new(10, Pace::AsFastAsItGoes)
         };
-        let mine = fanout(ours, shape);
-        let theirs = peer.map(|p| fanout(p, shape));
+        let mine = run(ours, shape);
+        let theirs = peer.map(|p| run(p, shape));
         row(
-            name,
+            &name,
             "deliveries/s",
             format!("{:.0}", mine.deliveries_per_s),
-            ">= peer",
+            if threaded { "" } else { ">= peer" },
         );
-        row(name, "lost deliveries", mine.lost.to_string(), "0");
-        row(name, "latency p99 (ms)", format!("{:.1}", mine.p99_ms), "");
+        row(&name, "lost deliveries", mine.lost.to_string(), "0");
+        if threaded {
+            row(&name, "one order", mine.one_order.to_string(), "true");
+        }
+        row(&name, "latency p99 (ms)", format!("{:.1}", mine.p99_ms), "");
         if let Some(t) = theirs {
             row(
-                name,
+                &name,
                 "peer: deliveries/s",
                 format!("{:.0}", t.deliveries_per_s),
                 "",
             );
             row(
-                name,
+                &name,
                 "peer: latency p99 (ms)",
                 format!("{:.1}", t.p99_ms),
+                "",
+            );
+            if threaded {
+                row(
+                    &name,
+                    "ours / peer deliveries/s",
+                    format!("{:.2}", mine.deliveries_per_s / t.deliveries_per_s),
+                    "",
+                );
+            }
+        }
+        if threaded {
+            row(
+                &name,
+                "load generator CPU (cores)",
+                format!("{:.2}", mine.loadgen_cpu),
                 "",
             );
         }
     }
     for clients in [100usize, 1000] {
-        let name = format!("late C={clients} 200 msg/s");
-        if !wanted(&name) || (quick && clients > 100) {
-            continue;
-        }
-        let shape = Shape {
-            late: true,
-            ..Shape::new(clients, Pace::Steady(STEADY_RATE_PER_S))
-        };
-        let mine = fanout(ours, shape);
-        let theirs = peer.map(|p| fanout(p, shape));
-        let big = clients == 1000;
-        row(&name, "lost deliveries", mine.lost.to_string(), "0");
-        row(&name, "one order", mine.one_order.to_string(), "true");
-        row(
-            &name,
-            "latency p50 / p99 / max (ms)",
-            format!(
-                "{:.1} / {:.1} / {:.1}",
-                mine.p50_ms, mine.p99_ms, mine.max_ms
-            ),
-            if big { "p99 <= 30" } else { "p99 <= 8" },
-        );
-        row(
-            &name,
-            "server CPU per delivery (us)",
-            format!("{:.2}", mine.server_us_per_delivery),
-            if big { "<= 1.5 and <= 0.5x peer" } else { "" },
-        );
-        if let Some(t) = theirs {
+        for (threaded, run) in drivers {
+            let name = if threaded { "threads" } else { "late" }.to_owned()
+                + &format!(" C={clients} 200 msg/s");
+            if !wanted(&name) || (quick && clients > 100) {
+                continue;
+            }
+            let shape = Shape {
+                late: !threaded,
+                ..Shape::new(clients, Pace::Steady(STEADY_RATE_PER_S))
+            };
+            let mine = run(ours, shape);
+            let theirs = peer.map(|p| run(p, shape));
+            // The targets are for late readers; a thread per client is set against the peer.
+            let (p99_target, cpu_target, ratio_target) = match (threaded, clients == 1000) {
+                (true, _) => ("", "", ""),
+                (false, true) => ("p99 <= 30", "<= 1.5 and <= 0.5x peer", "<= 0.5"),
+                (false, false) => ("p99 <= 8", "", ""),
+            };
+            row(&name, "lost deliveries", mine.lost.to_string(), "0");
+            row(&name, "one order", mine.one_order.to_string(), "true");
             row(
                 &name,
-                "peer: latency p50 / p99 (ms)",
-                format!("{:.1} / {:.1}", t.p50_ms, t.p99_ms),
-                "",
-            );
-            row(
-                &name,
-                "peer: server CPU per delivery (us)",
-                format!("{:.2}", t.server_us_per_delivery),
-                "",
-            );
-            row(
-                &name,
-                "ours / peer CPU per delivery",
+                "latency p50 / p99 / max (ms)",
                 format!(
-                    "{:.2}",
-                    mine.server_us_per_delivery / t.server_us_per_delivery
+                    "{:.1} / {:.1} / {:.1}",
+                    mine.p50_ms, mine.p99_ms, mine.max_ms
                 ),
-                if big { "<= 0.5" } else { "" },
+                p99_target,
             );
+            row(
+                &name,
+                "server CPU per delivery (us)",
+                format!("{:.2}", mine.server_us_per_delivery),
+                cpu_target,
+            );
+            if let Some(t) = theirs {
+                row(
+                    &name,
+                    "peer: latency p50 / p99 (ms)",
+                    format!("{:.1} / {:.1}", t.p50_ms, t.p99_ms),
+                    "",
+                );
+                row(
+                    &name,
+                    "peer: server CPU per delivery (us)",
+                    format!("{:.2}", t.server_us_per_delivery),
+                    "",
+                );
+                row(
+                    &name,
+                    "ours / peer CPU per delivery",
+                    format!(
+                        "{:.2}",
+                        mine.server_us_per_delivery / t.server_us_per_delivery
+                    ),
+                    ratio_target,
+                );
+                if threaded {
+                    row(
+                        &name,
+                        "ours / peer latency p99",
+                        format!("{:.2}", mine.p99_ms / t.p99_ms),
+                        "",
+                    );
+                }
+            }
+            // Its threads share the cores with the server's.
+            if threaded {
+                row(
+                    &name,
+                    "load generator CPU (cores)",
+                    format!("{:.2}", mine.loadgen_cpu),
+                    "",
+                );
+            }
         }
     }
 
