@@ -61,6 +61,19 @@ impl ClientStream {
     }
 }
 
+impl ClientStream {
+    /// Out of line, and only with `--trace`: the formatting would otherwise deepen every read's
+    /// stack frame, and each idle reader keeps the pages its reads touch.
+    #[cold]
+    #[inline(never)]
+    fn trace_interrupted(&self) {
+        if let (true, Some((outbox, _))) = (self.trace.is_on(), &self.outbox) {
+            let why = "read interrupted (the process was stopped); reading on";
+            self.trace.decision(outbox.label(), why);
+        }
+    }
+}
+
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = loop {
@@ -72,12 +85,7 @@ impl Read for ClientStream {
                 self.socket.set_read_timeout(Some(left))?;
             }
             match (&*self.socket).read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    if let Some((outbox, _)) = &self.outbox {
-                        let why = "read interrupted (the process was stopped); reading on";
-                        self.trace.decision(outbox.label(), why);
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.trace_interrupted(),
                 read => break read?,
             }
         };
