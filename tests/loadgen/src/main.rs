@@ -483,8 +483,9 @@ struct Fanout {
     loadgen_cpu: f64,
     rss_peak_kib: u64,
     evicted_after: Option<Duration>,
-    /// Commands Redis ran per line sent, when a cluster was watched.
-    redis_commands_per_line: Option<f64>,
+    /// Commands Redis ran, and round trips it served, per line sent, when a cluster was
+    /// watched.
+    redis_per_line: Option<(f64, f64)>,
 }
 
 /// The totals of one measured phase, sending and draining.
@@ -524,7 +525,7 @@ impl Fanout {
             loadgen_cpu: sums.own_cpu.as_secs_f64() / seconds,
             rss_peak_kib: 0,
             evicted_after: None,
-            redis_commands_per_line: None,
+            redis_per_line: None,
         }
     }
 }
@@ -627,7 +628,7 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
     };
     let cpu_of_servers = || servers.iter().map(Server::cpu).sum::<Duration>();
     let cpu_before = cpu_of_servers();
-    let commands_before = redis.map(probe::Redis::commands);
+    let redis_before = redis.map(probe::Redis::commands_and_reads);
     let own_before = probe::cpu_of("/proc/self/stat");
     let started = Instant::now();
     load.epoch = Instant::now();
@@ -660,9 +661,14 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
     load.run_until(DRAIN_FOR, |l| l.delivered >= expected);
     let elapsed = started.elapsed();
     let cpu = cpu_of_servers() - cpu_before;
-    let redis_commands_per_line = redis
-        .zip(commands_before)
-        .map(|(r, before)| r.commands().saturating_sub(before) as f64 / load.sent.max(1) as f64);
+    let lines = load.sent.max(1) as f64;
+    let redis_per_line = redis.zip(redis_before).map(|(r, (commands, reads))| {
+        let (commands_after, reads_after) = r.commands_and_reads();
+        (
+            commands_after.saturating_sub(commands) as f64 / lines,
+            reads_after.saturating_sub(reads) as f64 / lines,
+        )
+    });
     let own = probe::cpu_of("/proc/self/stat") - own_before;
     let sends = counter.and_then(|c| c.finish());
 
@@ -682,7 +688,7 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
     Fanout {
         sends_per_delivery: sends.map(|s| s as f64 / delivered as f64),
         rss_peak_kib: servers.iter().map(|s| s.status("VmHWM")).max().unwrap_or(0),
-        redis_commands_per_line,
+        redis_per_line,
         evicted_after: load.left_at,
         ..f
     }
@@ -1199,7 +1205,7 @@ fn main() {
                     redis_port: redis.port,
                 };
                 let shared = fanout_watching(two, shape, Some(&redis));
-                let per_line = shared.redis_commands_per_line.unwrap_or(0.0);
+                let (commands, round_trips) = shared.redis_per_line.unwrap_or_default();
                 for (name, f) in [
                     ("cluster C=1000 on 1 instance", &alone),
                     ("cluster C=1000 on 2 instances", &shared),
@@ -1232,8 +1238,8 @@ fn main() {
                 }
                 row(
                     "cluster C=1000 on 2 instances",
-                    "redis commands per line",
-                    format!("{per_line:.2}"),
+                    "redis commands / round trips per line",
+                    format!("{commands:.2} / {round_trips:.2}"),
                     "",
                 );
             }

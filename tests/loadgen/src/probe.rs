@@ -221,11 +221,13 @@ impl Redis {
         Some(Redis { child, port })
     }
 
-    /// Commands Redis has run since it started (INFO stats).
-    pub fn commands(&self) -> u64 {
+    /// Commands Redis has run, and the reads it has made from its clients' sockets, since it
+    /// started (INFO stats). A pipelined round trip costs Redis one read, however many
+    /// commands it carries, so the reads count the round trips.
+    pub fn commands_and_reads(&self) -> (u64, u64) {
         use std::io::{Read, Write};
         let Ok(mut socket) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return 0;
+            return (0, 0);
         };
         let _ = socket.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n");
         let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
@@ -240,11 +242,17 @@ impl Redis {
                 break;
             }
         }
-        String::from_utf8_lossy(&reply)
-            .lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
+        let text = String::from_utf8_lossy(&reply);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (
+            field("total_commands_processed:"),
+            field("total_reads_processed:"),
+        )
     }
 }
 
