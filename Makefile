@@ -85,7 +85,7 @@ walkthrough-links:
 ## (e.g. ARGS="--list", or ARGS="--file src/rate.rs").
 mutants: cargo-mutants redis-server
 	cargo mutants --exclude src/cluster.rs $(ARGS)
-	cargo mutants --features redis --output target/redis --file src/cluster.rs $(ARGS)
+	cargo mutants --features redis --output target/redis --re 'src/cluster\.rs:' $(ARGS)
 
 ## cargo-mutants: use the one on PATH, or build it once into .tools/
 cargo-mutants:
