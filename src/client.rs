@@ -22,10 +22,12 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use tungstenite::error::ProtocolError;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error, Message, WebSocket};
 
 use crate::addresses::AddressSlot;
-use crate::event::{ClientId, Event};
+use crate::event::{ClientId, Event, Resume};
 use crate::handshake::handshake;
 use crate::outbox::{Outbox, Phase};
 use crate::rate::{RateLimit, Verdict};
@@ -33,7 +35,7 @@ use crate::server::{ConnectionCount, Shared};
 use crate::stream::ClientStream;
 use crate::sys;
 use crate::trace::Trace;
-use crate::wire::{self, Frame};
+use crate::wire::{self, Dialect, Frame};
 use crate::writer::{Writer, CLOSE_GRACE};
 
 /// Stack reserved for the upgrade thread, which runs the handshake and exits. glibc
@@ -70,9 +72,19 @@ pub fn handle_new_connection(
         return;
     }
     let socket = Arc::new(socket);
-    let Some((mut ws, from)) = handshake(shared, &socket, peer, over_capacity, &mut address) else {
+    let Some((mut ws, from, dialect)) =
+        handshake(shared, &socket, peer, over_capacity, &mut address)
+    else {
         return;
     };
+    let resume = match dialect {
+        Dialect::Plain => None,
+        Dialect::Resume => match first_message(&mut ws) {
+            Some(resume) => Some(resume),
+            None => return,
+        },
+    };
+    ws.get_mut().handshake_done();
     // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
     // arrives, and the room pings more often than `pong_timeout`. Without pings there is
     // nothing to answer, so silence is no sign of a dead peer and there is no deadline.
@@ -90,7 +102,8 @@ pub fn handle_new_connection(
         socket.clone(),
         from.clone(),
         index,
-        shared.log.clone(),
+        dialect,
+        shared.logs[dialect as usize].clone(),
     ));
     ws.get_mut()
         .start_queueing(outbox.clone(), writer.clone(), trace);
@@ -102,7 +115,7 @@ pub fn handle_new_connection(
         .name(format!("client-{id}"))
         .stack_size(READER_STACK_BYTES)
         .spawn(move || {
-            run_reader(count, id, from, ws, outbox, writer);
+            run_reader(count, id, from, ws, outbox, writer, resume);
             drop(address);
             sys::release_unused_stack();
         });
@@ -121,6 +134,7 @@ fn run_reader(
     mut ws: Box<WebSocket<ClientStream>>,
     outbox: Arc<Outbox>,
     writer: Arc<Writer>,
+    resume: Option<Resume>,
 ) {
     let shared = &*count.0;
     let end = ReaderEnd {
@@ -133,6 +147,7 @@ fn run_reader(
         id,
         from,
         outbox: outbox.clone(),
+        resume,
     };
     if shared.events.send(join).is_err() {
         return; // shutting down
@@ -149,15 +164,18 @@ fn run_reader(
 /// deep and its stack holds 8 KiB; with the three inlined, 3.7 KB and 12 KiB (gdb, smaps).
 #[inline(never)]
 fn end_connection(end: &ReaderEnd, ending: Ending, trace: Trace) {
-    let last = match ending {
-        Ending::Gone => None,
+    let (last, lost) = match ending {
+        Ending::Closed => (None, false),
+        Ending::Lost => (None, true),
         Ending::Close(code, reason) => {
             let what = format!("closing with {code} {reason:?}");
             trace.decision(end.outbox.label(), &what);
-            Some(wire::close_frame(code, &reason))
+            // Silence is how a sleeping phone or a lost network looks: it may come back.
+            let silent = code == wire::CLOSE_GOING_AWAY;
+            (Some(wire::close_frame(code, &reason)), silent)
         }
     };
-    end.close(last);
+    end.close(last, lost);
     drain(end.outbox);
 }
 
@@ -173,25 +191,28 @@ struct ReaderEnd<'a> {
 
 impl ReaderEnd<'_> {
     /// Ends the open phase with `last` as the final frame, unless it has ended already.
-    fn close(&self, last: Option<Frame>) {
+    /// `lost`: the connection ended without a close, and a resumable client may come back.
+    fn close(&self, last: Option<Frame>, lost: bool) {
         if self.writer.close(self.outbox, last) {
-            let _ = self.events.send(Event::Leave { id: self.id });
+            let _ = self.events.send(Event::Leave { id: self.id, lost });
         }
     }
 }
 
 impl Drop for ReaderEnd<'_> {
     fn drop(&mut self) {
-        self.close(None);
+        self.close(None, false);
         self.outbox.reader_done();
     }
 }
 
-/// How a session ended from the reader's side.
+/// How a connection ended from the reader's side.
 #[derive(Debug, PartialEq)]
 enum Ending {
-    /// The peer closed, or the connection is gone: nothing more to say.
-    Gone,
+    /// The peer closed, or we have nothing more to say (the writer ended it): it left.
+    Closed,
+    /// The connection is gone without a close frame (a reset, the end of the stream).
+    Lost,
     /// We close the connection with this code and reason.
     Close(u16, String),
 }
@@ -210,18 +231,18 @@ fn read_pump(
         let message = ws.read();
         // The writer may have evicted the client meanwhile: it has told the room already.
         if outbox.phase() != Phase::Open {
-            return Ending::Gone;
+            return Ending::Closed;
         }
         match message {
             Ok(Message::Text(text)) => match limit.check(Instant::now()) {
                 Verdict::Send => {
                     if shared.events.send(Event::Say { id, text }).is_err() {
-                        return Ending::Gone;
+                        return Ending::Closed;
                     }
                 }
                 Verdict::Refuse => {
                     // If even this does not fit, the room evicts the client soon anyway.
-                    let _ = writer.push(outbox, wire::text_frame(SLOW_DOWN));
+                    let _ = writer.push(outbox, wire::notice(outbox.dialect, SLOW_DOWN));
                 }
                 Verdict::Close => {
                     return Ending::Close(wire::CLOSE_POLICY, "flooding".into());
@@ -246,10 +267,35 @@ fn ending_for(err: Error) -> Ending {
     match err {
         Error::Capacity(_) => close(wire::CLOSE_TOO_BIG, "message too big"),
         Error::Utf8(_) => close(wire::CLOSE_INVALID_DATA, "invalid UTF-8"),
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Gone,
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Lost,
         Error::Protocol(p) => close(wire::CLOSE_PROTOCOL, &short_reason(&p.to_string())),
         Error::Io(e) if is_timeout(&e) => close(wire::CLOSE_GOING_AWAY, "silent too long"),
-        _ => Ending::Gone,
+        Error::Io(_) => Ending::Lost,
+        // The close handshake is done, or tungstenite refuses to go on after its close.
+        _ => Ending::Closed,
+    }
+}
+
+/// The first message of the resume dialect, `new` or `resume <token> <position>`, within the
+/// handshake's deadline. Anything else is answered with close 1008 saying what was expected.
+fn first_message(ws: &mut WebSocket<ClientStream>) -> Option<Resume> {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                let resume = Resume::parse(&text);
+                if resume.is_none() {
+                    let expected = CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "expected new, or resume <token> <position>".into(),
+                    };
+                    let _ = ws.close(Some(expected));
+                    let _ = ws.flush();
+                }
+                return resume;
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            _ => return None,
+        }
     }
 }
 
@@ -299,8 +345,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let log = Log::new(1 << 20);
-        let writer = Writer::spawn(0, log.reader(), events, CLOSE_GRACE, Trace::new(false));
-        let outbox = Outbox::new(Arc::new(socket), "here".into(), 0, log.reader());
+        let logs = [log.reader(), log.reader()];
+        let writer = Writer::spawn(0, logs, events, CLOSE_GRACE, Trace::new(false));
+        let outbox = Outbox::new(
+            Arc::new(socket),
+            "here".into(),
+            0,
+            Dialect::Plain,
+            log.reader(),
+        );
         (Arc::new(outbox), writer.unwrap(), log)
     }
 
@@ -316,12 +369,12 @@ mod tests {
                 writer: &writer,
                 events: &events,
             };
-            end.close(None);
+            end.close(None, false);
             panic!("a bug in the reader");
         })
         .join();
         assert!(outcome.is_err());
-        assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 7 })));
+        assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 7, .. })));
         assert!(heard.try_recv().is_err(), "the leave is reported once");
         assert_ne!(outbox.phase(), Phase::Open);
     }
@@ -341,7 +394,10 @@ mod tests {
         })
         .join();
         assert!(outcome.is_err());
-        assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 8 })));
+        assert!(matches!(
+            heard.try_recv(),
+            Ok(Event::Leave { id: 8, lost: false })
+        ));
     }
 
     #[test]

@@ -1054,9 +1054,10 @@ fn read_stream(
         let ours = identity(&identity_of).instance.clone();
         let entries = read
             .into_iter()
-            .map(|(_, line, joined)| Entry {
+            .map(|(id, line, joined)| Entry {
                 line,
                 joined: joined.and_then(|(instance, id)| (instance == ours).then_some(id)),
+                position: id.parse().ok(),
             })
             .collect();
         if events.send(Event::Stream(entries)).is_err() {

@@ -17,6 +17,10 @@ pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 pub const DEFAULT_FLOOD_CLOSE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_REDIS_MAX_ENTRIES: u64 = 100_000;
+/// Two minutes, as Socket.IO's connection state recovery: a phone changing networks or a
+/// laptop waking comes back well within it, and a page closed for good is announced as left
+/// before anyone wonders where it went.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(120);
 
 /// One address's share of each port. A school or an office behind one NAT address fits,
 /// while a single script from one address takes at most a fortieth of a room of 20,000.
@@ -56,6 +60,8 @@ pub struct Config {
     /// Messages per second per client; the burst is twice that. 0 turns it off.
     pub rate_limit: u32,
     pub flood_close: Duration,
+    /// How long a resumable client that dropped without a close keeps its session.
+    pub resume_window: Duration,
     /// Origins allowed besides the server's own host; `*` allows any.
     pub allow_origins: Vec<String>,
     /// The exact WebSocket URL the page should use (behind a proxy).
@@ -88,6 +94,7 @@ impl Default for Config {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
             flood_close: DEFAULT_FLOOD_CLOSE,
+            resume_window: DEFAULT_RESUME_WINDOW,
             allow_origins: Vec::new(),
             ws_url: None,
             trust_proxy: false,
@@ -140,6 +147,10 @@ Limits (times in seconds, fractions allowed):
   --flood-close S            close a client that floods this long with 1008 [default: {}]
   --allow-origin ORIGIN      also accept pages from ORIGIN (repeatable, * for any)
 
+Resumable sessions (clients that ask for the threadchat-resume subprotocol):
+  --resume-window S          a client dropped without a close keeps its name and its place
+                             this long [default: {}]
+
 More than one machine (a build with the `redis` feature):
   --redis URL                share one room with every instance using this Redis, e.g. redis://127.0.0.1:6379/
   --redis-max-entries N      trim the shared stream to about N lines [default: {DEFAULT_REDIS_MAX_ENTRIES}]
@@ -153,6 +164,7 @@ Learning:
         DEFAULT_PING_INTERVAL.as_secs(),
         DEFAULT_PONG_TIMEOUT.as_secs(),
         DEFAULT_FLOOD_CLOSE.as_secs(),
+        DEFAULT_RESUME_WINDOW.as_secs(),
     )
 }
 
@@ -200,6 +212,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--pong-timeout" => pong_timeout = Some(seconds(&flag, &value)?),
             "--rate-limit" => config.rate_limit = parse_value(&flag, &value)?,
             "--flood-close" => config.flood_close = seconds(&flag, &value)?,
+            "--resume-window" => config.resume_window = seconds(&flag, &value)?,
             "--allow-origin" => config.allow_origins.push(value),
             "--ws-url" => config.ws_url = Some(websocket_url(&value)?),
             "--redis" => config.redis = Some(value),

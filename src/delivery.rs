@@ -216,7 +216,13 @@ mod tests {
 
     fn delivery(log: &Log, socket: Arc<TcpStream>, at: u64) -> Delivery {
         let peer = socket.peer_addr().unwrap();
-        let outbox = Arc::new(Outbox::new(socket, peer.to_string(), 0, log.reader()));
+        let outbox = Arc::new(Outbox::new(
+            socket,
+            peer.to_string(),
+            0,
+            wire::Dialect::Plain,
+            log.reader(),
+        ));
         Delivery::new(outbox, log.cursor_at(at), Trace::new(false))
     }
 

@@ -19,22 +19,26 @@ use tungstenite::{Error, WebSocket};
 use crate::addresses::{self, AddressSlot};
 use crate::server::Shared;
 use crate::stream::ClientStream;
+use crate::wire::{self, Dialect};
 
 /// tungstenite's read buffer, which it fills with zeros before each read, so every byte
 /// of it is memory an idle client holds. Its 128 KiB default would cost more than all
 /// the rest of a client; chat lines are short, and longer ones arrive in several reads.
 const READ_BUFFER_BYTES: usize = 1024;
 
-/// The HTTP upgrade. Returns the open WebSocket and the client's address for the logs, or
-/// `None` once the client has been answered with an HTTP error (or has timed out). Behind
-/// a trusted proxy, the forwarded address's slot is put in `address`.
+/// The HTTP upgrade. Returns the open WebSocket, the client's address for the logs and its
+/// dialect (the resume subprotocol, when it asked for it), or `None` once the client has
+/// been answered with an HTTP error (or has timed out). Behind a trusted proxy, the
+/// forwarded address's slot is put in `address`. The handshake's deadline still holds for
+/// the WebSocket until the caller calls `handshake_done` on its stream: the resume dialect's
+/// first message is part of the handshake.
 pub fn handshake(
     shared: &Shared,
     socket: &Arc<TcpStream>,
     peer: SocketAddr,
     over_capacity: bool,
     address: &mut Option<AddressSlot>,
-) -> Option<(WebSocket<ClientStream>, String)> {
+) -> Option<(WebSocket<ClientStream>, String, Dialect)> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
     let stream = ClientStream::new(socket.clone(), deadline);
@@ -43,9 +47,10 @@ pub fn handshake(
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
     let mut from = None;
+    let mut dialect = Dialect::Plain;
     // The error type is tungstenite's, so its size is not ours to choose.
     #[allow(clippy::result_large_err)]
-    let check = |request: &Request, response: Response| {
+    let check = |request: &Request, mut response: Response| {
         let client = client_address(request, peer, config.trust_proxy);
         shared.trace.handshake_request(&client, request);
         if over_capacity {
@@ -73,15 +78,19 @@ pub fn handshake(
                 "this page's origin may not use this chat server",
             ));
         }
+        if offers_resume(request) {
+            response.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                tungstenite::http::HeaderValue::from_static(wire::RESUME_SUBPROTOCOL),
+            );
+            dialect = Dialect::Resume;
+        }
         shared.trace.handshake_response(&client, request, &response);
         from = Some(client);
         Ok(response)
     };
     match tungstenite::accept_hdr_with_config(stream, check, Some(ws_config)) {
-        Ok(mut ws) => {
-            ws.get_mut().handshake_done();
-            Some((ws, from.unwrap_or_else(|| peer.to_string())))
-        }
+        Ok(ws) => Some((ws, from.unwrap_or_else(|| peer.to_string()), dialect)),
         Err(HandshakeError::Interrupted(_)) => {
             shared.trace.decision(peer, "handshake timed out; dropped");
             None
@@ -194,6 +203,17 @@ fn forwarded_address(request: &Request, trust_proxy: bool) -> Option<IpAddr> {
     addresses::last_forwarded(values).filter(|_| trust_proxy)
 }
 
+/// Whether the client lists the resume subprotocol among those it speaks.
+fn offers_resume(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == wire::RESUME_SUBPROTOCOL)
+}
+
 /// `example.org:8080` -> `example.org`; `[::1]:8080` -> `[::1]`.
 fn host_part(authority: &str) -> &str {
     if authority.starts_with('[') {
@@ -252,5 +272,13 @@ mod tests {
         assert_eq!(host_part("example.org:8080"), "example.org");
         assert_eq!(host_part("[::1]:8080"), "[::1]");
         assert_eq!(host_part("localhost"), "localhost");
+    }
+
+    #[test]
+    fn the_resume_subprotocol_is_found_among_others() {
+        let offered = request(&[("Sec-WebSocket-Protocol", "chat, threadchat-resume")]);
+        assert!(offers_resume(&offered));
+        assert!(!offers_resume(&request(&[("Sec-WebSocket-Protocol", "chat")])));
+        assert!(!offers_resume(&request(&[])));
     }
 }

@@ -139,6 +139,9 @@ struct Shared {
     retention: u64,
     /// How many appends so far: how a writer tells how fast lines arrive.
     appends: AtomicU64,
+    /// Bytes kept behind the head even when no cursor is in them: the recent past, for
+    /// clients that come back to resume.
+    keep: AtomicU64,
 }
 
 impl Shared {
@@ -147,14 +150,17 @@ impl Shared {
         self.segments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops the oldest segments that no cursor is in (the list holds the only reference)
-    /// or that lie wholly more than the retention behind the head.
+    /// Drops the oldest segments that no cursor is in (the list holds the only reference) and
+    /// that lie wholly more than `keep` behind the head, and those more than the retention
+    /// behind it.
     fn trim(&self) {
         let head = self.head.load(Ordering::SeqCst);
+        let keep = self.keep.load(Ordering::Relaxed);
         let mut segments = self.segments();
         while segments.len() > 1 {
             let oldest = &segments[0];
-            if Arc::strong_count(oldest) == 1 || oldest.end() + self.retention <= head {
+            let unread = Arc::strong_count(oldest) == 1 && oldest.end() + keep <= head;
+            if unread || oldest.end() + self.retention <= head {
                 segments.pop_front();
             } else {
                 break;
@@ -180,6 +186,7 @@ impl Log {
                 segments: Mutex::new(VecDeque::from([filling.clone()])),
                 retention,
                 appends: AtomicU64::new(0),
+                keep: AtomicU64::new(0),
             }),
             filling,
         }
@@ -205,6 +212,31 @@ impl Log {
             at,
             segment: self.filling.clone(),
         }
+    }
+
+    /// Keeps `bytes` behind the head even when no cursor is in them (at most the retention).
+    pub fn keep(&self, bytes: u64) {
+        let bytes = bytes.min(self.shared.retention);
+        self.shared.keep.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The offset of the oldest byte still kept.
+    pub fn oldest(&self) -> u64 {
+        self.shared.segments().front().map_or(0, |s| s.base())
+    }
+
+    /// A cursor at `at`, a frame boundary anywhere in the bytes still kept, or `None` if they
+    /// are gone.
+    pub fn cursor_back_at(&self, at: u64) -> Option<Cursor> {
+        let segments = self.shared.segments();
+        let segment = segments
+            .iter()
+            .rev()
+            .find(|s| s.base() <= at && at <= s.end())?;
+        Some(Cursor {
+            at,
+            segment: segment.clone(),
+        })
     }
 
     /// Appends one or more whole frames and returns the offset where they start.

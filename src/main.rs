@@ -37,6 +37,7 @@ mod page_listener;
 mod rate;
 mod room;
 mod server;
+mod session;
 mod stream;
 mod sys;
 mod trace;
@@ -165,13 +166,15 @@ fn run(config: Config) -> Result<(), String> {
     println!("threadchat: chat page on {page_url}");
     println!("threadchat: WebSocket server on ws://{ws_addr}/");
 
-    let log = Log::new(config.max_lag_bytes);
+    // One log per dialect: plain lines, and lines with their positions for resumable clients.
+    let logs = [Log::new(config.max_lag_bytes), Log::new(config.max_lag_bytes)];
+    let readers = || [logs[0].reader(), logs[1].reader()];
     // Sending is most of the work, so every core gets a writer.
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let writers = (0..cores)
         .map(|i| {
             let events = events.clone();
-            Writer::spawn(i, log.reader(), events, config.write_timeout, trace)
+            Writer::spawn(i, readers(), events, config.write_timeout, trace)
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot start the writer threads: {e}"))?;
@@ -183,7 +186,7 @@ fn run(config: Config) -> Result<(), String> {
         page_url,
         trace,
         writers: writers.clone(),
-        log: log.reader(),
+        logs: readers(),
         config,
     });
 
@@ -210,8 +213,9 @@ fn run(config: Config) -> Result<(), String> {
         page_listener::run(page_listener, page_server)
     })?;
     let ping_interval = shared.config.ping_interval;
+    let resume_window = shared.config.resume_window;
     let room = spawn("room", move || {
-        Room::new(log, writers, order, trace).run(room_events, ping_interval)
+        Room::new(logs, writers, order, resume_window, trace).run(room_events, ping_interval)
     })?;
     let stopping = shared.clone();
     spawn("signals", move || {

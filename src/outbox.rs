@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::log::LogReader;
-use crate::wire::Frame;
+use crate::wire::{Dialect, Frame};
 
 /// Frames waiting for one client alone (pongs, notices). A client that keeps pinging without
 /// reading fills it, and its reader then stops with an error.
@@ -70,6 +70,9 @@ pub struct Outbox {
     pub nickname: OnceLock<String>,
     /// Which of the server's writers sends to this client, for its whole life.
     pub writer: usize,
+    /// How its lines look, and so which log it reads.
+    pub dialect: Dialect,
+    /// That log, whose head places each private frame among the lines.
     log: LogReader,
     state: Mutex<State>,
     /// Where the writer keeps this client, once it has it.
@@ -87,12 +90,19 @@ struct State {
 }
 
 impl Outbox {
-    pub fn new(socket: Arc<TcpStream>, from: String, writer: usize, log: LogReader) -> Outbox {
+    pub fn new(
+        socket: Arc<TcpStream>,
+        from: String,
+        writer: usize,
+        dialect: Dialect,
+        log: LogReader,
+    ) -> Outbox {
         Outbox {
             socket,
             from,
             nickname: OnceLock::new(),
             writer,
+            dialect,
             log,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -106,6 +116,12 @@ impl Outbox {
 
     /// Queues a frame for this client alone, after every line the room has sent so far.
     pub fn push(&self, frame: Frame) -> Result<Wake, Refused> {
+        self.push_before(frame, None)
+    }
+
+    /// Queues a frame for this client alone before the line at log offset `at`, or, with
+    /// `None`, after every line sent so far.
+    pub fn push_before(&self, frame: Frame, at: Option<u64>) -> Result<Wake, Refused> {
         let mut state = self.lock();
         if state.phase != Phase::Open {
             return Err(Refused::Closed);
@@ -115,7 +131,8 @@ impl Outbox {
         }
         // Read under the lock: a frame queued after the writer took the others is placed at
         // or after everything that writer is sending, so frames never interleave.
-        state.frames.push_back((self.log.head(), frame));
+        let at = at.unwrap_or_else(|| self.log.head());
+        state.frames.push_back((at, frame));
         Ok(state.tell())
     }
 
@@ -212,7 +229,13 @@ mod tests {
         let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let log = Log::new(1 << 20);
         (
-            Outbox::new(Arc::new(socket), "here".into(), 0, log.reader()),
+            Outbox::new(
+                Arc::new(socket),
+                "here".into(),
+                0,
+                Dialect::Plain,
+                log.reader(),
+            ),
             log,
         )
     }

@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
 
-use crate::event::{ClientId, Entry, Event, Item, Refusal};
+use crate::event::{ClientId, Entry, Event, Item, Position, Refusal, Resume};
 use crate::log::Log;
 use crate::order::{Order, Placement};
 use crate::outbox::Outbox;
+use crate::session::{Return, Sessions, Token};
 use crate::sys;
 use crate::trace::Trace;
 use crate::wire;
@@ -47,12 +48,20 @@ const NOT_SENT: &str = " .... not sent: the room is unreachable";
 /// What members hear where lines of the shared order were lost before they could be read.
 const MISSED: &str = " .... some lines were missed here";
 
+/// The same, in the resume dialect, where it also marks a session that could not resume.
+const MISSED_MARK: &str = "missed";
+
+/// How often detached sessions are checked against their window.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
 /// A connected client as the room sees it.
 struct Member {
     number: u32,
     nickname: String,
     from: String,
     outbox: Arc<Outbox>,
+    /// Its session's token, for a client of the resume dialect.
+    session: Option<Token>,
 }
 
 /// A newcomer whose join waits for its place.
@@ -62,6 +71,9 @@ struct Newcomer {
     draws: usize,
     /// It left before its join was placed: announce the leave right after the join.
     gone: bool,
+    /// A client of the resume dialect: it gets a session once placed, after the mark that
+    /// lines may have been missed when it asked to resume one it could not.
+    fresh_session: Option<bool>,
 }
 
 /// The nickname table and everything the broadcaster decides.
@@ -72,8 +84,12 @@ pub struct Room {
     taken: HashSet<u32>,
     /// Where each line gets its place: this log, or a stream shared with other instances.
     order: Order,
-    /// Every line, in the one order every member sees.
-    log: Log,
+    /// Every line, in the one order every member sees: plain, and (while there are
+    /// sessions) numbered for the resume dialect.
+    logs: [Log; 2],
+    sessions: Sessions,
+    /// Fires every second while a detached session waits; `never` otherwise.
+    expiry: Receiver<Instant>,
     /// Woken after each append, so that none sleeps through a line.
     writers: Vec<Arc<Writer>>,
     /// The most members since memory was last given back.
@@ -84,13 +100,21 @@ pub struct Room {
 }
 
 impl Room {
-    pub fn new(log: Log, writers: Vec<Arc<Writer>>, order: Order, trace: Trace) -> Room {
+    pub fn new(
+        logs: [Log; 2],
+        writers: Vec<Arc<Writer>>,
+        order: Order,
+        resume_window: Duration,
+        trace: Trace,
+    ) -> Room {
         Room {
             members: HashMap::new(),
             newcomers: HashMap::new(),
             taken: HashSet::new(),
             order,
-            log,
+            logs,
+            sessions: Sessions::new(resume_window),
+            expiry: crossbeam_channel::never(),
             writers,
             peak: 0,
             give_back: crossbeam_channel::never(),
@@ -110,27 +134,40 @@ impl Room {
         loop {
             select! {
                 recv(events) -> event => match event {
-                    Ok(Event::Join { id, from, outbox }) => self.handle_new_connection(id, from, outbox),
+                    Ok(Event::Join { id, from, outbox, resume: Some(Resume::Back { token, position }) }) => {
+                        self.come_back(id, from, outbox, &token, position)
+                    }
+                    Ok(Event::Join { id, from, outbox, resume }) => {
+                        self.handle_new_connection(id, from, outbox, resume.map(|_| false))
+                    }
                     Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text.as_str()),
-                    Ok(Event::Leave { id }) => self.handle_close_connection(id),
+                    Ok(Event::Leave { id, lost }) => self.handle_close_connection(id, lost),
                     Ok(Event::Stream(entries)) => entries.into_iter().for_each(|e| self.placed(e)),
                     Ok(Event::Refused(item, why)) => self.refused(item, why),
                     Ok(Event::Gap) => {
-                        self.append_line(MISSED);
+                        self.append(&wire::text_frame(MISSED), &wire::text_frame(MISSED_MARK));
                     }
                     Ok(Event::Fenced) => self.restart_everyone(),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(pings) -> _ => self.ping_everyone(),
                 recv(self.give_back) -> _ => self.shrink(),
+                recv(self.expiry) -> _ => self.expire_sessions(),
             }
         }
         self.say_goodbye();
     }
 
     /// Draws a free `user-N` for the newcomer and asks a place for its join. Once placed,
-    /// everyone hears it, the newcomer first of all.
-    fn handle_new_connection(&mut self, id: ClientId, from: String, outbox: Arc<Outbox>) {
+    /// everyone hears it, the newcomer first of all. `fresh_session`: a client of the resume
+    /// dialect, which gets a session (after a mark that lines were missed, with `true`).
+    fn handle_new_connection(
+        &mut self,
+        id: ClientId,
+        from: String,
+        outbox: Arc<Outbox>,
+        fresh_session: Option<bool>,
+    ) {
         let number = self.free_number();
         let newcomer = Newcomer {
             member: Member {
@@ -138,11 +175,62 @@ impl Room {
                 nickname: format!("user-{number}"),
                 from,
                 outbox,
+                session: None,
             },
             draws: 1,
             gone: false,
+            fresh_session,
         };
         self.ask_to_join(id, newcomer);
+    }
+
+    /// A client of the resume dialect presents a session. While the session waits for it (or
+    /// is still attached to an older connection, which it takes over), it comes back under its
+    /// name, unannounced, right after the last line it got if the log still keeps it. Else it
+    /// gets a fresh session, after the mark that lines may have been missed.
+    fn come_back(
+        &mut self,
+        id: ClientId,
+        from: String,
+        outbox: Arc<Outbox>,
+        token: &str,
+        position: Position,
+    ) {
+        let Some((session, before)) = self.sessions.attach(token, id) else {
+            return self.handle_new_connection(id, from, outbox, Some(true));
+        };
+        let (nickname, number) = (session.nickname.clone(), session.number);
+        if let Some(older) = before.and_then(|old| self.members.remove(&old)) {
+            let taken_over = wire::close_frame(wire::CLOSE_POLICY, "resumed on another connection");
+            self.writers[older.outbox.writer].close(&older.outbox, Some(taken_over));
+        }
+        let _ = outbox.nickname.set(nickname.clone());
+        eprintln!("back  {nickname} from {from}");
+        self.trace.decision(&nickname, "resumed its session");
+        let numbered = &self.logs[1];
+        let writer = &self.writers[outbox.writer];
+        let resumed = match self.sessions.back_to(position, numbered.head(), numbered.oldest()) {
+            Return::After { at, missed } => numbered.cursor_back_at(at).map(|cursor| {
+                let _ = writer.push_before(&outbox, wire::text_frame(&format!("resumed {missed}")), Some(at));
+                cursor
+            }),
+            Return::Lost => None,
+        };
+        let cursor = resumed.unwrap_or_else(|| {
+            let _ = writer.push(&outbox, wire::text_frame(MISSED_MARK));
+            numbered.cursor_at(numbered.head())
+        });
+        writer.add(id, outbox.clone(), cursor);
+        self.members.insert(
+            id,
+            Member {
+                number,
+                nickname,
+                from,
+                outbox,
+                session: Some(token.to_owned()),
+            },
+        );
     }
 
     fn ask_to_join(&mut self, id: ClientId, newcomer: Newcomer) {
@@ -161,8 +249,9 @@ impl Room {
     }
 
     /// Frees the nickname and tells the others. Every departure is reported once, whether
-    /// the client closed, vanished, or was evicted by its writer.
-    fn handle_close_connection(&mut self, id: ClientId) {
+    /// the client closed, vanished, or was evicted by its writer. A resumable client `lost`
+    /// without a close keeps its session, and its name, for the window: nobody hears yet.
+    fn handle_close_connection(&mut self, id: ClientId, lost: bool) {
         if let Some(newcomer) = self.newcomers.get_mut(&id) {
             newcomer.gone = true;
             return;
@@ -170,15 +259,52 @@ impl Room {
         let Some(gone) = self.members.remove(&id) else {
             return;
         };
-        self.taken.remove(&gone.number);
-        eprintln!("leave {} from {}", gone.nickname, gone.from);
-        self.trace.decision(&gone.nickname, "left the room");
-        self.place(Item::Leave {
-            nickname: gone.nickname,
-        });
+        match &gone.session {
+            Some(token) if lost => {
+                self.sessions.detach(token, Instant::now());
+                eprintln!("drop  {} from {}; its session waits", gone.nickname, gone.from);
+                self.trace
+                    .decision(&gone.nickname, "dropped; its session waits for it");
+                self.expiry = tick(EXPIRE_EVERY);
+                return;
+            }
+            Some(token) => {
+                self.sessions.close(token);
+                self.stop_numbering_if_unused();
+            }
+            None => {}
+        }
+        self.announce_leave(gone.number, gone.nickname, &gone.from);
+    }
+
+    /// Frees the nickname and asks a place for the leave line.
+    fn announce_leave(&mut self, number: u32, nickname: String, from: &str) {
+        self.taken.remove(&number);
+        eprintln!("leave {nickname} from {from}");
+        self.trace.decision(&nickname, "left the room");
+        self.place(Item::Leave { nickname });
         if self.members.len() * 2 <= self.peak {
             self.peak = self.members.len();
             self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
+        }
+    }
+
+    /// The sessions whose window has ended without their client: they leave now.
+    fn expire_sessions(&mut self) {
+        for session in self.sessions.expired(Instant::now()) {
+            self.announce_leave(session.number, session.nickname, "a dropped connection");
+        }
+        if !self.sessions.any_detached() {
+            self.expiry = crossbeam_channel::never();
+        }
+        self.stop_numbering_if_unused();
+    }
+
+    /// With no session left, nothing reads the numbered log or resumes into it.
+    fn stop_numbering_if_unused(&mut self) {
+        if self.sessions.is_empty() {
+            self.logs[1].keep(0);
+            self.sessions.forget_lines();
         }
     }
 
@@ -198,21 +324,43 @@ impl Room {
             .joined
             .and_then(|id| Some((id, self.newcomers.remove(&id)?)))
         else {
-            self.append_line(&entry.line);
+            self.append_line(&entry.line, entry.position);
             return;
         };
-        let member = newcomer.member;
+        let mut member = newcomer.member;
         let outbox = member.outbox.clone();
         let _ = outbox.nickname.set(member.nickname.clone());
+        if let Some(missed) = newcomer.fresh_session {
+            member.session = Some(self.open_session(id, &member, missed));
+        }
         eprintln!("join  {} from {}", member.nickname, member.from);
         self.trace.decision(&member.nickname, "joined the room");
         self.members.insert(id, member);
         self.peak = self.peak.max(self.members.len());
-        let at = self.append_line(&entry.line);
-        self.start_reading(id, &outbox, at);
+        let at = self.append_line(&entry.line, entry.position);
+        self.start_reading(id, &outbox, at[outbox.dialect as usize]);
         if newcomer.gone {
-            self.handle_close_connection(id);
+            self.handle_close_connection(id, false);
         }
+    }
+
+    /// A session for a newcomer of the resume dialect: it hears its token first, before its
+    /// own join line (after the mark that lines were missed, when `missed`).
+    fn open_session(&mut self, id: ClientId, member: &Member, missed: bool) -> Token {
+        if self.sessions.is_empty() {
+            // From now on the numbered log keeps the recent past for clients that come back.
+            self.logs[1].keep(self.logs[1].reader().retention());
+        }
+        let token = self.sessions.open(id, &member.nickname, member.number);
+        let writer = &self.writers[member.outbox.writer];
+        if missed {
+            let _ = writer.push(&member.outbox, wire::text_frame(MISSED_MARK));
+        }
+        let _ = writer.push(
+            &member.outbox,
+            wire::text_frame(&format!("session {token}")),
+        );
+        token
     }
 
     /// A line that got no place: only the client concerned hears of it.
@@ -238,7 +386,8 @@ impl Room {
             Item::Say { id, .. } => {
                 if let Some(sender) = self.members.get(&id) {
                     let outbox = sender.outbox.clone();
-                    let _ = self.writers[outbox.writer].push(&outbox, wire::text_frame(NOT_SENT));
+                    let notice = wire::notice(outbox.dialect, NOT_SENT);
+                    let _ = self.writers[outbox.writer].push(&outbox, notice);
                 }
             }
             // An order keeps a leave until it can place it.
@@ -253,20 +402,34 @@ impl Room {
         self.members.shrink_to_fit();
         self.taken.shrink_to_fit();
         // Segments the departed were the last to read, appended after their writers let go.
-        self.log.reader().trim();
+        self.logs.iter().for_each(|log| log.reader().trim());
         sys::give_back_free_heap();
         self.give_back = crossbeam_channel::never();
     }
 
-    /// Frames `line` once, appends it to the log, and returns where it starts.
-    fn append_line(&mut self, line: &str) -> u64 {
+    /// Frames `line` once per dialect and appends it: to the plain log, and while there are
+    /// sessions, after its position, to the numbered one. Returns where it starts in each.
+    fn append_line(&mut self, line: &str, position: Option<Position>) -> [u64; 2] {
         self.trace.broadcast(self.members.len(), line);
-        self.append(&wire::text_frame(line))
+        if self.sessions.is_empty() {
+            return [self.append(&wire::text_frame(line), &[]), self.logs[1].head()];
+        }
+        let position = position.unwrap_or_else(|| self.sessions.next_position());
+        let numbered = wire::text_frame(&format!("{position} {line}"));
+        let at = [self.logs[0].head(), self.logs[1].head()];
+        self.append(&wire::text_frame(line), &numbered);
+        let oldest = self.logs[1].oldest();
+        self.sessions.line(position, at[1], oldest);
+        at
     }
 
-    /// Appends a frame for everyone and wakes any writer that is asleep.
-    fn append(&mut self, frame: &[u8]) -> u64 {
-        let at = self.log.append(frame);
+    /// Appends a frame for each dialect (the numbered one only while there are sessions)
+    /// and wakes any writer that is asleep. Returns where the plain one starts.
+    fn append(&mut self, plain: &[u8], numbered: &[u8]) -> u64 {
+        let at = self.logs[0].append(plain);
+        if !self.sessions.is_empty() && !numbered.is_empty() {
+            self.logs[1].append(numbered);
+        }
         for writer in &self.writers {
             writer.wake();
         }
@@ -275,7 +438,8 @@ impl Room {
 
     /// One shared ping in the log, for everyone.
     fn ping_everyone(&mut self) {
-        self.append(&wire::ping_frame());
+        let ping = wire::ping_frame();
+        self.append(&ping, &ping);
         self.trace.pinged(self.members.len());
     }
 
@@ -294,6 +458,10 @@ impl Room {
             }
         }
         self.taken.clear();
+        // The others announced the sessions' clients too: they come back as newcomers.
+        self.sessions = Sessions::new(self.sessions.window());
+        self.expiry = crossbeam_channel::never();
+        self.stop_numbering_if_unused();
     }
 
     /// Sends close 1001 to every member; its writer shuts the socket after it. Then each
@@ -307,6 +475,12 @@ impl Room {
         for member in members {
             self.place(Item::Leave {
                 nickname: member.nickname,
+            });
+        }
+        // Sessions live in this process: waiting ones end with it.
+        for session in self.sessions.take_detached() {
+            self.place(Item::Leave {
+                nickname: session.nickname,
             });
         }
         self.order.flush();
@@ -324,15 +498,17 @@ impl Room {
         }
     }
 
-    /// The newcomer's writer starts sending it the log from `at`, its join line.
+    /// The newcomer's writer starts sending it its dialect's log from `at`, its join line.
     fn start_reading(&self, id: ClientId, outbox: &Arc<Outbox>, at: u64) {
-        self.writers[outbox.writer].add(id, outbox.clone(), self.log.cursor_at(at));
+        let log = &self.logs[outbox.dialect as usize];
+        self.writers[outbox.writer].add(id, outbox.clone(), log.cursor_at(at));
     }
 
     /// Closes a newcomer the room cannot take now (close 1013, try again later). It never
     /// joined, so nobody hears of it leaving.
     fn turn_away(&self, id: ClientId, outbox: &Arc<Outbox>) {
-        self.start_reading(id, outbox, self.log.head());
+        let head = self.logs[outbox.dialect as usize].head();
+        self.start_reading(id, outbox, head);
         let sorry = wire::close_frame(
             wire::CLOSE_TRY_AGAIN_LATER,
             "the room is unreachable; try again later",
@@ -347,9 +523,10 @@ mod tests {
 
     fn room() -> Room {
         Room::new(
-            Log::new(1 << 20),
+            [Log::new(1 << 20), Log::new(1 << 20)],
             Vec::new(),
             Order::Local,
+            Duration::from_secs(120),
             Trace::new(false),
         )
     }

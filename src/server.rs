@@ -28,8 +28,9 @@ pub struct Shared {
     pub trace: Trace,
     /// The writer threads; a client belongs to one of them for its whole life.
     pub writers: Vec<Arc<Writer>>,
-    /// Where private frames learn their place among the room's lines.
-    pub log: LogReader,
+    /// Where private frames learn their place among the room's lines: the log of each
+    /// dialect, by `Dialect as usize`.
+    pub logs: [LogReader; 2],
 }
 
 /// Counts a connection as open until the last thread serving it has ended, however it

@@ -211,6 +211,18 @@ impl FrameTrace {
     }
 }
 
+/// A session token is a secret: the resume dialect's `session <token>` and `resume <token>
+/// <position>` are shown with the token left out.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    for word in ["session ", "resume "] {
+        if let Some(rest) = text.strip_prefix(word) {
+            let after = rest.find(' ').map_or("", |i| &rest[i..]);
+            return format!("{word}<token>{after}").into();
+        }
+    }
+    text.into()
+}
+
 /// One line for one frame: the header bit by bit, then what the payload says.
 fn describe(frame: &Partial) -> String {
     let header = &frame.header;
@@ -254,11 +266,24 @@ fn describe(frame: &Partial) -> String {
         ),
         _ => format!(
             "\"{}\"",
-            escape(&String::from_utf8_lossy(&payload), PREVIEW_BYTES)
+            escape(&redact(&String::from_utf8_lossy(&payload)), PREVIEW_BYTES)
         ),
     };
     format!(
         "FIN={} {opcode}{rsv} {mask} len={} ({}-bit) {body}",
         header.is_final as u8, frame.len, frame.length_bits
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_never_reach_the_trace() {
+        let token = "0123456789abcdef0123456789abcdef";
+        assert_eq!(redact(&format!("session {token}")), "session <token>");
+        assert_eq!(redact(&format!("resume {token} 17")), "resume <token> 17");
+        assert_eq!(redact("user-1: resume is a word"), "user-1: resume is a word");
+    }
 }

@@ -13,6 +13,22 @@ use tungstenite::protocol::frame::FrameHeader;
 /// one client alone in its outbox.
 pub type Frame = Arc<[u8]>;
 
+/// The WebSocket subprotocol a client asks for to get a resumable session: every line then
+/// comes with its position, and a dropped connection can come back as itself.
+pub const RESUME_SUBPROTOCOL: &str = "threadchat-resume";
+
+/// How a client's lines look on the wire. Each dialect has its own log, so that a line is
+/// still framed once per dialect, not once per client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// The cookbook's contract: each line as it is.
+    Plain = 0,
+    /// `threadchat-resume`: each line after its position and a space; lines for this client
+    /// alone after `- `; and a few words of the session's own (`session`, `resumed`,
+    /// `missed`).
+    Resume = 1,
+}
+
 /// Close codes the server sends (RFC 6455 section 7.4.1).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
@@ -26,6 +42,15 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// A final, unmasked text frame carrying `line`.
 pub fn text_frame(line: &str) -> Frame {
     frame(OpCode::Data(Data::Text), line.as_bytes())
+}
+
+/// A line for one client alone (a notice): in the resume dialect after `- `, so that it is
+/// never taken for a line of the room, which has a position.
+pub fn notice(dialect: Dialect, text: &str) -> Frame {
+    match dialect {
+        Dialect::Plain => text_frame(text),
+        Dialect::Resume => text_frame(&format!("- {text}")),
+    }
 }
 
 /// A close frame: the code in network byte order, then the reason.

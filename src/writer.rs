@@ -86,11 +86,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts writer thread `index`. It tells the room through `events` of the clients it
-    /// evicts or loses.
+    /// Starts writer thread `index`, reading the logs of both dialects. It tells the room
+    /// through `events` of the clients it evicts or loses.
     pub fn spawn(
         index: usize,
-        log: LogReader,
+        logs: [LogReader; 2],
         events: Sender<Event>,
         write_timeout: Duration,
         trace: Trace,
@@ -104,14 +104,14 @@ impl Writer {
         let pump = Pump {
             writer: writer.clone(),
             inbox,
-            log,
+            logs,
             events,
             clients: Vec::new(),
             free: Vec::new(),
             blocked: 0,
             draining: Vec::new(),
-            snapshot: Vec::new(),
-            seen_head: 0,
+            snapshots: [Vec::new(), Vec::new()],
+            heads: [0, 0],
             due: Vec::new(),
             trim_due: false,
             gather: Gather::default(),
@@ -132,6 +132,18 @@ impl Writer {
     /// Queues a frame for one client alone.
     pub fn push(&self, outbox: &Arc<Outbox>, frame: Frame) -> Result<(), Refused> {
         let wake = outbox.push(frame)?;
+        self.ready(outbox, wake);
+        Ok(())
+    }
+
+    /// Queues a frame for one client alone before the line at log offset `at`.
+    pub fn push_before(
+        &self,
+        outbox: &Arc<Outbox>,
+        frame: Frame,
+        at: Option<u64>,
+    ) -> Result<(), Refused> {
+        let wake = outbox.push_before(frame, at)?;
         self.ready(outbox, wake);
         Ok(())
     }
@@ -215,7 +227,8 @@ impl Gather {
 struct Pump {
     writer: Arc<Writer>,
     inbox: Receiver<Job>,
-    log: LogReader,
+    /// The log of each dialect, by `Dialect as usize`.
+    logs: [LogReader; 2],
     events: Sender<Event>,
     /// Clients by slot; the slot is also the epoll token.
     clients: Vec<Option<Client>>,
@@ -224,10 +237,11 @@ struct Pump {
     /// Clients written to the end, waiting for their reader to finish draining; each is shut
     /// altogether at its deadline if the reader is still there.
     draining: Vec<(Arc<Outbox>, Instant)>,
-    /// The log's segments as of the current pass.
-    snapshot: Vec<Arc<Segment>>,
-    /// The head as of the last pass: when it moves, every client may have something new.
-    seen_head: u64,
+    /// Each log's segments as of the current pass.
+    snapshots: [Vec<Arc<Segment>>; 2],
+    /// Each log's head as of the last pass: when one moves, every client may have something
+    /// new.
+    heads: [u64; 2],
     /// Clients to serve in the next pass even if the head has not moved.
     due: Vec<usize>,
     /// A client was forgotten: once the pass lets go of its snapshot, the segments only that
@@ -245,7 +259,8 @@ impl Pump {
         let mut next_timer = Instant::now();
         loop {
             self.take_jobs();
-            let appends = self.log.appends();
+            // Every line goes to the plain log, so its appends count the lines.
+            let appends = self.logs[0].appends();
             let started = Instant::now();
             let sent = self.pass();
             let ended = Instant::now();
@@ -262,8 +277,7 @@ impl Pump {
 
             self.writer.asleep.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            let idle =
-                self.inbox.is_empty() && self.due.is_empty() && self.log.head() == self.seen_head;
+            let idle = self.inbox.is_empty() && self.due.is_empty() && !self.logs_moved();
             let timeout = match (idle, self.has_timers()) {
                 (false, _) => Some(Duration::ZERO),
                 (true, false) => None,
@@ -304,7 +318,7 @@ impl Pump {
             .watch_writable(outbox.socket.as_raw_fd(), slot as u64);
         if watched.is_err() {
             self.free.push(slot);
-            self.tell_room_if_ended(id, outbox.done());
+            self.tell_room_if_ended(id, outbox.done(), false);
             let _ = outbox.socket.shutdown(Shutdown::Both);
             return;
         }
@@ -323,44 +337,55 @@ impl Pump {
         self.due.push(slot);
     }
 
+    /// Whether either log has grown since the last pass.
+    fn logs_moved(&self) -> bool {
+        self.logs
+            .iter()
+            .zip(self.heads)
+            .any(|(log, seen)| log.head() != seen)
+    }
+
     /// Serves every client with something new; says whether anything was sent.
     fn pass(&mut self) -> bool {
-        let head = self.log.head();
-        let everyone = head != self.seen_head;
+        let everyone = self.logs_moved();
         if !everyone && self.due.is_empty() {
             return false;
         }
-        self.seen_head = head;
-        self.log.snapshot(&mut self.snapshot);
+        for (i, log) in self.logs.iter().enumerate() {
+            self.heads[i] = log.head();
+            log.snapshot(&mut self.snapshots[i]);
+        }
         let mut due = mem::take(&mut self.due);
         let mut sent = false;
         let now = Instant::now();
         if everyone {
             for slot in 0..self.clients.len() {
-                sent |= self.serve(slot, head, now);
+                sent |= self.serve(slot, now);
             }
         } else {
             for &slot in &due {
-                sent |= self.serve(slot, head, now);
+                sent |= self.serve(slot, now);
             }
         }
         // Serving may have made some clients due again (more to send, an eviction).
         due.clear();
         due.append(&mut self.due);
         self.due = due;
-        self.snapshot.clear();
+        self.snapshots.iter_mut().for_each(Vec::clear);
         if mem::take(&mut self.trim_due) {
-            self.log.trim();
+            self.logs.iter().for_each(LogReader::trim);
         }
         sent
     }
 
-    /// Sends one client what it has waiting, up to `head`; says whether anything went.
-    fn serve(&mut self, slot: usize, head: u64, now: Instant) -> bool {
-        let retention = self.log.retention();
+    /// Sends one client what it has waiting, up to its log's head as of this pass; says
+    /// whether anything went.
+    fn serve(&mut self, slot: usize, now: Instant) -> bool {
         let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
+        let dialect = client.delivery.outbox.dialect as usize;
+        let (head, retention) = (self.heads[dialect], self.logs[dialect].retention());
         let delivery = &mut client.delivery;
         delivery.collect();
         if delivery.is_open() && delivery.behind(head) > retention {
@@ -370,7 +395,7 @@ impl Pump {
         if client.blocked {
             return false; // epoll says when it has room
         }
-        match client.delivery.send(&self.snapshot, head, self.trace) {
+        match client.delivery.send(&self.snapshots[dialect], head, self.trace) {
             Sent::Lapped => {
                 if !self.evict(slot) {
                     // Already closing, and what it still had to get is gone.
@@ -411,7 +436,7 @@ impl Pump {
         let id = client.id;
         self.trace
             .decision(client.delivery.outbox.label(), "evicted: too slow");
-        self.tell_room_if_ended(id, true);
+        self.tell_room_if_ended(id, true, false);
         self.due.push(slot);
         true
     }
@@ -455,7 +480,7 @@ impl Pump {
             false
         });
         if mem::take(&mut self.trim_due) {
-            self.log.trim();
+            self.logs.iter().for_each(LogReader::trim);
         }
     }
 
@@ -467,26 +492,27 @@ impl Pump {
             self.trace
                 .decision(outbox.label(), "all sent; write side shut");
             let _ = outbox.socket.shutdown(Shutdown::Write);
-            self.tell_room_if_ended(client.id, outbox.done());
+            self.tell_room_if_ended(client.id, outbox.done(), false);
             self.draining.push((outbox, now + CLOSE_GRACE));
         }
     }
 
-    /// Gives up on the socket: shut it (which also wakes the reader) and forget the client.
+    /// Gives up on the socket, broken or taking nothing: shut it (which also wakes the
+    /// reader) and forget the client. A resumable client may come back.
     fn drop_client(&mut self, slot: usize, why: &str) {
         if let Some(client) = self.forget(slot) {
             let outbox = &client.delivery.outbox;
             self.trace.decision(outbox.label(), why);
             let _ = outbox.socket.shutdown(Shutdown::Both);
-            self.tell_room_if_ended(client.id, outbox.done());
+            self.tell_room_if_ended(client.id, outbox.done(), true);
         }
     }
 
     /// The client was still open until the writer ended it: the room must hear of the leave,
-    /// since its reader may be asleep.
-    fn tell_room_if_ended(&self, id: ClientId, ended: bool) {
+    /// since its reader may be asleep. `lost`: without a close, so it may come back.
+    fn tell_room_if_ended(&self, id: ClientId, ended: bool, lost: bool) {
         if ended {
-            let _ = self.events.send(Event::Leave { id });
+            let _ = self.events.send(Event::Leave { id, lost });
         }
     }
 
