@@ -38,6 +38,10 @@ pub enum Event {
     /// must reconnect, under new names.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Fenced,
+    /// Redis lost the name this member held, and another client claimed it meanwhile: the
+    /// member must come back under another.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    NameLost { id: ClientId },
     /// The server is stopping: say goodbye to everyone.
     Shutdown,
 }
@@ -49,8 +53,13 @@ pub enum Item {
     Join { id: ClientId, nickname: String },
     /// A line a member said, already prefixed with its nickname.
     Say { id: ClientId, line: String },
-    /// A member's leave. Never refused: an order that cannot place it now keeps it.
-    Leave { nickname: String },
+    /// A member's leave. Never refused: an order that cannot place it now keeps it. A shared
+    /// order announces it only if the name is still that client's.
+    Leave {
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        id: ClientId,
+        nickname: String,
+    },
 }
 
 impl Item {
@@ -59,7 +68,7 @@ impl Item {
         match self {
             Item::Join { nickname, .. } => format!(" .... {nickname} has joined."),
             Item::Say { line, .. } => line.clone(),
-            Item::Leave { nickname } => format!(" .... {nickname} has left."),
+            Item::Leave { nickname, .. } => format!(" .... {nickname} has left."),
         }
     }
 

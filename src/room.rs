@@ -119,6 +119,7 @@ impl Room {
                         self.append_line(MISSED);
                     }
                     Ok(Event::Fenced) => self.restart_everyone(),
+                    Ok(Event::NameLost { id }) => self.lose_name(id),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(pings) -> _ => self.ping_everyone(),
@@ -174,6 +175,7 @@ impl Room {
         eprintln!("leave {} from {}", gone.nickname, gone.from);
         self.trace.decision(&gone.nickname, "left the room");
         self.place(Item::Leave {
+            id,
             nickname: gone.nickname,
         });
         if self.members.len() * 2 <= self.peak {
@@ -294,18 +296,30 @@ impl Room {
             }
         }
         self.taken.clear();
+        self.order.restarted();
+    }
+
+    /// Another client holds the member's name now (Redis lost it meanwhile): close 1012, so
+    /// it comes back under another. The name is not this member's to announce.
+    fn lose_name(&mut self, id: ClientId) {
+        if let Some(member) = self.members.remove(&id) {
+            let restart = wire::close_frame(wire::CLOSE_SERVICE_RESTART, "service restart");
+            self.writers[member.outbox.writer].close(&member.outbox, Some(restart));
+            self.taken.remove(&member.number);
+        }
     }
 
     /// Sends close 1001 to every member; its writer shuts the socket after it. Then each
     /// leave is placed: after every close here, so only other instances' clients hear them.
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
-        let members: Vec<Member> = self.members.drain().map(|(_, m)| m).collect();
-        for member in &members {
+        let members: Vec<(ClientId, Member)> = self.members.drain().collect();
+        for (_, member) in &members {
             self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
         }
-        for member in members {
+        for (id, member) in members {
             self.place(Item::Leave {
+                id,
                 nickname: member.nickname,
             });
         }
