@@ -226,7 +226,8 @@ impl Room {
                 };
                 self.taken.remove(&newcomer.member.number);
                 if newcomer.gone {
-                    return;
+                    // Its writer still sends the close its reader queued.
+                    return self.turn_away(id, &newcomer.member.outbox);
                 }
                 if why == Refusal::Taken && newcomer.draws < MOST_DRAWS {
                     let number = self.free_number();
@@ -291,9 +292,7 @@ impl Room {
             self.writers[member.outbox.writer].close(&member.outbox, Some(restart.clone()));
         }
         for (id, newcomer) in std::mem::take(&mut self.newcomers) {
-            if !newcomer.gone {
-                self.turn_away(id, &newcomer.member.outbox);
-            }
+            self.turn_away(id, &newcomer.member.outbox);
         }
         self.taken.clear();
         self.order.restarted();
@@ -316,6 +315,11 @@ impl Room {
         let members: Vec<(ClientId, Member)> = self.members.drain().collect();
         for (_, member) in &members {
             self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
+        }
+        for (id, newcomer) in std::mem::take(&mut self.newcomers) {
+            let outbox = &newcomer.member.outbox;
+            self.start_reading(id, outbox, self.log.head());
+            self.writers[outbox.writer].close(outbox, Some(bye.clone()));
         }
         for (id, member) in members {
             self.place(Item::Leave {
@@ -343,7 +347,8 @@ impl Room {
         self.writers[outbox.writer].add(id, outbox.clone(), self.log.cursor_at(at));
     }
 
-    /// Closes a newcomer the room cannot take now (close 1013, try again later). It never
+    /// Closes a newcomer the room cannot take now (close 1013, try again later), or hands a
+    /// newcomer that is already closing to its writer, which sends its last frame. It never
     /// joined, so nobody hears of it leaving.
     fn turn_away(&self, id: ClientId, outbox: &Arc<Outbox>) {
         self.start_reading(id, outbox, self.log.head());
