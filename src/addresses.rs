@@ -165,7 +165,12 @@ fn show(key: IpAddr) -> String {
 /// `X-Forwarded-For` header, the one the proxy itself added. Entries before it came from
 /// the client and prove nothing. `headers` are that header's values, in order.
 pub fn last_forwarded<'a>(mut headers: impl DoubleEndedIterator<Item = &'a str>) -> Option<IpAddr> {
-    headers.next_back()?.rsplit(',').next()?.trim().parse().ok()
+    let entry = headers.next_back()?.rsplit(',').next()?.trim();
+    // Some balancers add the client's port: "203.0.113.7:5123", "[2001:db8::1]:443".
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]
@@ -174,6 +179,19 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_forwarded_entry_with_a_port_counts_by_its_address() {
+        assert_eq!(
+            last_forwarded(["10.0.0.1, 203.0.113.7:5123"].into_iter()),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            last_forwarded(["[2001:db8::1]:443"].into_iter()),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(last_forwarded(["not an address"].into_iter()), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use tungstenite::error::ProtocolError;
@@ -34,7 +34,6 @@ use crate::rate::{RateLimit, Verdict};
 use crate::server::{ConnectionCount, Shared};
 use crate::stream::ClientStream;
 use crate::sys;
-use crate::trace::Trace;
 use crate::wire::{self, Dialect, Frame};
 use crate::writer::{Writer, CLOSE_GRACE};
 
@@ -95,6 +94,11 @@ pub fn handle_new_connection(
     if socket.set_read_timeout(silence).is_err() {
         return;
     }
+    // Without pings, the kernel's keep-alive probes find a peer that vanished (a laptop
+    // lid closed, a NAT that forgot it): about two minutes of silence, then six probes.
+    if silence.is_none() && sys::keep_alive(&socket, 60, 10, 6).is_err() {
+        return;
+    }
     let trace = shared.trace;
     let index = id as usize % shared.writers.len();
     let writer = shared.writers[index].clone();
@@ -153,7 +157,7 @@ fn run_reader(
         return; // shutting down
     }
     let ending = read_pump(&mut ws, shared, id, &outbox, &writer);
-    end_connection(&end, ending, shared.trace);
+    end_connection(&end, ending, shared);
 }
 
 /// The reader's part of the end: the close frame, if it is ours to send, then the drain.
@@ -163,20 +167,22 @@ fn run_reader(
 /// reads have touched. With these and the boxed WebSocket, an idle reader's read sits 2.3 KB
 /// deep and its stack holds 8 KiB; with the three inlined, 3.7 KB and 12 KiB (gdb, smaps).
 #[inline(never)]
-fn end_connection(end: &ReaderEnd, ending: Ending, trace: Trace) {
+fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
     let (last, lost) = match ending {
         Ending::Closed => (None, false),
         Ending::Lost => (None, true),
         Ending::Close(code, reason) => {
             let what = format!("closing with {code} {reason:?}");
-            trace.decision(end.outbox.label(), &what);
+            shared.trace.decision(end.outbox.label(), &what);
             // Silence is how a sleeping phone or a lost network looks: it may come back.
             let silent = code == wire::CLOSE_GOING_AWAY;
             (Some(wire::close_frame(code, &reason)), silent)
         }
     };
     end.close(last, lost);
-    drain(end.outbox);
+    // The writer ends the drain once the client has everything and the grace has passed,
+    // or once the write timeout has; this bound holds should no writer ever get the client.
+    drain(end.outbox, shared.config.write_timeout + CLOSE_GRACE);
 }
 
 /// The reader's end of the connection, however the reader stops (a close, an error, a
@@ -241,7 +247,8 @@ fn read_pump(
                     }
                 }
                 Verdict::Refuse => {
-                    // If even this does not fit, the room evicts the client soon anyway.
+                    // Does not fit only while 64 frames already wait for a client that does not
+                    // read them: the flood limit closes it soon enough.
                     let _ = writer.push(outbox, wire::notice(outbox.dialect, SLOW_DOWN));
                 }
                 Verdict::Close => {
@@ -304,23 +311,23 @@ fn short_reason(reason: &str) -> String {
     reason[..reason.floor_char_boundary(123)].to_owned()
 }
 
-/// Reads and drops what the client still sends until it ends its side, or until its writer
-/// has sent the last frame and the client has then been quiet for [`CLOSE_GRACE`]. A socket
-/// closed with input unread is reset, and the reset can overtake the close frame on its way
-/// to the client. The writer bounds the rest: it shuts the socket altogether when a client
-/// takes nothing for the write timeout, or goes on sending for the grace after the end.
-fn drain(outbox: &Outbox) {
+/// Reads and drops what the client still sends until it ends its side, its writer shuts the
+/// socket (once the client has had everything and the close grace), or `most` has passed. A
+/// socket closed with input unread is reset, and the reset can overtake the close frame on
+/// its way to the client.
+fn drain(outbox: &Outbox, most: Duration) {
     let socket = &*outbox.socket;
-    if socket.set_read_timeout(Some(CLOSE_GRACE)).is_err() {
-        return;
-    }
+    let deadline = Instant::now() + most;
     let mut sink = [0u8; 1024];
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
         match (&*socket).read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) && outbox.phase() != Phase::Done => {}
             Err(_) => return,
         }
     }

@@ -29,7 +29,7 @@
 //! 1013, leaves are kept until Redis is back, and reconnecting (name lookup included)
 //! happens on a thread of its own.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -75,55 +75,61 @@ const RETRY_MOST: Duration = Duration::from_secs(4);
 const FLUSH_FOR: Duration = Duration::from_secs(1);
 
 /// Checks, for every script that places a line, that Redis still has our data (the epoch)
-/// and that this instance was not reaped, and takes the request's number: a number already
-/// passed is void (a request that arrives after its fate was decided).
-/// KEYS: epoch, done:<instance>. ARGV: epoch, number.
+/// and that this instance was not reaped, and takes the request's number. The instance's hash
+/// keeps `done`, the highest number applied, raised only here, and `floor`, below which
+/// requests in doubt were settled as never applied: a number at or under either is void (a
+/// request that arrives after its fate was decided).
+/// KEYS: epoch, instance:<instance>. ARGV: epoch, number.
 const ADMIT: &str = "
 local function admit()
   if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-  local done = redis.call('GET', KEYS[2])
-  if done == 'reaped' then return 'fenced' end
-  if done and tonumber(done) >= tonumber(ARGV[2]) then return 'void' end
-  redis.call('SET', KEYS[2], ARGV[2])
+  local m = redis.call('HMGET', KEYS[2], 'done', 'floor', 'reaped')
+  if m[3] then return 'fenced' end
+  local n = tonumber(ARGV[2])
+  if tonumber(m[1] or '0') >= n or tonumber(m[2] or '0') >= n then return 'void' end
+  redis.call('HSET', KEYS[2], 'done', ARGV[2])
   return nil
 end
 ";
 
-/// A line. KEYS: epoch, done, stream. ARGV: epoch, number, max entries, line.
+/// A line. KEYS: epoch, instance, stream. ARGV: epoch, number, max entries, line.
 const SAY: &str = "
 local refused = admit() if refused then return refused end
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4])
 ";
 
-/// A join: claims the name for this instance and announces it, or answers 'taken'.
-/// KEYS: epoch, done, stream, nicknames, held:<instance>.
-/// ARGV: epoch, number, max entries, line, nickname, instance, instance:client.
+/// A join: claims the name for this instance's client (the name's value is
+/// `instance:client`), records it as held, and announces it; or answers 'taken'.
+/// KEYS: epoch, instance, stream, nicknames, held:<instance>.
+/// ARGV: epoch, number, max entries, line, nickname, instance:client.
 const JOIN: &str = "
 local refused = admit() if refused then return refused end
 if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[6]) == 0 then return 'taken' end
 redis.call('SADD', KEYS[5], ARGV[5])
-return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4], 'joined', ARGV[7])
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4], 'joined', ARGV[6])
 ";
 
-/// A leave, announced only if this instance still held the name.
-/// KEYS: epoch, done, stream, nicknames, held. ARGV: epoch, -, max entries, line, nickname,
-/// instance.
+/// A leave, announced only if the name is still this very client's: no retry, reap or race
+/// announces it twice, or for a name someone else holds now.
+/// KEYS: epoch, instance, stream, nicknames, held. ARGV: epoch, max entries, line, nickname,
+/// instance:client.
 const LEAVE: &str = "
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-if redis.call('GET', KEYS[2]) == 'reaped' then return 'fenced' end
-if redis.call('SREM', KEYS[5], ARGV[5]) == 0 then return 'gone' end
-if redis.call('HGET', KEYS[4], ARGV[5]) == ARGV[6] then redis.call('HDEL', KEYS[4], ARGV[5]) end
-return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4])
+if redis.call('HGET', KEYS[2], 'reaped') then return 'fenced' end
+if redis.call('HGET', KEYS[4], ARGV[4]) ~= ARGV[5] then return 'gone' end
+redis.call('HDEL', KEYS[4], ARGV[4])
+redis.call('SREM', KEYS[5], ARGV[4])
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'line', ARGV[3])
 ";
 
-/// After lost replies: returns the highest number applied so far, and raises the mark to
-/// `ARGV[1]`, so that none of the requests in doubt can apply any more. KEYS: done.
+/// After lost replies: returns the highest number applied, and raises the floor to
+/// `ARGV[1]`, so that none of the requests in doubt can apply any more. Asked again (its own
+/// reply lost), it answers the same. KEYS: instance.
 const SETTLE: &str = "
-local done = redis.call('GET', KEYS[1])
-if done == 'reaped' then return 'fenced' end
-local applied = tonumber(done or '0')
-if applied < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return applied
+local m = redis.call('HMGET', KEYS[1], 'done', 'floor', 'reaped')
+if m[3] then return 'fenced' end
+if tonumber(m[2] or '0') < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'floor', ARGV[1]) end
+return tonumber(m[1] or '0')
 ";
 
 /// Adopts the data set's epoch, setting it if there is none. It always writes, so a replica
@@ -134,33 +140,57 @@ redis.call('SET', KEYS[1], epoch)
 return epoch
 ";
 
-/// Renews this instance's heartbeat. KEYS: epoch, done, alive:<instance>, instances.
+/// Claims again, after Redis lost or rolled back its data, the names this instance's clients
+/// hold; returns those another client claimed meanwhile.
+/// KEYS: nicknames, held:<instance>. ARGV: name, instance:client, name, instance:client...
+const REGISTER_NAMES: &str = "
+local lost = {}
+for i = 1, #ARGV, 2 do
+  local name, holder = ARGV[i], ARGV[i + 1]
+  if redis.call('HSETNX', KEYS[1], name, holder) == 1 or redis.call('HGET', KEYS[1], name) == holder then
+    redis.call('SADD', KEYS[2], name)
+  else
+    table.insert(lost, name)
+  end
+end
+return lost
+";
+
+/// Renews this instance's heartbeat. KEYS: epoch, instance, alive:<instance>, instances.
 /// ARGV: epoch, time to live (ms), instance.
 const HEARTBEAT: &str = "
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-if redis.call('GET', KEYS[2]) == 'reaped' then return 'fenced' end
+if redis.call('HGET', KEYS[2], 'reaped') then return 'fenced' end
 redis.call('SET', KEYS[3], 1, 'PX', ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
 return 'ok'
 ";
 
 /// If instance ARGV[1] is still listed but its heartbeat has expired: announces each of its
-/// clients as left, frees their names, fences it, and forgets it. Atomic, so one caller does
-/// it once. KEYS: instances, alive:<dead>, held:<dead>, stream, nicknames, done:<dead>.
+/// clients as left (those whose names are still theirs), frees their names, fences it, and
+/// forgets it. Atomic, so one caller does it once.
+/// KEYS: instances, alive:<dead>, held:<dead>, stream, nicknames, instance:<dead>.
 /// ARGV: dead, max entries, fence time to live (s).
 const REAP: &str = "
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then
   return -1
 end
 local names = redis.call('SMEMBERS', KEYS[3])
+local prefix = ARGV[1] .. ':'
+local count = 0
 for _, name in ipairs(names) do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', ' .... ' .. name .. ' has left.')
-  if redis.call('HGET', KEYS[5], name) == ARGV[1] then redis.call('HDEL', KEYS[5], name) end
+  local holder = redis.call('HGET', KEYS[5], name)
+  if holder and string.sub(holder, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[5], name)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', ' .... ' .. name .. ' has left.')
+    count = count + 1
+  end
 end
 redis.call('DEL', KEYS[3])
 redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[6], 'reaped', 'EX', ARGV[3])
-return #names
+redis.call('HSET', KEYS[6], 'reaped', 1)
+redis.call('EXPIRE', KEYS[6], ARGV[3])
+return count
 ";
 
 fn alive_key(instance: &str) -> String {
@@ -171,8 +201,14 @@ fn held_key(instance: &str) -> String {
     format!("threadchat:held:{instance}")
 }
 
-fn done_key(instance: &str) -> String {
-    format!("threadchat:done:{instance}")
+/// The instance's own marks: `done`, `floor`, and `reaped` once the others fenced it.
+fn instance_key(instance: &str) -> String {
+    format!("threadchat:instance:{instance}")
+}
+
+/// The value a name has in the nicknames hash: which instance's which client holds it.
+fn holder(instance: &str, client: ClientId) -> String {
+    format!("{instance}:{client}")
 }
 
 /// A Lua script, loaded into Redis by every connection as it opens and then called by its
@@ -219,6 +255,7 @@ struct Scripts {
     leave: Script,
     settle: Script,
     register: Script,
+    register_names: Script,
     heartbeat: Script,
     reap: Script,
 }
@@ -232,18 +269,20 @@ impl Scripts {
             leave: Script::new(LEAVE),
             settle: Script::new(SETTLE),
             register: Script::new(REGISTER),
+            register_names: Script::new(REGISTER_NAMES),
             heartbeat: Script::new(HEARTBEAT),
             reap: Script::new(REAP),
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 8] {
         [
             &self.say,
             &self.join,
             &self.leave,
             &self.settle,
             &self.register,
+            &self.register_names,
             &self.heartbeat,
             &self.reap,
         ]
@@ -265,9 +304,17 @@ fn identity(shared: &SharedIdentity) -> MutexGuard<'_, Identity> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A connection as it opens: the data set's epoch, and the server's run ID, which changes
+/// when Redis restarts or another server takes its place (a failover).
+struct Opened {
+    connection: Connection,
+    epoch: String,
+    run_id: String,
+}
+
 /// Opens a connection, loads the scripts, and learns the data set's epoch. Any failure,
 /// including a Redis that cannot take writes (a replica, or one still loading), is a reason.
-fn open(client: &redis::Client, scripts: &Scripts) -> Result<(Connection, String), String> {
+fn open(client: &redis::Client, scripts: &Scripts) -> Result<Opened, String> {
     let mut connection = client
         .get_connection_with_timeout(CALL_TIMEOUT)
         .map_err(|e| e.to_string())?;
@@ -282,7 +329,21 @@ fn open(client: &redis::Client, scripts: &Scripts) -> Result<(Connection, String
         .arg(new_instance_name())
         .query(&mut connection)
         .map_err(|e| e.to_string())?;
-    Ok((connection, epoch))
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut connection)
+        .map_err(|e| e.to_string())?;
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok(Opened {
+        connection,
+        epoch,
+        run_id,
+    })
 }
 
 /// Whether Redis can be reached, for one thread: one log line per change, and the backoff.
@@ -359,7 +420,7 @@ impl Link {
                     .saturating_duration_since(Instant::now()),
             );
             match open(&self.client, &self.scripts) {
-                Ok((connection, _)) => self.connection = Some(connection),
+                Ok(opened) => self.connection = Some(opened.connection),
                 Err(why) => {
                     self.reach.down(&why);
                     return None;
@@ -389,6 +450,9 @@ enum Job {
     Register,
     /// A script answered that this instance (by that name) was reaped.
     Fenced(String),
+    /// The room has closed every client after the fencing: what it sends from now on is
+    /// for the instance under its new name.
+    Restarted,
     /// The server is stopping: answer once what is waiting has been sent.
     Flush(Sender<()>),
 }
@@ -420,21 +484,21 @@ impl Publisher {
             .map_err(|e| format!("--redis {url}: {e}"))?;
         let scripts = Arc::new(Scripts::new());
         let unreachable = |why: String| format!("cannot use redis at {url}: {why}");
-        let (mut connection, epoch) = open(&client, &scripts).map_err(unreachable)?;
+        let mut opened = open(&client, &scripts).map_err(unreachable)?;
         let last: Value = redis::cmd("XREVRANGE")
             .arg(STREAM)
             .arg("+")
             .arg("-")
             .arg("COUNT")
             .arg(1)
-            .query(&mut connection)
+            .query(&mut opened.connection)
             .map_err(|e| unreachable(e.to_string()))?;
         let from = entries_of(&last)
             .first()
             .map_or_else(|| "0-0".to_owned(), |e| e.0.clone());
         let identity = Arc::new(Mutex::new(Identity {
             instance: new_instance_name(),
-            epoch,
+            epoch: opened.epoch,
         }));
         let (jobs, inbox) = crossbeam_channel::unbounded();
         let mut heartbeat = Heartbeat {
@@ -450,16 +514,18 @@ impl Publisher {
         let desk = Desk {
             client: client.clone(),
             scripts: scripts.clone(),
-            connection: Some(connection),
+            connection: Some(opened.connection),
+            run_id: opened.run_id,
             reach: Reach::new("publisher", url),
             connecting: None,
             identity: identity.clone(),
             inbox,
             events: events.clone(),
-            held: HashSet::new(),
+            held: HashMap::new(),
             number: 0,
             doubtful: Vec::new(),
             owed: Vec::new(),
+            fenced: false,
             max_entries,
             trace,
         };
@@ -494,6 +560,11 @@ impl Publisher {
         }
     }
 
+    /// The room has closed every client after hearing it was fenced.
+    pub fn restarted(&self) {
+        let _ = self.jobs.send(Job::Restarted);
+    }
+
     /// Gives what is waiting (the last leaves) a moment to reach Redis.
     pub fn flush(&self) {
         let (done, flushed) = crossbeam_channel::bounded(1);
@@ -522,19 +593,25 @@ struct Desk {
     client: redis::Client,
     scripts: Arc<Scripts>,
     connection: Option<Connection>,
+    /// The run ID of the server the last connection reached.
+    run_id: String,
     reach: Reach,
     /// A connection being opened on a thread of its own, and where it will arrive.
-    connecting: Option<Receiver<Result<(Connection, String), String>>>,
+    connecting: Option<Receiver<Result<Opened, String>>>,
     identity: SharedIdentity,
     inbox: Receiver<Job>,
     events: Sender<Event>,
-    /// The names this instance holds in Redis, to register again if Redis loses them.
-    held: HashSet<String>,
+    /// The names this instance's clients hold in Redis, to register again if Redis loses
+    /// them: name -> client.
+    held: HashMap<String, ClientId>,
     /// The number of the last request that places a line.
     number: u64,
     doubtful: Vec<Doubtful>,
     /// Leaves not yet placed: kept until Redis takes them.
-    owed: Vec<String>,
+    owed: Vec<(String, ClientId)>,
+    /// Fenced, and the room has not yet closed its clients: what it sent before is for names
+    /// the others freed, and is refused.
+    fenced: bool,
     max_entries: u64,
     trace: Trace,
 }
@@ -555,6 +632,30 @@ fn reply_of(value: &Value) -> Reply {
             Some(t) => Reply::Not(t),
             None => Reply::Not(format!("{other:?}")),
         },
+    }
+}
+
+/// Why a batch placed less than it was asked, most pressing first: each needs its own cure.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Trouble {
+    Fenced,
+    Lost,
+    Away(String),
+}
+
+impl Trouble {
+    /// Notes the trouble a reply that is no script's plain answer ('taken', 'gone') tells
+    /// of, keeping the most pressing one.
+    fn note(worst: &mut Option<Trouble>, why: String) {
+        let this = match why.as_str() {
+            "fenced" => Trouble::Fenced,
+            "lost" => Trouble::Lost,
+            _ => Trouble::Away(why),
+        };
+        *worst = Some(match worst.take() {
+            Some(other) => other.min(this),
+            None => this,
+        });
     }
 }
 
@@ -617,12 +718,18 @@ impl Desk {
         }
     }
 
-    fn opened(&mut self, opened: Result<(Connection, String), String>) {
+    /// A connection is open. A new data set (an epoch of its own) or another server (a
+    /// restart, a failover, which may have rolled the data back) may have lost the names
+    /// this instance holds: they are claimed again.
+    fn opened(&mut self, opened: Result<Opened, String>) {
         match opened {
-            Ok((connection, epoch)) => {
-                self.connection = Some(connection);
+            Ok(opened) => {
+                let elsewhere = opened.run_id != self.run_id;
+                let lost = opened.epoch != identity(&self.identity).epoch;
+                self.connection = Some(opened.connection);
+                self.run_id = opened.run_id;
                 self.reach.up();
-                if epoch != identity(&self.identity).epoch {
+                if elsewhere || lost {
                     self.register();
                 }
             }
@@ -636,10 +743,12 @@ impl Desk {
         let mut register = false;
         for job in jobs {
             match job {
-                Job::Item(Item::Leave { nickname }) => self.owed.push(nickname),
+                Job::Item(Item::Leave { id, nickname }) => self.owed.push((nickname, id)),
+                Job::Item(item) if self.fenced => self.refuse(item, Refusal::Unreachable),
                 Job::Item(item) => items.push(item),
                 Job::Register => register = true,
                 Job::Fenced(instance) => self.fenced(&instance),
+                Job::Restarted => self.fenced = false,
                 Job::Flush(done) => flushes.push(done),
             }
         }
@@ -649,12 +758,11 @@ impl Desk {
         if self.connection.is_some() && !self.doubtful.is_empty() {
             self.settle();
         }
-        if self.connection.is_none() {
-            for item in items {
-                self.refuse(item, Refusal::Unreachable);
-            }
-        } else {
-            self.send(items);
+        match self.connection.take() {
+            Some(connection) => self.send(connection, items),
+            None => items
+                .into_iter()
+                .for_each(|item| self.refuse(item, Refusal::Unreachable)),
         }
         for done in flushes {
             let _ = done.send(());
@@ -662,119 +770,117 @@ impl Desk {
     }
 
     /// Sends the owed leaves and `items` in one round trip.
-    fn send(&mut self, items: Vec<Item>) {
+    fn send(&mut self, mut connection: Connection, items: Vec<Item>) {
         if items.is_empty() && self.owed.is_empty() {
+            self.connection = Some(connection);
             return;
         }
         let who = identity(&self.identity).clone();
-        let (done, held) = (done_key(&who.instance), held_key(&who.instance));
+        let (marks, held) = (instance_key(&who.instance), held_key(&who.instance));
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let leaves = std::mem::take(&mut self.owed);
-        for nickname in &leaves {
+        for (nickname, id) in &leaves {
             let line = Item::Leave {
+                id: *id,
                 nickname: nickname.clone(),
             }
             .line();
-            let keys = [EPOCH, &done, STREAM, NICKNAMES, &held];
+            let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held];
             pipe.add_command(
                 script_call(&self.scripts.leave, &keys)
                     .arg(&who.epoch)
-                    .arg(0)
                     .arg(self.max_entries)
                     .arg(line)
                     .arg(nickname)
-                    .arg(&who.instance)
+                    .arg(holder(&who.instance, *id))
                     .clone(),
             );
         }
         let mut sent = Vec::with_capacity(items.len());
         for item in items {
             self.number += 1;
-            let mut cmd = match &item {
+            let cmd = match &item {
                 Item::Join { id, nickname } => {
-                    let keys = [EPOCH, &done, STREAM, NICKNAMES, &held];
+                    let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held];
                     let mut cmd = script_call(&self.scripts.join, &keys);
                     cmd.arg(&who.epoch)
                         .arg(self.number)
                         .arg(self.max_entries)
                         .arg(item.line())
                         .arg(nickname)
-                        .arg(&who.instance)
-                        .arg(format!("{}:{id}", who.instance));
+                        .arg(holder(&who.instance, *id));
                     cmd
                 }
-                _ => script_call(&self.scripts.say, &[EPOCH, &done, STREAM]),
+                _ => {
+                    let mut cmd = script_call(&self.scripts.say, &[EPOCH, &marks, STREAM]);
+                    cmd.arg(&who.epoch)
+                        .arg(self.number)
+                        .arg(self.max_entries)
+                        .arg(item.line());
+                    cmd
+                }
             };
-            if !matches!(item, Item::Join { .. }) {
-                cmd.arg(&who.epoch)
-                    .arg(self.number)
-                    .arg(self.max_entries)
-                    .arg(item.line());
-            }
             pipe.add_command(cmd);
             sent.push(Doubtful {
                 number: self.number,
                 item,
             });
         }
-        let Some(connection) = self.connection.as_mut() else {
-            return;
-        };
-        let replies: Vec<Value> = match pipe.query(connection) {
+        let replies: Vec<Value> = match pipe.query(&mut connection) {
             Ok(replies) => replies,
             Err(e) => {
-                // Applied or not, nobody knows: settled once Redis answers again.
+                // Applied or not, nobody knows: settled once Redis answers again. A leave is
+                // asked again: asked twice, it is announced once.
                 self.owed = leaves;
                 self.doubtful.extend(sent);
-                return self.lost_connection(&e.to_string());
+                return self.reach.down(&e.to_string());
             }
         };
+        self.connection = Some(connection);
         let mut replies = replies.iter().map(reply_of);
-        let mut down = None;
-        for nickname in leaves {
+        let mut trouble = None;
+        for (nickname, id) in leaves {
             match replies.next() {
-                Some(Reply::Placed(id)) => self.traced("leave", &id, &nickname),
-                Some(Reply::Not(why)) if why == "gone" || why == "fenced" => {}
-                Some(Reply::Not(why)) => {
-                    self.owed.push(nickname);
-                    down.get_or_insert(why);
+                Some(Reply::Placed(at)) => {
+                    self.held.remove(&nickname);
+                    self.traced("leave", &at, &nickname);
                 }
-                None => self.owed.push(nickname),
+                Some(Reply::Not(why)) if why == "gone" => {
+                    self.held.remove(&nickname);
+                }
+                Some(Reply::Not(why)) => {
+                    self.owed.push((nickname, id));
+                    Trouble::note(&mut trouble, why);
+                }
+                None => self.owed.push((nickname, id)),
             }
         }
         for Doubtful { item, .. } in sent {
             match replies.next() {
-                Some(Reply::Placed(id)) => {
-                    if let Item::Join { nickname, .. } = &item {
-                        self.held.insert(nickname.clone());
+                Some(Reply::Placed(at)) => {
+                    if let Item::Join { id, nickname } = &item {
+                        self.held.insert(nickname.clone(), *id);
                     }
-                    self.traced("XADD", &id, &item.line());
+                    self.traced("XADD", &at, &item.line());
                 }
                 Some(Reply::Not(why)) if why == "taken" => self.refuse(item, Refusal::Taken),
                 Some(Reply::Not(why)) => {
                     self.traced("refused", &why, &item.line());
                     self.refuse(item, Refusal::Unreachable);
-                    down.get_or_insert(why);
+                    Trouble::note(&mut trouble, why);
                 }
                 None => self.refuse(item, Refusal::Unreachable),
             }
         }
-        if let Some(why) = down {
-            self.answered_with(&why);
-        }
-    }
-
-    /// A reply that places nothing and is no script's plain answer: this instance was
-    /// fenced, Redis lost its data, or it cannot take writes now (READONLY, LOADING).
-    fn answered_with(&mut self, why: &str) {
-        match why {
-            "fenced" => {
-                let instance = identity(&self.identity).instance.clone();
+        match trouble {
+            Some(Trouble::Fenced) => {
+                let instance = who.instance.clone();
                 self.fenced(&instance);
             }
-            "lost" => self.register(),
-            _ => self.lost_connection(why),
+            Some(Trouble::Lost) => self.register(),
+            Some(Trouble::Away(why)) => self.lost_connection(&why),
+            None => {}
         }
     }
 
@@ -784,13 +890,13 @@ impl Desk {
     }
 
     /// Settles the requests whose replies were lost: Redis says how far it applied them, and
-    /// raises the mark past the rest, which can then never apply.
+    /// raises the floor past the rest, which can then never apply.
     fn settle(&mut self) {
         let who = identity(&self.identity).clone();
         let highest = self.doubtful.iter().map(|d| d.number).max().unwrap_or(0);
         let mut pipe = redis::pipe();
         pipe.add_command(
-            script_call(&self.scripts.settle, &[&done_key(&who.instance)])
+            script_call(&self.scripts.settle, &[&instance_key(&who.instance)])
                 .arg(highest)
                 .clone(),
         );
@@ -810,22 +916,24 @@ impl Desk {
         let applied = match replies.next() {
             Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
             Some(other) => {
-                let why = text(other).unwrap_or_default();
-                return self.answered_with(&why);
+                return match text(other).as_deref() {
+                    Some("fenced") => self.fenced(&who.instance),
+                    other => self.lost_connection(other.unwrap_or("no answer")),
+                };
             }
             None => 0,
         };
         for Doubtful { number, item } in std::mem::take(&mut self.doubtful) {
-            let holder = match &item {
+            let holder_now = match &item {
                 Item::Join { .. } => replies.next().and_then(text),
                 _ => None,
             };
             if number > applied {
                 self.refuse(item, Refusal::Unreachable);
-            } else if let Item::Join { nickname, .. } = &item {
+            } else if let Item::Join { id, nickname } = &item {
                 // Applied: its join line is in the stream, unless the name was taken.
-                if holder.as_deref() == Some(who.instance.as_str()) {
-                    self.held.insert(nickname.clone());
+                if holder_now == Some(holder(&who.instance, *id)) {
+                    self.held.insert(nickname.clone(), *id);
                 } else {
                     self.refuse(item, Refusal::Taken);
                 }
@@ -834,8 +942,9 @@ impl Desk {
         }
     }
 
-    /// Redis lost its data (or this is a new data set): adopt its epoch and claim again the
-    /// names this instance holds.
+    /// Redis lost its data, or another server holds it now (a restart, a failover): adopt
+    /// its epoch and claim again the names this instance's clients hold. A name another
+    /// client claimed meanwhile is no longer ours: its client must come back under another.
     fn register(&mut self) {
         let Some(connection) = self.connection.as_mut() else {
             return;
@@ -849,31 +958,38 @@ impl Desk {
         };
         let instance = {
             let mut who = identity(&self.identity);
-            if who.epoch != epoch {
-                eprintln!(
-                    "threadchat: publisher: redis lost its data; registering {} name(s) again",
-                    self.held.len()
-                );
-            }
             who.epoch = epoch;
             who.instance.clone()
         };
-        let mut pipe = redis::pipe();
-        for name in &self.held {
-            pipe.cmd("HSETNX")
-                .arg(NICKNAMES)
-                .arg(name)
-                .arg(&instance)
-                .ignore();
-            pipe.cmd("SADD").arg(held_key(&instance)).arg(name).ignore();
+        if self.held.is_empty() {
+            return;
         }
-        if let Err(e) = pipe.query::<()>(connection) {
-            self.lost_connection(&e.to_string());
+        let mut claim = script_call(
+            &self.scripts.register_names,
+            &[NICKNAMES, &held_key(&instance)],
+        );
+        for (name, id) in &self.held {
+            claim.arg(name).arg(holder(&instance, *id));
+        }
+        let lost: Vec<String> = match claim.query(connection) {
+            Ok(lost) => lost,
+            Err(e) => return self.lost_connection(&e.to_string()),
+        };
+        eprintln!(
+            "threadchat: publisher: registered {} name(s) again; {} taken meanwhile",
+            self.held.len(),
+            lost.len()
+        );
+        for name in lost {
+            if let Some(id) = self.held.remove(&name) {
+                let _ = self.events.send(Event::NameLost { id });
+            }
         }
     }
 
     /// This instance was reaped: the others announced its clients as left and freed their
-    /// names. It goes on under a new name, and the room closes every client so they rejoin.
+    /// names. It goes on under a new name, and the room closes every client so they rejoin;
+    /// until the room says it has, what it sends is for the freed names, and is refused.
     fn fenced(&mut self, instance: &str) {
         {
             let mut who = identity(&self.identity);
@@ -887,9 +1003,25 @@ impl Desk {
                 who.instance
             );
         }
+        self.fenced = true;
         self.held.clear();
         self.owed.clear();
         self.number = 0;
+        // Fenced by itself after a long stop, it may be the only one left to announce its
+        // clients: the same script the others run, which does it once whoever runs it.
+        if let Some(connection) = self.connection.as_mut() {
+            let (alive, held, marks) = (
+                alive_key(instance),
+                held_key(instance),
+                instance_key(instance),
+            );
+            let keys = [INSTANCES, &alive, &held, STREAM, NICKNAMES, &marks];
+            let _: redis::RedisResult<i64> = script_call(&self.scripts.reap, &keys)
+                .arg(instance)
+                .arg(self.max_entries)
+                .arg(FENCE_KEEP.as_secs())
+                .query(connection);
+        }
         for Doubtful { item, .. } in std::mem::take(&mut self.doubtful) {
             self.refuse(item, Refusal::Unreachable);
         }
@@ -921,8 +1053,22 @@ struct Heartbeat {
 
 impl Heartbeat {
     fn run(mut self) {
+        let mut last = Instant::now();
         loop {
             thread::sleep(HEARTBEAT_EVERY);
+            // This process was stopped (or starved) longer than the time to live: the others
+            // may have reaped it, and a fence in Redis does not last for ever. It fences
+            // itself: its clients come back under names that are surely theirs.
+            if last.elapsed() > HEARTBEAT_TTL {
+                let instance = identity(&self.identity).instance.clone();
+                eprintln!(
+                    "threadchat: heartbeat: this process was stopped longer than {} s",
+                    HEARTBEAT_TTL.as_secs()
+                );
+                let _ = self.jobs.send(Job::Fenced(instance));
+                self.healthy_since = None;
+            }
+            last = Instant::now();
             let healthy_for = self.beat().then(|| self.healthy_since.map(|t| t.elapsed()));
             if healthy_for.flatten() >= Some(HEARTBEAT_TTL) {
                 self.reap_the_dead();
@@ -935,7 +1081,7 @@ impl Heartbeat {
     fn beat(&mut self) -> bool {
         let who = identity(&self.identity).clone();
         let scripts = self.link.scripts.clone();
-        let (done, alive) = (done_key(&who.instance), alive_key(&who.instance));
+        let (done, alive) = (instance_key(&who.instance), alive_key(&who.instance));
         let answer: Option<String> = self.link.call(CALL_TIMEOUT, |c| {
             script_call(&scripts.heartbeat, &[EPOCH, &done, &alive, INSTANCES])
                 .arg(&who.epoch)
@@ -973,7 +1119,7 @@ impl Heartbeat {
         let scripts = self.link.scripts.clone();
         for dead in instances.iter().filter(|i| **i != ours) {
             let max_entries = self.max_entries;
-            let (alive, held, done) = (alive_key(dead), held_key(dead), done_key(dead));
+            let (alive, held, done) = (alive_key(dead), held_key(dead), instance_key(dead));
             let keys = [INSTANCES, &alive, &held, STREAM, NICKNAMES, &done];
             let reaped: Option<i64> = self.link.call(CALL_TIMEOUT, |c| {
                 script_call(&scripts.reap, &keys)
@@ -982,7 +1128,11 @@ impl Heartbeat {
                     .arg(FENCE_KEEP.as_secs())
                     .query(c)
             });
-            if let Some(count) = reaped.filter(|n| *n >= 0) {
+            // Redis went away: the rest waits for the next heartbeat, which must come first.
+            let Some(reaped) = reaped else {
+                return;
+            };
+            if let Some(count) = Some(reaped).filter(|n| *n >= 0) {
                 eprintln!(
                     "threadchat: instance {dead} is gone; announced its {count} client(s) as left"
                 );
@@ -1002,8 +1152,10 @@ fn read_stream(
     identity_of: SharedIdentity,
     trace: Trace,
 ) {
+    // The entry whose loss was last reported: a quiet room must not hear it once a second.
+    let mut reported = String::new();
     loop {
-        let probe = from != "0-0";
+        let probe = from != "0-0" && from != reported;
         let reply = link.call(READ_BLOCK + CALL_TIMEOUT, |c| {
             let mut pipe = redis::pipe();
             if probe {
@@ -1032,6 +1184,7 @@ fn read_stream(
             if trace.is_on() {
                 trace.decision("stream", &format!("{from} is gone: lines were missed"));
             }
+            reported = from.clone();
             if events.send(Event::Gap).is_err() {
                 return;
             }

@@ -141,8 +141,9 @@ Limits (times in seconds, fractions allowed):
   --write-timeout S          drop a client whose socket takes nothing for this long [default: {}]
   --max-lag-bytes N          close (1008) a client this far behind the room [default: {DEFAULT_MAX_LAG_BYTES}]
   --ping-interval S          ping every client this often; 0: never, and never drop a silent
-                             client [default: {}, or half of --pong-timeout]
-  --pong-timeout S           drop a client silent for this long [default: {}, or twice --ping-interval]
+                             client [default: {}, or half of --pong-timeout if less]
+  --pong-timeout S           drop a client silent for this long [default: {}, or twice
+                             --ping-interval if more]
   --rate-limit N             messages per second per client, burst 2N, 0 for no limit [default: {DEFAULT_RATE_LIMIT_PER_SEC}]
   --flood-close S            close a client that floods this long with 1008 [default: {}]
   --allow-origin ORIGIN      also accept pages from ORIGIN (repeatable, * for any)
@@ -240,15 +241,24 @@ fn pings(
     interval: Option<Duration>,
     timeout: Option<Duration>,
 ) -> Result<(Option<Duration>, Duration), String> {
+    if interval == Some(Duration::ZERO) {
+        return Ok((None, timeout.unwrap_or(DEFAULT_PONG_TIMEOUT)));
+    }
     let (interval, timeout) = match (interval, timeout) {
         (None, None) => (DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT),
-        (Some(interval), None) if interval.is_zero() => (interval, DEFAULT_PONG_TIMEOUT),
-        (Some(interval), None) => (interval, (interval * 2).max(DEFAULT_PONG_TIMEOUT)),
+        (Some(interval), None) => (
+            interval,
+            interval.saturating_mul(2).max(DEFAULT_PONG_TIMEOUT),
+        ),
         (None, Some(timeout)) => ((timeout / 2).min(DEFAULT_PING_INTERVAL), timeout),
         (Some(interval), Some(timeout)) => (interval, timeout),
     };
-    if interval.is_zero() {
-        return Ok((None, timeout));
+    if interval < MOST_FREQUENT_PING {
+        return Err(format!(
+            "--ping-interval must be at least {} s, or 0 for none; --pong-timeout at least \
+             twice that",
+            MOST_FREQUENT_PING.as_secs_f64()
+        ));
     }
     if interval >= timeout {
         return Err(format!(
@@ -260,6 +270,9 @@ fn pings(
     }
     Ok((Some(interval), timeout))
 }
+
+/// Pings more often than this would keep the room busy pinging.
+const MOST_FREQUENT_PING: Duration = Duration::from_millis(10);
 
 /// A `ws://` or `wss://` URL made only of characters that need no escaping in the page.
 fn websocket_url(value: &str) -> Result<String, String> {
@@ -419,6 +432,10 @@ mod tests {
             config.ping_interval, None,
             "0 is never, whatever the timeout"
         );
+        // No pinging the room to death, nor a silent "never" from a tiny timeout.
+        assert!(run(&["--pong-timeout", "0.000000001"]).is_err());
+        assert!(run(&["--ping-interval", "0.001", "--pong-timeout", "1"]).is_err());
+        assert!(run(&["--ping-interval", "1e19"]).is_ok(), "no overflow");
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum Event {
     /// must reconnect, under new names.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Fenced,
+    /// Redis lost the name this member held, and another client claimed it meanwhile: the
+    /// member must come back under another.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    NameLost { id: ClientId },
     /// The server is stopping: say goodbye to everyone.
     Shutdown,
 }
@@ -104,8 +108,13 @@ pub enum Item {
     Join { id: ClientId, nickname: String },
     /// A line a member said, already prefixed with its nickname.
     Say { id: ClientId, line: String },
-    /// A member's leave. Never refused: an order that cannot place it now keeps it.
-    Leave { nickname: String },
+    /// A member's leave. Never refused: an order that cannot place it now keeps it. A shared
+    /// order announces it only if the name is still that client's.
+    Leave {
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        id: ClientId,
+        nickname: String,
+    },
 }
 
 impl Item {
@@ -114,7 +123,7 @@ impl Item {
         match self {
             Item::Join { nickname, .. } => format!(" .... {nickname} has joined."),
             Item::Say { line, .. } => line.clone(),
-            Item::Leave { nickname } => format!(" .... {nickname} has left."),
+            Item::Leave { nickname, .. } => format!(" .... {nickname} has left."),
         }
     }
 
@@ -175,7 +184,15 @@ mod tests {
             }),
             Some(Position(1_700_000_000_000, 3))
         );
-        for bad in ["", "hello", "new please", "resume", "resume t", "resume t x", "resume t 1 2"] {
+        for bad in [
+            "",
+            "hello",
+            "new please",
+            "resume",
+            "resume t",
+            "resume t x",
+            "resume t 1 2",
+        ] {
             assert_eq!(Resume::parse(bad), None, "{bad:?}");
         }
     }

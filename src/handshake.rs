@@ -278,7 +278,10 @@ mod tests {
     fn the_resume_subprotocol_is_found_among_others() {
         let offered = request(&[("Sec-WebSocket-Protocol", "chat, threadchat-resume")]);
         assert!(offers_resume(&offered));
-        assert!(!offers_resume(&request(&[("Sec-WebSocket-Protocol", "chat")])));
+        assert!(!offers_resume(&request(&[(
+            "Sec-WebSocket-Protocol",
+            "chat"
+        )])));
         assert!(!offers_resume(&request(&[])));
     }
 }

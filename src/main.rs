@@ -120,15 +120,30 @@ fn run(config: Config) -> Result<(), String> {
     let max_page_connections = config
         .max_page_connections
         .unwrap_or_else(|| default_max_page_connections(open_files));
-    if max_page_connections as u64 + RESERVED_DESCRIPTORS >= open_files {
-        return Err(format!(
-            "--max-page-connections {max_page_connections} leaves no descriptors for the chat \
-             (open-file limit {open_files})"
-        ));
-    }
     let max_clients = config
         .max_clients
         .unwrap_or_else(|| default_max_clients(open_files, max_page_connections));
+    // Every connection holds a descriptor: the chat's, the page's and the reserve must fit.
+    if (max_clients + max_page_connections) as u64 + RESERVED_DESCRIPTORS > open_files {
+        let given: Vec<&str> = [
+            config.max_clients.map(|_| "--max-clients"),
+            config
+                .max_page_connections
+                .map(|_| "--max-page-connections"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let settings = match given.as_slice() {
+            [] => "the default limits".to_owned(),
+            flags => flags.join(" and "),
+        };
+        return Err(format!(
+            "{settings} ({max_clients} clients, {max_page_connections} page connections, \
+             {RESERVED_DESCRIPTORS} kept back) need more descriptors than the open-file limit \
+             {open_files}"
+        ));
+    }
 
     let page_listener = TcpListener::bind((config.bind, config.http_port)).map_err(|e| {
         format!(
@@ -167,7 +182,10 @@ fn run(config: Config) -> Result<(), String> {
     println!("threadchat: WebSocket server on ws://{ws_addr}/");
 
     // One log per dialect: plain lines, and lines with their positions for resumable clients.
-    let logs = [Log::new(config.max_lag_bytes), Log::new(config.max_lag_bytes)];
+    let logs = [
+        Log::new(config.max_lag_bytes),
+        Log::new(config.max_lag_bytes),
+    ];
     let readers = || [logs[0].reader(), logs[1].reader()];
     // Sending is most of the work, so every core gets a writer.
     let cores = thread::available_parallelism().map_or(1, |n| n.get());

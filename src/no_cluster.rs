@@ -15,4 +15,8 @@ impl Publisher {
     pub fn flush(&self) {
         match *self {}
     }
+
+    pub fn restarted(&self) {
+        match *self {}
+    }
 }

@@ -38,6 +38,13 @@ impl Order {
         }
     }
 
+    /// The room has closed every client after this instance was fenced.
+    pub fn restarted(&mut self) {
+        if let Order::Shared(publisher) = self {
+            publisher.restarted();
+        }
+    }
+
     /// The server is stopping: give what is waiting a moment to reach the others.
     pub fn flush(&mut self) {
         if let Order::Shared(publisher) = self {

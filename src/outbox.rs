@@ -32,8 +32,8 @@ pub enum Phase {
     /// The room's lines and private frames go out; the reader hands messages to the room.
     Open,
     /// The frames queued so far are the last (a close frame among them, unless the client
-    /// is simply gone). The client gets the log up to the end of the frame it is in when its
-    /// writer sees this, and nothing after.
+    /// is simply gone). The client gets the log up to where the last of them was queued (the
+    /// end of the frame it is in, if that is further), and nothing after.
     Closing,
     /// Its writer gave up on a client too far behind: it gets the rest of the frame it is
     /// in, then close 1008. Private frames it had not started are dropped.

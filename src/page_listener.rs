@@ -109,7 +109,8 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
             .stack_size(PAGE_STACK_BYTES)
             .spawn(move || {
                 serve(&count.0, &socket, peer.ip(), accepted_at);
-                drop((address, count));
+                // The descriptor goes first, so that the count never says less than is held.
+                drop((socket, address, count));
                 sys::release_unused_stack();
             });
         // On failure the closure is dropped, and the connection and its counts with it.
@@ -119,18 +120,18 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
     });
 }
 
-/// Answers requests on one connection until it closes, asks to, or misses a deadline.
+/// Answers requests on one connection until it closes, asks to, or misses a deadline. A
+/// connection lives at most a head's time and a response's time in all, however it trickles
+/// its requests or reads its answers: a page and its few follow-ups fit easily, and no client
+/// keeps one of the page server's few places for long.
 fn serve(server: &PageServer, socket: &TcpStream, peer: IpAddr, accepted_at: Instant) {
-    if socket
-        .set_write_timeout(Some(server.write_timeout))
-        .is_err()
-    {
-        return;
-    }
+    let ends_by = accepted_at + server.head_timeout + server.write_timeout;
     let mut buffer = Vec::new();
     let mut wait = Wait::Head(accepted_at + server.head_timeout);
+    // Behind a trusted proxy, the forwarded address holds a place for the connection's life.
+    let mut _address = None;
     loop {
-        let end = match read_head(socket, &mut buffer, wait, server.head_timeout) {
+        let end = match read_head(socket, &mut buffer, wait, server.head_timeout, ends_by) {
             HeadRead::Complete(end) => end,
             HeadRead::TooLarge => {
                 let line = format!("the request head is longer than {HEAD_MAX_BYTES} bytes");
@@ -144,19 +145,22 @@ fn serve(server: &PageServer, socket: &TcpStream, peer: IpAddr, accepted_at: Ins
             Ok(request) => request,
             Err((status, line)) => return close_with(socket, &page::refusal_bytes(status, line)),
         };
-        // Behind a trusted proxy, the forwarded address holds a slot while it is answered.
-        let _address = if server.trust_proxy {
+        if server.trust_proxy && _address.is_none() {
             let ip = request.forwarded().unwrap_or(peer);
             match server.addresses.take(ip, Instant::now()) {
-                Ok(slot) => Some(slot),
+                Ok(slot) => _address = Some(slot),
                 Err(refused) => {
                     refused.report("page port");
                     return close_with(socket, &page::refusal_bytes(429, &refused.reason()));
                 }
             }
-        } else {
-            None
-        };
+        }
+        // The response has what is left of the connection's life, and the write timeout.
+        let left = ends_by.saturating_duration_since(Instant::now());
+        let budget = left.min(server.write_timeout);
+        if budget.is_zero() || socket.set_write_timeout(Some(budget)).is_err() {
+            return;
+        }
         let close = !request.keeps_alive();
         let reply = page::answer(
             &server.site,
@@ -209,13 +213,14 @@ enum HeadRead {
     Gone,
 }
 
-/// Reads until `buffer` holds a whole request head. Bytes after it (a pipelined request)
-/// stay in the buffer for the next call.
+/// Reads until `buffer` holds a whole request head, by `ends_by` at the latest. Bytes after
+/// it (a pipelined request) stay in the buffer for the next call.
 fn read_head(
     socket: &TcpStream,
     buffer: &mut Vec<u8>,
     wait: Wait,
     head_timeout: Duration,
+    ends_by: Instant,
 ) -> HeadRead {
     let (mut deadline, mut idle) = match wait {
         Wait::Head(by) => (by, false),
@@ -243,7 +248,9 @@ fn read_head(
             return HeadRead::TooLarge;
         }
         scanned = buffer.len().saturating_sub(3);
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline
+            .min(ends_by)
+            .saturating_duration_since(Instant::now());
         if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
             return HeadRead::Gone;
         }

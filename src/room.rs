@@ -62,6 +62,9 @@ struct Member {
     outbox: Arc<Outbox>,
     /// Its session's token, for a client of the resume dialect.
     session: Option<Token>,
+    /// The connection that joined under its name: itself, or for a resumed session, the
+    /// session's first, under which a shared order holds the name.
+    holder: ClientId,
 }
 
 /// A newcomer whose join waits for its place.
@@ -148,6 +151,7 @@ impl Room {
                         self.append(&wire::text_frame(MISSED), &wire::text_frame(MISSED_MARK));
                     }
                     Ok(Event::Fenced) => self.restart_everyone(),
+                    Ok(Event::NameLost { id }) => self.lose_name(id),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(pings) -> _ => self.ping_everyone(),
@@ -176,6 +180,7 @@ impl Room {
                 from,
                 outbox,
                 session: None,
+                holder: id,
             },
             draws: 1,
             gone: false,
@@ -199,7 +204,7 @@ impl Room {
         let Some((session, before)) = self.sessions.attach(token, id) else {
             return self.handle_new_connection(id, from, outbox, Some(true));
         };
-        let (nickname, number) = (session.nickname.clone(), session.number);
+        let (nickname, number, holder) = (session.nickname.clone(), session.number, session.holder);
         if let Some(older) = before.and_then(|old| self.members.remove(&old)) {
             let taken_over = wire::close_frame(wire::CLOSE_POLICY, "resumed on another connection");
             self.writers[older.outbox.writer].close(&older.outbox, Some(taken_over));
@@ -209,13 +214,20 @@ impl Room {
         self.trace.decision(&nickname, "resumed its session");
         let numbered = &self.logs[1];
         let writer = &self.writers[outbox.writer];
-        let resumed = match self.sessions.back_to(position, numbered.head(), numbered.oldest()) {
-            Return::After { at, missed } => numbered.cursor_back_at(at).map(|cursor| {
-                let _ = writer.push_before(&outbox, wire::text_frame(&format!("resumed {missed}")), Some(at));
-                cursor
-            }),
+        let back = self
+            .sessions
+            .back_to(position, numbered.head(), numbered.oldest());
+        let resumed = match back {
+            Return::After { at, missed } => numbered
+                .cursor_back_at(at)
+                .map(|cursor| (cursor, at, missed)),
             Return::Lost => None,
         };
+        if let Some((_, at, missed)) = &resumed {
+            let resumed = wire::text_frame(&format!("resumed {missed}"));
+            let _ = writer.push_before(&outbox, resumed, Some(*at));
+        }
+        let resumed = resumed.map(|(cursor, _, _)| cursor);
         let cursor = resumed.unwrap_or_else(|| {
             let _ = writer.push(&outbox, wire::text_frame(MISSED_MARK));
             numbered.cursor_at(numbered.head())
@@ -229,6 +241,7 @@ impl Room {
                 from,
                 outbox,
                 session: Some(token.to_owned()),
+                holder,
             },
         );
     }
@@ -262,7 +275,10 @@ impl Room {
         match &gone.session {
             Some(token) if lost => {
                 self.sessions.detach(token, Instant::now());
-                eprintln!("drop  {} from {}; its session waits", gone.nickname, gone.from);
+                eprintln!(
+                    "drop  {} from {}; its session waits",
+                    gone.nickname, gone.from
+                );
                 self.trace
                     .decision(&gone.nickname, "dropped; its session waits for it");
                 self.expiry = tick(EXPIRE_EVERY);
@@ -274,15 +290,19 @@ impl Room {
             }
             None => {}
         }
-        self.announce_leave(gone.number, gone.nickname, &gone.from);
+        self.announce_leave(gone.holder, gone.number, gone.nickname, &gone.from);
     }
 
-    /// Frees the nickname and asks a place for the leave line.
-    fn announce_leave(&mut self, number: u32, nickname: String, from: &str) {
+    /// Frees the nickname and asks a place for the leave line. `holder`: the connection
+    /// that joined under it (for a resumed session, its first one).
+    fn announce_leave(&mut self, holder: ClientId, number: u32, nickname: String, from: &str) {
         self.taken.remove(&number);
         eprintln!("leave {nickname} from {from}");
         self.trace.decision(&nickname, "left the room");
-        self.place(Item::Leave { nickname });
+        self.place(Item::Leave {
+            id: holder,
+            nickname,
+        });
         if self.members.len() * 2 <= self.peak {
             self.peak = self.members.len();
             self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
@@ -292,7 +312,12 @@ impl Room {
     /// The sessions whose window has ended without their client: they leave now.
     fn expire_sessions(&mut self) {
         for session in self.sessions.expired(Instant::now()) {
-            self.announce_leave(session.number, session.nickname, "a dropped connection");
+            self.announce_leave(
+                session.holder,
+                session.number,
+                session.nickname,
+                "a dropped connection",
+            );
         }
         if !self.sessions.any_detached() {
             self.expiry = crossbeam_channel::never();
@@ -372,7 +397,8 @@ impl Room {
                 };
                 self.taken.remove(&newcomer.member.number);
                 if newcomer.gone {
-                    return;
+                    // Its writer still sends the close its reader queued.
+                    return self.turn_away(id, &newcomer.member.outbox);
                 }
                 if why == Refusal::Taken && newcomer.draws < MOST_DRAWS {
                     let number = self.free_number();
@@ -412,7 +438,10 @@ impl Room {
     fn append_line(&mut self, line: &str, position: Option<Position>) -> [u64; 2] {
         self.trace.broadcast(self.members.len(), line);
         if self.sessions.is_empty() {
-            return [self.append(&wire::text_frame(line), &[]), self.logs[1].head()];
+            return [
+                self.append(&wire::text_frame(line), &[]),
+                self.logs[1].head(),
+            ];
         }
         let position = position.unwrap_or_else(|| self.sessions.next_position());
         let numbered = wire::text_frame(&format!("{position} {line}"));
@@ -453,33 +482,53 @@ impl Room {
             self.writers[member.outbox.writer].close(&member.outbox, Some(restart.clone()));
         }
         for (id, newcomer) in std::mem::take(&mut self.newcomers) {
-            if !newcomer.gone {
-                self.turn_away(id, &newcomer.member.outbox);
-            }
+            self.turn_away(id, &newcomer.member.outbox);
         }
         self.taken.clear();
         // The others announced the sessions' clients too: they come back as newcomers.
         self.sessions = Sessions::new(self.sessions.window());
         self.expiry = crossbeam_channel::never();
         self.stop_numbering_if_unused();
+        self.order.restarted();
+    }
+
+    /// Another client holds the member's name now (Redis lost it meanwhile): close 1012, so
+    /// it comes back under another. The name is not this member's to announce.
+    fn lose_name(&mut self, id: ClientId) {
+        if let Some(member) = self.members.remove(&id) {
+            let restart = wire::close_frame(wire::CLOSE_SERVICE_RESTART, "service restart");
+            self.writers[member.outbox.writer].close(&member.outbox, Some(restart));
+            self.taken.remove(&member.number);
+            if let Some(token) = &member.session {
+                self.sessions.close(token);
+            }
+        }
     }
 
     /// Sends close 1001 to every member; its writer shuts the socket after it. Then each
     /// leave is placed: after every close here, so only other instances' clients hear them.
     fn say_goodbye(&mut self) {
         let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
-        let members: Vec<Member> = self.members.drain().map(|(_, m)| m).collect();
-        for member in &members {
+        let members: Vec<(ClientId, Member)> = self.members.drain().collect();
+        for (_, member) in &members {
             self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
         }
-        for member in members {
+        for (id, newcomer) in std::mem::take(&mut self.newcomers) {
+            let outbox = &newcomer.member.outbox;
+            let head = self.logs[outbox.dialect as usize].head();
+            self.start_reading(id, outbox, head);
+            self.writers[outbox.writer].close(outbox, Some(bye.clone()));
+        }
+        for (id, member) in members {
             self.place(Item::Leave {
+                id,
                 nickname: member.nickname,
             });
         }
         // Sessions live in this process: waiting ones end with it.
         for session in self.sessions.take_detached() {
             self.place(Item::Leave {
+                id: session.holder,
                 nickname: session.nickname,
             });
         }
@@ -504,7 +553,8 @@ impl Room {
         self.writers[outbox.writer].add(id, outbox.clone(), log.cursor_at(at));
     }
 
-    /// Closes a newcomer the room cannot take now (close 1013, try again later). It never
+    /// Closes a newcomer the room cannot take now (close 1013, try again later), or hands a
+    /// newcomer that is already closing to its writer, which sends its last frame. It never
     /// joined, so nobody hears of it leaving.
     fn turn_away(&self, id: ClientId, outbox: &Arc<Outbox>) {
         let head = self.logs[outbox.dialect as usize].head();

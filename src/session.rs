@@ -24,6 +24,8 @@ pub struct Session {
     pub client: Option<ClientId>,
     pub nickname: String,
     pub number: u32,
+    /// The connection that joined under the name: a shared order holds it for that one.
+    pub holder: ClientId,
     /// While detached: when the client is taken to have left.
     deadline: Option<Instant>,
 }
@@ -75,6 +77,7 @@ impl Sessions {
                 client: Some(client),
                 nickname: nickname.to_owned(),
                 number,
+                holder: client,
                 deadline: None,
             },
         );
@@ -83,7 +86,11 @@ impl Sessions {
 
     /// The session comes back on `client`: attached to it from now on. Returns the session,
     /// with the connection that had it until now, if it was still attached to one.
-    pub fn attach(&mut self, token: &str, client: ClientId) -> Option<(&Session, Option<ClientId>)> {
+    pub fn attach(
+        &mut self,
+        token: &str,
+        client: ClientId,
+    ) -> Option<(&Session, Option<ClientId>)> {
         let session = self.by_token.get_mut(token)?;
         let before = session.client.replace(client);
         session.deadline = None;
@@ -163,7 +170,10 @@ impl Sessions {
             return Return::Lost;
         };
         if position == last {
-            return Return::After { at: head, missed: 0 };
+            return Return::After {
+                at: head,
+                missed: 0,
+            };
         }
         let after = self.lines.partition_point(|&(p, _)| p <= position);
         // Its own line must be known, and the next one still kept.

@@ -141,6 +141,42 @@ pub fn send_nonblocking(socket: &TcpStream, slices: &[IoSlice<'_>]) -> io::Resul
     }
 }
 
+/// Bytes handed to the socket that the peer has not yet acknowledged.
+pub fn unsent_bytes(socket: &TcpStream) -> usize {
+    let mut count: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int to a live local.
+    let got = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut count) };
+    if got == 0 {
+        usize::try_from(count).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Lets the kernel find a peer that died without a word: after `idle` of silence it probes
+/// every `interval`, and after `probes` unanswered ones the connection fails.
+pub fn keep_alive(socket: &TcpStream, idle: u32, interval: u32, probes: u32) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let set = |level, name, value: u32| {
+        let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a live local of the type the option expects.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, probes)
+}
+
 /// An epoll set plus an eventfd: how one thread sleeps until one of many sockets has room
 /// to send again, or another thread wakes it.
 pub struct Poller {

@@ -284,6 +284,9 @@ mod tests {
         let token = "0123456789abcdef0123456789abcdef";
         assert_eq!(redact(&format!("session {token}")), "session <token>");
         assert_eq!(redact(&format!("resume {token} 17")), "resume <token> 17");
-        assert_eq!(redact("user-1: resume is a word"), "user-1: resume is a word");
+        assert_eq!(
+            redact("user-1: resume is a word"),
+            "user-1: resume is a word"
+        );
     }
 }

@@ -15,14 +15,16 @@
 //! Ending a connection the way RFC 6455 (7.1.1) asks: after the last frame (a close frame)
 //! the writer shuts the socket's write side, so the client reads the close and its reason,
 //! then an orderly end of stream. The reader meanwhile drains what the client still sends,
-//! so the socket is not closed with input unread, which would reset it. A reader that is
-//! still asleep [`CLOSE_GRACE`] later is woken by shutting the socket altogether.
+//! so the socket is not closed with input unread, which would reset it. Once the client has
+//! acknowledged every byte and [`CLOSE_GRACE`] has passed (or the write timeout, if it never
+//! does), the writer shuts the socket altogether, which ends the reader's drain.
 //!
 //! When to send: a loopback `send` costs about 8 us of CPU whatever it carries. A writer with
 //! CPU to spare sends each line the moment it arrives. Only once sending every line at once
 //! would keep it busy more than [`BUSY_SHARE`] of its time does it rest after each pass, to
 //! let lines gather into fewer sends ([`Gather`]).
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::net::Shutdown;
@@ -32,13 +34,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::delivery::{Delivery, Sent};
 use crate::event::{ClientId, Event};
 use crate::log::{Cursor, LogReader, Segment};
 use crate::outbox::{Outbox, Refused, Wake};
-use crate::sys::Poller;
+use crate::sys::{self, Poller};
 use crate::trace::Trace;
 use crate::wire::Frame;
 
@@ -56,10 +58,14 @@ pub const REST_PER_WORK: u32 = 9;
 /// (BENCHMARKS.md).
 pub const GATHER_BUDGET: Duration = Duration::from_millis(18);
 
-/// How long a client we have finished writing to may take to answer our close and end its
-/// side before its socket is shut altogether. It has our close frame and the end of the
-/// stream by then; a browser answers within a round trip.
+/// How long a client that has everything we sent, our close frame included, may take to
+/// answer it and end its side before its socket is shut altogether. A browser answers
+/// within a round trip.
 pub const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// A loop that took this long means the process was stopped (Ctrl-Z, `docker pause`, a
+/// debugger) or starved: the time is not held against any client.
+const PAUSED_AFTER: Duration = Duration::from_secs(1);
 
 /// How often a writer checks its blocked clients against the write timeout, and its closing
 /// ones against the grace.
@@ -110,6 +116,7 @@ impl Writer {
             free: Vec::new(),
             blocked: 0,
             draining: Vec::new(),
+            leaves: VecDeque::new(),
             snapshots: [Vec::new(), Vec::new()],
             heads: [0, 0],
             due: Vec::new(),
@@ -234,9 +241,11 @@ struct Pump {
     clients: Vec<Option<Client>>,
     free: Vec<usize>,
     blocked: usize,
-    /// Clients written to the end, waiting for their reader to finish draining; each is shut
-    /// altogether at its deadline if the reader is still there.
+    /// Clients written to the end, with when: each is shut altogether once the client has
+    /// acknowledged everything and the grace has passed, unless its reader finished first.
     draining: Vec<(Arc<Outbox>, Instant)>,
+    /// Leaves the room has not taken yet (its channel was full): the writer never waits on it.
+    leaves: VecDeque<Event>,
     /// Each log's segments as of the current pass.
     snapshots: [Vec<Arc<Segment>>; 2],
     /// Each log's head as of the last pass: when one moves, every client may have something
@@ -257,7 +266,15 @@ impl Pump {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut writable = Vec::new();
         let mut next_timer = Instant::now();
+        let mut last_turn = Instant::now();
         loop {
+            // While something is timed, a turn takes a pass, a rest and a wait of at most
+            // TIMER_EVERY: far less than PAUSED_AFTER, unless the process was stopped.
+            let gap = last_turn.elapsed();
+            last_turn = Instant::now();
+            if gap > PAUSED_AFTER && self.has_timers() {
+                self.paused(gap);
+            }
             self.take_jobs();
             // Every line goes to the plain log, so its appends count the lines.
             let appends = self.logs[0].appends();
@@ -395,7 +412,10 @@ impl Pump {
         if client.blocked {
             return false; // epoll says when it has room
         }
-        match client.delivery.send(&self.snapshots[dialect], head, self.trace) {
+        match client
+            .delivery
+            .send(&self.snapshots[dialect], head, self.trace)
+        {
             Sent::Lapped => {
                 if !self.evict(slot) {
                     // Already closing, and what it still had to get is gone.
@@ -452,7 +472,18 @@ impl Pump {
     }
 
     fn has_timers(&self) -> bool {
-        self.blocked > 0 || !self.draining.is_empty()
+        self.blocked > 0 || !self.draining.is_empty() || !self.leaves.is_empty()
+    }
+
+    /// The process was stopped for `gap`: nobody's write timeout or grace ran meanwhile.
+    fn paused(&mut self, gap: Duration) {
+        let now = Instant::now();
+        for client in self.clients.iter_mut().flatten() {
+            client.last_progress = (client.last_progress + gap).min(now);
+        }
+        for (_, since) in &mut self.draining {
+            *since = (*since + gap).min(now);
+        }
     }
 
     /// Drops blocked clients whose socket has taken nothing for the write timeout, and shuts
@@ -468,17 +499,21 @@ impl Pump {
         for slot in timed_out {
             self.drop_client(slot, "write timed out; dropped");
         }
-        self.draining.retain(|(outbox, deadline)| {
+        let write_timeout = self.write_timeout;
+        self.draining.retain(|(outbox, since)| {
             if outbox.is_reader_done() {
                 return false;
             }
-            if now < *deadline {
+            let waited = now.saturating_duration_since(*since);
+            let delivered = sys::unsent_bytes(&outbox.socket) == 0;
+            if (waited < CLOSE_GRACE || !delivered) && waited < write_timeout {
                 return true;
             }
-            // Wakes the reader, which ends.
+            // Wakes the reader, which ends its drain.
             let _ = outbox.socket.shutdown(Shutdown::Both);
             false
         });
+        self.hand_over_leaves();
         if mem::take(&mut self.trim_due) {
             self.logs.iter().for_each(LogReader::trim);
         }
@@ -493,7 +528,7 @@ impl Pump {
                 .decision(outbox.label(), "all sent; write side shut");
             let _ = outbox.socket.shutdown(Shutdown::Write);
             self.tell_room_if_ended(client.id, outbox.done(), false);
-            self.draining.push((outbox, now + CLOSE_GRACE));
+            self.draining.push((outbox, now));
         }
     }
 
@@ -510,9 +545,27 @@ impl Pump {
 
     /// The client was still open until the writer ended it: the room must hear of the leave,
     /// since its reader may be asleep. `lost`: without a close, so it may come back.
-    fn tell_room_if_ended(&self, id: ClientId, ended: bool, lost: bool) {
+    fn tell_room_if_ended(&mut self, id: ClientId, ended: bool, lost: bool) {
         if ended {
-            let _ = self.events.send(Event::Leave { id, lost });
+            self.leaves.push_back(Event::Leave { id, lost });
+            self.hand_over_leaves();
+        }
+    }
+
+    /// Hands the room the leaves it can take now, in order; the rest wait for the next turn.
+    fn hand_over_leaves(&mut self) {
+        while let Some(leave) = self.leaves.pop_front() {
+            match self.events.try_send(leave) {
+                Ok(()) => {}
+                Err(TrySendError::Full(leave)) => {
+                    self.leaves.push_front(leave);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.leaves.clear();
+                    return;
+                }
+            }
         }
     }
 

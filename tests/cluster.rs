@@ -27,9 +27,9 @@ const PROMISED_MOST_BACKOFF: Duration = Duration::from_secs(4);
 /// What a loaded two-core CI machine may add to a promised time: scheduling delays for two
 /// or three instances, redis-server and the test, and the poll that notices.
 const MARGIN: Duration = Duration::from_secs(1);
-/// How often an instance retries leaves it owes (room.rs) and renews its heartbeat
-/// (cluster.rs): a line paid twice, or a dead instance reaped twice, would show up within
-/// this long of the first.
+/// How long to go on listening after a leave for a second one: the publisher sends a leave
+/// it owes again with its next batch, and the heartbeat looks for the dead every 3 s, so a
+/// leave paid twice, or a dead instance reaped twice, would show up well within this.
 const RETRY_OWED_EVERY: Duration = Duration::from_secs(1);
 
 const NOT_SENT: &str = " .... not sent: the room is unreachable";
@@ -136,12 +136,19 @@ fn leave_of(name: &str) -> String {
     format!(" .... {name} has left.")
 }
 
-/// The names Redis holds, and for whom.
+/// The names Redis holds, and the instance holding each (a name's value is
+/// `instance:client`).
 fn held_names(redis: &mut redis::Connection) -> HashMap<String, String> {
-    redis::cmd("HGETALL")
+    let held: HashMap<String, String> = redis::cmd("HGETALL")
         .arg("threadchat:nicknames")
         .query(redis)
-        .unwrap()
+        .unwrap();
+    held.into_iter()
+        .map(|(name, holder)| {
+            let instance = holder.split(':').next().unwrap_or_default().to_owned();
+            (name, instance)
+        })
+        .collect()
 }
 
 #[test]

@@ -68,13 +68,14 @@ fn read_up_to_a_marker(sender: usize, clients: &mut [Client]) -> Vec<Vec<String>
 }
 
 /// Says lines until one comes back to `listener`: the room works again. Returns how long it
-/// took, and the lines the speaker heard meanwhile.
+/// took, and the other lines the listener heard meanwhile.
 fn until_a_line_gets_through(
     speaker: &mut Client,
     listener: &mut Client,
     limit: Duration,
-) -> Duration {
+) -> (Duration, Vec<String>) {
     let start = Instant::now();
+    let mut heard = Vec::new();
     for attempt in 0.. {
         assert!(start.elapsed() < limit, "no line got through in {limit:?}");
         let text = format!("probe {attempt}");
@@ -85,8 +86,9 @@ fn until_a_line_gets_through(
             line_within(listener, until.saturating_duration_since(Instant::now()))
         {
             if line == want {
-                return start.elapsed();
+                return (start.elapsed(), heard);
             }
+            heard.push(line);
         }
     }
     unreachable!()
@@ -332,29 +334,46 @@ fn after_redis_restarts_empty_lines_flow_and_every_name_is_held_again() {
         instance_with(&redis.url(), &[]),
     );
     let mut clients = vec![one.join(), two.join()];
-    settle(&mut clients);
+    // One more comes and goes before the restart: its name must not come back.
+    let departed = one.join();
+    let departed_name = departed.nickname.clone();
+    drop(departed);
+    let left = format!(" .... {departed_name} has left.");
+    for client in &mut clients {
+        client.until(&left);
+    }
     let holders = [instance_id(&one), instance_id(&two)];
 
     redis.restart_empty();
     let (a, b) = clients.split_at_mut(1);
-    let took = until_a_line_gets_through(&mut a[0], &mut b[0], Duration::from_secs(10));
+    let (took, heard) = until_a_line_gets_through(&mut a[0], &mut b[0], Duration::from_secs(10));
     assert!(
         took < Duration::from_secs(5),
         "lines flowed again after {took:?}"
     );
     let mut connection = redis.connection();
-    for (client, holder) in clients.iter().zip(&holders) {
-        eventually("the name to be held again", || {
+    for (client, instance) in clients.iter().zip(&holders) {
+        // A name's value is "instance:client".
+        eventually("the name to be held again by its instance", || {
             redis::cmd("HGET")
                 .arg("threadchat:nicknames")
                 .arg(&client.nickname)
                 .query::<Option<String>>(&mut connection)
                 .ok()
                 .flatten()
-                .as_ref()
-                == Some(holder)
+                .is_some_and(|h| h.starts_with(&format!("{instance}:")))
         });
     }
+    let held: Vec<String> = redis::cmd("HKEYS")
+        .arg("threadchat:nicknames")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(held.len(), 2, "only the connected clients' names: {held:?}");
+    // The lost lines are said to be lost, once, not once a second while the room is quiet.
+    let mut heard = heard;
+    heard.extend(read_up_to_a_marker(0, &mut clients).remove(1));
+    let marks = heard.iter().filter(|l| *l == MISSED).count();
+    assert!(marks <= 1, "{marks} marks: {heard:?}");
 }
 
 #[test]
@@ -396,7 +415,7 @@ fn a_redis_that_turned_read_only_refuses_lines_aloud_and_logs_a_few_lines() {
         .query(&mut connection)
         .unwrap();
     let (a, b) = clients.split_at_mut(1);
-    until_a_line_gets_through(&mut a[0], &mut b[0], Duration::from_secs(15));
+    let _ = until_a_line_gets_through(&mut a[0], &mut b[0], Duration::from_secs(15));
     for server in [&one, &two] {
         let complaints = server
             .stderr()

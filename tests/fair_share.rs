@@ -243,3 +243,30 @@ fn a_page_request_head_over_16_kib_gets_431() {
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }
+
+#[test]
+fn a_page_connection_lives_at_most_a_head_and_a_response_however_it_trickles() {
+    let server = Server::start(&["--handshake-timeout", "1", "--write-timeout", "1"]);
+    let mut socket = TcpStream::connect(server.http).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let opened = Instant::now();
+    // Whole requests, each well within the idle and head deadlines, each answered: without
+    // a bound on the connection's life, it would hold its place for ever.
+    let mut answered = 0;
+    let closed = loop {
+        let asked = socket.write_all(b"GET /config.js HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut reply = [0u8; 4096];
+        match (asked, socket.read(&mut reply)) {
+            (Ok(()), Ok(n)) if n > 0 => answered += 1,
+            _ => break opened.elapsed(),
+        }
+        assert!(
+            opened.elapsed() < PATIENCE,
+            "still open after {answered} requests"
+        );
+        std::thread::sleep(Duration::from_millis(200)); // the pace of the trickle
+    };
+    assert!(answered >= 2, "the connection was kept alive for a while");
+    // A head's time and a response's time: 2 s; a second more for a loaded machine.
+    assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+}

@@ -225,3 +225,41 @@ fn contradictory_timing_settings_are_refused_naming_both_flags() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_pause_longer_than_the_write_timeout_drops_no_client_that_was_waiting_to_be_written_to() {
+    let server = Server::start(&[
+        "--rate-limit",
+        "0",
+        "--write-timeout",
+        "2",
+        "--max-lag-bytes",
+        "67108864",
+    ]);
+    let mut sender = server.join();
+    let mut late = quiet_client(&server);
+    let late_name = sender.line();
+    // The late reader reads nothing while 8 MB go by, in well under the write timeout: its
+    // socket fills, and its writer waits for it.
+    let line = "l".repeat(60 * 1024);
+    let mine = format!("{}: {line}", sender.nickname);
+    for _ in 0..140 {
+        sender.say(&line);
+        assert_eq!(sender.line(), mine);
+    }
+    // Stopped for twice the write timeout, then it reads at once: nothing is lost.
+    pause_process(server.pid(), Duration::from_secs(4));
+    assert_eq!(read_text(&mut late), late_name, "its own join comes first");
+    let mut got = 0;
+    while got < 140 {
+        match read_text(&mut late) {
+            text if text == mine => got += 1,
+            other => panic!("unexpected {other:.60}"),
+        }
+    }
+    sender.say("still there?");
+    assert_eq!(
+        read_text(&mut late),
+        format!("{}: still there?", sender.nickname)
+    );
+}
