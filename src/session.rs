@@ -226,7 +226,7 @@ mod tests {
         ));
         assert!(matches!(
             sessions.back_to(Position(0, 4), 60, 25),
-            Return::After { at: 50, missed: 2 }
+            Return::After { at: 40, missed: 2 }
         ));
         assert!(matches!(
             sessions.back_to(Position(0, 99), 60, 25),
