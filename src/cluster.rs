@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use redis::{Connection, Value};
 
-use crate::event::{ClientId, Entry, Event, Item, Refusal};
+use crate::event::{ClientId, Entry, Event, Item, Refusal, Resumed};
 use crate::order::Placement;
 use crate::trace::Trace;
 
@@ -49,6 +49,12 @@ const NICKNAMES: &str = "threadchat:nicknames";
 const INSTANCES: &str = "threadchat:instances";
 /// A random value set once per Redis data set: it changes only when Redis lost its data.
 const EPOCH: &str = "threadchat:epoch";
+/// Nickname -> the token of its session, for a client of the resume dialect. The session
+/// itself is the hash `threadchat:session:<token>`: its nickname, and the `holder` of the
+/// name (`instance:client`).
+const SESSION_NAMES: &str = "threadchat:session-names";
+/// Token -> when (ms, Redis's clock) a dropped session's window ends.
+const DETACHED: &str = "threadchat:detached";
 
 /// How often an instance renews its heartbeat and looks for dead ones.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
@@ -73,6 +79,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MOST: Duration = Duration::from_secs(4);
 /// How long a stopping server waits for its last leaves to reach Redis.
 const FLUSH_FOR: Duration = Duration::from_secs(1);
+/// Sessions whose window has ended, ended by one heartbeat at most.
+const MOST_EXPIRED_PER_BEAT: usize = 1000;
 
 /// Checks, for every script that places a line, that Redis still has our data (the epoch)
 /// and that this instance was not reaped, and takes the request's number. The instance's hash
@@ -99,14 +107,32 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4])
 ";
 
 /// A join: claims the name for this instance's client (the name's value is
-/// `instance:client`), records it as held, and announces it; or answers 'taken'.
-/// KEYS: epoch, instance, stream, nicknames, held:<instance>.
-/// ARGV: epoch, number, max entries, line, nickname, instance:client.
+/// `instance:client`), records it as held, opens its session if it has a token, and
+/// announces it; or answers 'taken'.
+/// KEYS: epoch, instance, stream, nicknames, held:<instance>, session names.
+/// ARGV: epoch, number, max entries, line, nickname, instance:client, token or ''.
 const JOIN: &str = "
 local refused = admit() if refused then return refused end
 if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[6]) == 0 then return 'taken' end
 redis.call('SADD', KEYS[5], ARGV[5])
+if ARGV[7] ~= '' then
+  redis.call('HSET', 'threadchat:session:' .. ARGV[7], 'nickname', ARGV[5], 'holder', ARGV[6])
+  redis.call('HSET', KEYS[6], ARGV[5], ARGV[7])
+end
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4], 'joined', ARGV[6])
+";
+
+/// Ends the session of name `name`, if it has one. The session keys are derived from the
+/// token, so the cluster needs one Redis (or a primary with replicas), not a Redis Cluster.
+const END_SESSION: &str = "
+local function end_session(name)
+  local token = redis.call('HGET', 'threadchat:session-names', name)
+  if token then
+    redis.call('HDEL', 'threadchat:session-names', name)
+    redis.call('DEL', 'threadchat:session:' .. token)
+    redis.call('ZREM', 'threadchat:detached', token)
+  end
+end
 ";
 
 /// A leave, announced only if the name is still this very client's: no retry, reap or race
@@ -119,7 +145,72 @@ if redis.call('HGET', KEYS[2], 'reaped') then return 'fenced' end
 if redis.call('HGET', KEYS[4], ARGV[4]) ~= ARGV[5] then return 'gone' end
 redis.call('HDEL', KEYS[4], ARGV[4])
 redis.call('SREM', KEYS[5], ARGV[4])
+end_session(ARGV[4])
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'line', ARGV[3])
+";
+
+/// A resumable client dropped without a close: if the name is still this very client's, its
+/// session waits for it until the window ends (on Redis's clock), the name still taken and
+/// nothing announced; the name is no longer this instance's to claim again. Without a
+/// session (Redis lost it), an ordinary leave.
+/// KEYS: epoch, instance, stream, nicknames, held, session names, detached.
+/// ARGV: epoch, max entries, leave line, nickname, instance:client, window (ms).
+const DETACH: &str = "
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+if redis.call('HGET', KEYS[2], 'reaped') then return 'fenced' end
+if redis.call('HGET', KEYS[4], ARGV[4]) ~= ARGV[5] then return 'gone' end
+redis.call('SREM', KEYS[5], ARGV[4])
+local token = redis.call('HGET', KEYS[6], ARGV[4])
+if token and redis.call('EXISTS', 'threadchat:session:' .. token) == 1 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[7], t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[6], token)
+  return 'detached'
+end
+redis.call('HDEL', KEYS[4], ARGV[4])
+end_session(ARGV[4])
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'line', ARGV[3])
+";
+
+/// A client presents a session's token: its name moves to this instance's client, unheard,
+/// and a stream entry without a line tells every instance (the one that had the session
+/// closes its connection if it still has it). 'unknown' if no session has the token, or its
+/// name is no longer its own.
+/// KEYS: epoch, instance, stream, nicknames, held:<instance>, detached.
+/// ARGV: epoch, number, max entries, instance:client, token.
+const RESUME: &str = "
+local refused = admit() if refused then return refused end
+local key = 'threadchat:session:' .. ARGV[5]
+local s = redis.call('HMGET', key, 'nickname', 'holder')
+if not s[1] or redis.call('HGET', KEYS[4], s[1]) ~= s[2] then return 'unknown' end
+redis.call('SREM', 'threadchat:held:' .. string.match(s[2], '^(.*):'), s[1])
+redis.call('HSET', KEYS[4], s[1], ARGV[4])
+redis.call('SADD', KEYS[5], s[1])
+redis.call('HSET', key, 'holder', ARGV[4])
+redis.call('ZREM', KEYS[6], ARGV[5])
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'resumed', ARGV[4], 'from', s[2], 'nickname', s[1])
+";
+
+/// Ends the sessions whose window ended (on Redis's clock) without their client: each is
+/// announced as left once, if its name is still its own. Any instance may run it.
+/// KEYS: detached, nicknames, stream. ARGV: max entries, most sessions.
+const EXPIRE: &str = "
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local count = 0
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[2])) do
+  local s = redis.call('HMGET', 'threadchat:session:' .. token, 'nickname', 'holder')
+  redis.call('ZREM', KEYS[1], token)
+  redis.call('DEL', 'threadchat:session:' .. token)
+  if s[1] and redis.call('HGET', 'threadchat:session-names', s[1]) == token then
+    redis.call('HDEL', 'threadchat:session-names', s[1])
+  end
+  if s[1] and redis.call('HGET', KEYS[2], s[1]) == s[2] then
+    redis.call('HDEL', KEYS[2], s[1])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'line', ' .... ' .. s[1] .. ' has left.')
+    count = count + 1
+  end
+end
+return count
 ";
 
 /// After lost replies: returns the highest number applied, and raises the floor to
@@ -168,9 +259,10 @@ return 'ok'
 
 /// If instance ARGV[1] is still listed but its heartbeat has expired: announces each of its
 /// clients as left (those whose names are still theirs), frees their names, fences it, and
-/// forgets it. Atomic, so one caller does it once.
+/// forgets it. A client with a session is not announced: its session waits for it, on any
+/// instance, for the window. Atomic, so one caller does it once.
 /// KEYS: instances, alive:<dead>, held:<dead>, stream, nicknames, instance:<dead>.
-/// ARGV: dead, max entries, fence time to live (s).
+/// ARGV: dead, max entries, fence time to live (s), window (ms).
 const REAP: &str = "
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then
   return -1
@@ -181,9 +273,15 @@ local count = 0
 for _, name in ipairs(names) do
   local holder = redis.call('HGET', KEYS[5], name)
   if holder and string.sub(holder, 1, #prefix) == prefix then
-    redis.call('HDEL', KEYS[5], name)
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', ' .... ' .. name .. ' has left.')
-    count = count + 1
+    local token = redis.call('HGET', 'threadchat:session-names', name)
+    if token and redis.call('EXISTS', 'threadchat:session:' .. token) == 1 then
+      local t = redis.call('TIME')
+      redis.call('ZADD', 'threadchat:detached', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[4], token)
+    else
+      redis.call('HDEL', KEYS[5], name)
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', ' .... ' .. name .. ' has left.')
+      count = count + 1
+    end
   end
 end
 redis.call('DEL', KEYS[3])
@@ -192,6 +290,10 @@ redis.call('HSET', KEYS[6], 'reaped', 1)
 redis.call('EXPIRE', KEYS[6], ARGV[3])
 return count
 ";
+
+fn session_key(token: &str) -> String {
+    format!("threadchat:session:{token}")
+}
 
 fn alive_key(instance: &str) -> String {
     format!("threadchat:alive:{instance}")
@@ -253,6 +355,9 @@ struct Scripts {
     say: Script,
     join: Script,
     leave: Script,
+    detach: Script,
+    resume: Script,
+    expire: Script,
     settle: Script,
     register: Script,
     register_names: Script,
@@ -266,7 +371,10 @@ impl Scripts {
         Scripts {
             say: placing(SAY),
             join: placing(JOIN),
-            leave: Script::new(LEAVE),
+            leave: Script::new(&format!("{END_SESSION}{LEAVE}")),
+            detach: Script::new(&format!("{END_SESSION}{DETACH}")),
+            resume: placing(RESUME),
+            expire: Script::new(EXPIRE),
             settle: Script::new(SETTLE),
             register: Script::new(REGISTER),
             register_names: Script::new(REGISTER_NAMES),
@@ -275,11 +383,14 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 11] {
         [
             &self.say,
             &self.join,
             &self.leave,
+            &self.detach,
+            &self.resume,
+            &self.expire,
             &self.settle,
             &self.register,
             &self.register_names,
@@ -453,6 +564,9 @@ enum Job {
     /// The room has closed every client after the fencing: what it sends from now on is
     /// for the instance under its new name.
     Restarted,
+    /// A resumed session moved a name to this instance's client, or away from this
+    /// instance (`None`).
+    Holds(String, Option<ClientId>),
     /// The server is stopping: answer once what is waiting has been sent.
     Flush(Sender<()>),
 }
@@ -469,6 +583,7 @@ impl Publisher {
     pub fn start(
         url: &str,
         max_entries: u64,
+        resume_window: Duration,
         trace: Trace,
         events: Sender<Event>,
     ) -> Result<Publisher, String> {
@@ -495,7 +610,7 @@ impl Publisher {
             .map_err(|e| unreachable(e.to_string()))?;
         let from = entries_of(&last)
             .first()
-            .map_or_else(|| "0-0".to_owned(), |e| e.0.clone());
+            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
         let identity = Arc::new(Mutex::new(Identity {
             instance: new_instance_name(),
             epoch: opened.epoch,
@@ -507,6 +622,7 @@ impl Publisher {
             jobs: jobs.clone(),
             healthy_since: None,
             max_entries,
+            window_ms: resume_window.as_millis() as u64,
         };
         if !heartbeat.beat() {
             return Err(unreachable("the first heartbeat failed".into()));
@@ -527,6 +643,7 @@ impl Publisher {
             owed: Vec::new(),
             fenced: false,
             max_entries,
+            window_ms: resume_window.as_millis() as u64,
             trace,
         };
         spawn("publisher", move || desk.run())?;
@@ -548,7 +665,7 @@ impl Publisher {
     /// only when Redis cannot keep up: it is refused at once.
     pub fn submit(&self, item: Item) -> Placement {
         let full = self.jobs.len() >= PUBLISH_QUEUE;
-        if full && !matches!(item, Item::Leave { .. }) {
+        if full && !matches!(item, Item::Leave { .. } | Item::Detach { .. }) {
             return Placement::Refused(item, Refusal::Unreachable);
         }
         match self.jobs.send(Job::Item(item)) {
@@ -558,6 +675,12 @@ impl Publisher {
             }
             Err(_) => Placement::Later,
         }
+    }
+
+    /// A resumed session's name is now held by this instance's `client`, or (`None`) no
+    /// longer by this instance.
+    pub fn holds(&self, nickname: &str, client: Option<ClientId>) {
+        let _ = self.jobs.send(Job::Holds(nickname.to_owned(), client));
     }
 
     /// The room has closed every client after hearing it was fenced.
@@ -607,12 +730,14 @@ struct Desk {
     /// The number of the last request that places a line.
     number: u64,
     doubtful: Vec<Doubtful>,
-    /// Leaves not yet placed: kept until Redis takes them.
-    owed: Vec<(String, ClientId)>,
+    /// Leaves and detaches not yet placed: kept until Redis takes them.
+    owed: Vec<Item>,
     /// Fenced, and the room has not yet closed its clients: what it sent before is for names
     /// the others freed, and is refused.
     fenced: bool,
     max_entries: u64,
+    /// How long a dropped session waits for its client.
+    window_ms: u64,
     trace: Trace,
 }
 
@@ -743,12 +868,16 @@ impl Desk {
         let mut register = false;
         for job in jobs {
             match job {
-                Job::Item(Item::Leave { id, nickname }) => self.owed.push((nickname, id)),
+                Job::Item(item @ (Item::Leave { .. } | Item::Detach { .. })) => {
+                    self.owed.push(item)
+                }
                 Job::Item(item) if self.fenced => self.refuse(item, Refusal::Unreachable),
                 Job::Item(item) => items.push(item),
                 Job::Register => register = true,
                 Job::Fenced(instance) => self.fenced(&instance),
                 Job::Restarted => self.fenced = false,
+                Job::Holds(nickname, Some(id)) => drop(self.held.insert(nickname, id)),
+                Job::Holds(nickname, None) => drop(self.held.remove(&nickname)),
                 Job::Flush(done) => flushes.push(done),
             }
         }
@@ -780,20 +909,31 @@ impl Desk {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let leaves = std::mem::take(&mut self.owed);
-        for (nickname, id) in &leaves {
-            let line = Item::Leave {
-                id: *id,
-                nickname: nickname.clone(),
-            }
-            .line();
-            let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held];
+        for item in &leaves {
+            let (Item::Leave { id, nickname } | Item::Detach { id, nickname }) = item else {
+                continue;
+            };
+            let keys = [
+                EPOCH,
+                &marks,
+                STREAM,
+                NICKNAMES,
+                &held,
+                SESSION_NAMES,
+                DETACHED,
+            ];
+            let script = match item {
+                Item::Detach { .. } => &self.scripts.detach,
+                _ => &self.scripts.leave,
+            };
             pipe.add_command(
-                script_call(&self.scripts.leave, &keys)
+                script_call(script, &keys)
                     .arg(&who.epoch)
                     .arg(self.max_entries)
-                    .arg(line)
+                    .arg(item.line())
                     .arg(nickname)
                     .arg(holder(&who.instance, *id))
+                    .arg(self.window_ms)
                     .clone(),
             );
         }
@@ -801,15 +941,30 @@ impl Desk {
         for item in items {
             self.number += 1;
             let cmd = match &item {
-                Item::Join { id, nickname } => {
-                    let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held];
+                Item::Join {
+                    id,
+                    nickname,
+                    session,
+                } => {
+                    let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held, SESSION_NAMES];
                     let mut cmd = script_call(&self.scripts.join, &keys);
                     cmd.arg(&who.epoch)
                         .arg(self.number)
                         .arg(self.max_entries)
                         .arg(item.line())
                         .arg(nickname)
-                        .arg(holder(&who.instance, *id));
+                        .arg(holder(&who.instance, *id))
+                        .arg(session.as_deref().unwrap_or(""));
+                    cmd
+                }
+                Item::Resume { id, token } => {
+                    let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held, DETACHED];
+                    let mut cmd = script_call(&self.scripts.resume, &keys);
+                    cmd.arg(&who.epoch)
+                        .arg(self.number)
+                        .arg(self.max_entries)
+                        .arg(holder(&who.instance, *id))
+                        .arg(token);
                     cmd
                 }
                 _ => {
@@ -840,31 +995,32 @@ impl Desk {
         self.connection = Some(connection);
         let mut replies = replies.iter().map(reply_of);
         let mut trouble = None;
-        for (nickname, id) in leaves {
+        for item in leaves {
             match replies.next() {
                 Some(Reply::Placed(at)) => {
-                    self.held.remove(&nickname);
-                    self.traced("leave", &at, &nickname);
+                    self.traced("leave", &at, &item.line());
+                    self.no_longer_held(&item);
                 }
-                Some(Reply::Not(why)) if why == "gone" => {
-                    self.held.remove(&nickname);
+                Some(Reply::Not(why)) if why == "gone" || why == "detached" => {
+                    self.no_longer_held(&item);
                 }
                 Some(Reply::Not(why)) => {
-                    self.owed.push((nickname, id));
+                    self.owed.push(item);
                     Trouble::note(&mut trouble, why);
                 }
-                None => self.owed.push((nickname, id)),
+                None => self.owed.push(item),
             }
         }
         for Doubtful { item, .. } in sent {
             match replies.next() {
                 Some(Reply::Placed(at)) => {
-                    if let Item::Join { id, nickname } = &item {
+                    if let Item::Join { id, nickname, .. } = &item {
                         self.held.insert(nickname.clone(), *id);
                     }
                     self.traced("XADD", &at, &item.line());
                 }
                 Some(Reply::Not(why)) if why == "taken" => self.refuse(item, Refusal::Taken),
+                Some(Reply::Not(why)) if why == "unknown" => self.refuse(item, Refusal::Unknown),
                 Some(Reply::Not(why)) => {
                     self.traced("refused", &why, &item.line());
                     self.refuse(item, Refusal::Unreachable);
@@ -881,6 +1037,14 @@ impl Desk {
             Some(Trouble::Lost) => self.register(),
             Some(Trouble::Away(why)) => self.lost_connection(&why),
             None => {}
+        }
+    }
+
+    /// A leave or a detach went through (or was moot): the name is no longer this
+    /// instance's to claim again.
+    fn no_longer_held(&mut self, item: &Item) {
+        if let Item::Leave { nickname, .. } | Item::Detach { nickname, .. } = item {
+            self.held.remove(nickname);
         }
     }
 
@@ -901,8 +1065,14 @@ impl Desk {
                 .clone(),
         );
         for doubtful in &self.doubtful {
-            if let Item::Join { nickname, .. } = &doubtful.item {
-                pipe.cmd("HGET").arg(NICKNAMES).arg(nickname);
+            match &doubtful.item {
+                Item::Join { nickname, .. } => {
+                    pipe.cmd("HGET").arg(NICKNAMES).arg(nickname);
+                }
+                Item::Resume { token, .. } => {
+                    pipe.cmd("HGET").arg(session_key(token)).arg("holder");
+                }
+                _ => {}
             }
         }
         let Some(connection) = self.connection.as_mut() else {
@@ -925,17 +1095,22 @@ impl Desk {
         };
         for Doubtful { number, item } in std::mem::take(&mut self.doubtful) {
             let holder_now = match &item {
-                Item::Join { .. } => replies.next().and_then(text),
+                Item::Join { .. } | Item::Resume { .. } => replies.next().and_then(text),
                 _ => None,
             };
             if number > applied {
                 self.refuse(item, Refusal::Unreachable);
-            } else if let Item::Join { id, nickname } = &item {
+            } else if let Item::Join { id, nickname, .. } = &item {
                 // Applied: its join line is in the stream, unless the name was taken.
                 if holder_now == Some(holder(&who.instance, *id)) {
                     self.held.insert(nickname.clone(), *id);
                 } else {
                     self.refuse(item, Refusal::Taken);
+                }
+            } else if let Item::Resume { id, .. } = &item {
+                // Applied: its entry is in the stream, unless the token was unknown.
+                if holder_now != Some(holder(&who.instance, *id)) {
+                    self.refuse(item, Refusal::Unknown);
                 }
             }
             // An applied line simply comes back through the stream.
@@ -1020,6 +1195,7 @@ impl Desk {
                 .arg(instance)
                 .arg(self.max_entries)
                 .arg(FENCE_KEEP.as_secs())
+                .arg(self.window_ms)
                 .query(connection);
         }
         for Doubtful { item, .. } in std::mem::take(&mut self.doubtful) {
@@ -1049,6 +1225,7 @@ struct Heartbeat {
     jobs: Sender<Job>,
     healthy_since: Option<Instant>,
     max_entries: u64,
+    window_ms: u64,
 }
 
 impl Heartbeat {
@@ -1072,6 +1249,9 @@ impl Heartbeat {
             let healthy_for = self.beat().then(|| self.healthy_since.map(|t| t.elapsed()));
             if healthy_for.flatten() >= Some(HEARTBEAT_TTL) {
                 self.reap_the_dead();
+            }
+            if healthy_for.is_some() {
+                self.expire_sessions();
             }
         }
     }
@@ -1106,6 +1286,22 @@ impl Heartbeat {
         false
     }
 
+    /// Ends the dropped sessions whose window has ended: their leaves are announced once,
+    /// whichever instance runs it first.
+    fn expire_sessions(&mut self) {
+        let scripts = self.link.scripts.clone();
+        let max_entries = self.max_entries;
+        let ended: Option<i64> = self.link.call(CALL_TIMEOUT, |c| {
+            script_call(&scripts.expire, &[DETACHED, NICKNAMES, STREAM])
+                .arg(max_entries)
+                .arg(MOST_EXPIRED_PER_BEAT)
+                .query(c)
+        });
+        if let Some(count) = ended.filter(|n| *n > 0) {
+            eprintln!("threadchat: {count} dropped session(s) ended: announced as left");
+        }
+    }
+
     /// Announces the clients of every instance whose heartbeat has expired as left.
     fn reap_the_dead(&mut self) {
         let ours = identity(&self.identity).instance.clone();
@@ -1118,7 +1314,7 @@ impl Heartbeat {
         };
         let scripts = self.link.scripts.clone();
         for dead in instances.iter().filter(|i| **i != ours) {
-            let max_entries = self.max_entries;
+            let (max_entries, window_ms) = (self.max_entries, self.window_ms);
             let (alive, held, done) = (alive_key(dead), held_key(dead), instance_key(dead));
             let keys = [INSTANCES, &alive, &held, STREAM, NICKNAMES, &done];
             let reaped: Option<i64> = self.link.call(CALL_TIMEOUT, |c| {
@@ -1126,6 +1322,7 @@ impl Heartbeat {
                     .arg(dead)
                     .arg(max_entries)
                     .arg(FENCE_KEEP.as_secs())
+                    .arg(window_ms)
                     .query(c)
             });
             // Redis went away: the rest waits for the next heartbeat, which must come first.
@@ -1193,7 +1390,7 @@ fn read_stream(
             Some(Value::Array(streams)) => streams.first().map(entries_of).unwrap_or_default(),
             _ => continue, // nothing new within READ_BLOCK
         };
-        let Some((last, _, _)) = read.last() else {
+        let Some(Raw { id: last, .. }) = read.last() else {
             continue;
         };
         if trace.is_on() {
@@ -1205,12 +1402,20 @@ fn read_stream(
         }
         from = last.clone();
         let ours = identity(&identity_of).instance.clone();
+        let ours = |holder: Option<Holder>| {
+            holder.and_then(|(instance, id)| (instance == ours).then_some(id))
+        };
         let entries = read
             .into_iter()
-            .map(|(id, line, joined)| Entry {
-                line,
-                joined: joined.and_then(|(instance, id)| (instance == ours).then_some(id)),
-                position: id.parse().ok(),
+            .map(|raw| Entry {
+                line: raw.line,
+                joined: ours(raw.joined),
+                position: raw.id.parse().ok(),
+                resumed: raw.resumed.map(|(nickname, by, from)| Resumed {
+                    nickname,
+                    by: ours(by),
+                    from: ours(from),
+                }),
             })
             .collect();
         if events.send(Event::Stream(entries)).is_err() {
@@ -1219,9 +1424,20 @@ fn read_stream(
     }
 }
 
-/// One entry as the stream carries it: its ID, its line, and for a join the instance and the
-/// client it announces.
-type Raw = (String, String, Option<(String, ClientId)>);
+/// Which instance's which client holds a name: `instance:client`, read.
+type Holder = (String, ClientId);
+
+/// One entry as the stream carries it.
+#[derive(Debug, Default, PartialEq)]
+struct Raw {
+    id: String,
+    line: String,
+    /// For a join: the instance and the client it announces.
+    joined: Option<Holder>,
+    /// For a resumed session: its nickname, the client that takes it and the one that had
+    /// it.
+    resumed: Option<(String, Option<Holder>, Option<Holder>)>,
+}
 
 /// The entries in an XREAD stream reply `[name, [[id, [field, value, ...]], ...]]`, or in an
 /// XRANGE reply `[[id, [field, value, ...]], ...]`.
@@ -1239,6 +1455,12 @@ fn entries_of(reply: &Value) -> Vec<Raw> {
     list.iter().filter_map(entry_of).collect()
 }
 
+/// `instance:client`, as a name's holder is written.
+fn holder_of(text: &str) -> Option<Holder> {
+    let (instance, client) = text.rsplit_once(':')?;
+    Some((instance.to_owned(), client.parse().ok()?))
+}
+
 fn entry_of(value: &Value) -> Option<Raw> {
     let Value::Array(parts) = value else {
         return None;
@@ -1246,23 +1468,28 @@ fn entry_of(value: &Value) -> Option<Raw> {
     let [id, Value::Array(fields)] = parts.as_slice() else {
         return None;
     };
-    let mut line = String::new();
-    let mut joined = None;
+    let mut raw = Raw {
+        id: text(id)?,
+        ..Raw::default()
+    };
+    let (mut by, mut from, mut nickname) = (None, None, None);
     for pair in fields.chunks(2) {
-        match (
-            pair.first().and_then(text).as_deref(),
-            pair.get(1).and_then(text),
-        ) {
-            (Some("line"), Some(text)) => line = text,
-            (Some("joined"), Some(who)) => {
-                joined = who.rsplit_once(':').and_then(|(instance, client)| {
-                    Some((instance.to_owned(), client.parse().ok()?))
-                });
-            }
+        let Some(value) = pair.get(1).and_then(text) else {
+            continue;
+        };
+        match pair.first().and_then(text).as_deref() {
+            Some("line") => raw.line = value,
+            Some("joined") => raw.joined = holder_of(&value),
+            Some("resumed") => by = Some(holder_of(&value)),
+            Some("from") => from = Some(holder_of(&value)),
+            Some("nickname") => nickname = Some(value),
             _ => {}
         }
     }
-    Some((text(id)?, line, joined))
+    if let (Some(nickname), Some(by), Some(from)) = (nickname, by, from) {
+        raw.resumed = Some((nickname, by, from));
+    }
+    Some(raw)
 }
 
 fn text(value: &Value) -> Option<String> {
@@ -1298,14 +1525,24 @@ mod tests {
                     "2-0",
                     &["line", " .... user-2 has joined.", "joined", "abc:7"],
                 ),
+                entry(
+                    "3-0",
+                    &["resumed", "def:9", "from", "abc:8", "nickname", "user-3"],
+                ),
             ]),
         ]);
         let entries = entries_of(&reply);
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].1, "user-1: hi");
-        assert_eq!(entries[0].2, None);
-        assert_eq!(entries[1].0, "2-0");
-        assert_eq!(entries[1].2, Some(("abc".to_owned(), 7)));
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].line, "user-1: hi");
+        assert_eq!(entries[0].joined, None);
+        assert_eq!(entries[1].id, "2-0");
+        assert_eq!(entries[1].joined, Some(("abc".to_owned(), 7)));
+        let holder = |i: &str, c| Some((i.to_owned(), c));
+        assert_eq!(
+            entries[2].resumed,
+            Some(("user-3".to_owned(), holder("def", 9), holder("abc", 8)))
+        );
+        assert_eq!(entries[2].line, "", "a resume is no line");
     }
 
     #[test]

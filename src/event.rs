@@ -104,26 +104,45 @@ impl std::str::FromStr for Position {
 /// What the room asks a place in the order for.
 #[derive(Debug)]
 pub enum Item {
-    /// A newcomer's join, under a nickname drawn for it.
-    Join { id: ClientId, nickname: String },
+    /// A newcomer's join, under a nickname drawn for it; with the token of the session it
+    /// opens, for a client of the resume dialect (a shared order keeps the session).
+    Join {
+        id: ClientId,
+        nickname: String,
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        session: Option<String>,
+    },
     /// A line a member said, already prefixed with its nickname.
     Say { id: ClientId, line: String },
     /// A member's leave. Never refused: an order that cannot place it now keeps it. A shared
-    /// order announces it only if the name is still that client's.
+    /// order announces it only if the name is still that client's, and ends its session.
     Leave {
         #[cfg_attr(not(feature = "redis"), allow(dead_code))]
         id: ClientId,
         nickname: String,
     },
+    /// Shared order only: a resumable member dropped without a close. Its session waits
+    /// for it, on any instance, until the window ends; then its leave is placed. Kept like
+    /// a leave until the order takes it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Detach { id: ClientId, nickname: String },
+    /// Shared order only: a client presents the token of a session. Placed, it comes back
+    /// through the stream as an [`Entry`] with `resumed`; refused, the session is unknown.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Resume { id: ClientId, token: String },
 }
 
 impl Item {
-    /// The line everyone sees for this item: the wire contract's wording.
+    /// The line everyone sees for this item: the wire contract's wording. A resume has
+    /// none: nobody hears of it.
     pub fn line(&self) -> String {
         match self {
             Item::Join { nickname, .. } => format!(" .... {nickname} has joined."),
             Item::Say { line, .. } => line.clone(),
-            Item::Leave { nickname, .. } => format!(" .... {nickname} has left."),
+            Item::Leave { nickname, .. } | Item::Detach { nickname, .. } => {
+                format!(" .... {nickname} has left.")
+            }
+            Item::Resume { .. } => String::new(),
         }
     }
 
@@ -138,6 +157,7 @@ impl Item {
             line,
             joined,
             position: None,
+            resumed: None,
         }
     }
 }
@@ -150,6 +170,9 @@ pub enum Refusal {
     /// The shared order is out of reach, or too busy to take more.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Unreachable,
+    /// No session has that token (never had, expired, or Redis lost it).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Unknown,
 }
 
 /// One line in its place in the order.
@@ -161,6 +184,19 @@ pub struct Entry {
     /// Its place in a shared order (the stream's ID); `None` when this instance's own log
     /// is the order, which then numbers its lines itself.
     pub position: Option<Position>,
+    /// Not a line but a session that came back, somewhere in the cluster.
+    pub resumed: Option<Resumed>,
+}
+
+/// A session resumed on some instance: its name moved from one connection to another,
+/// unannounced. The room concerned by either end acts on it; the others ignore it.
+#[derive(Debug, PartialEq)]
+pub struct Resumed {
+    pub nickname: String,
+    /// This instance's connection that takes the session, if it is one of ours.
+    pub by: Option<ClientId>,
+    /// This instance's connection that had it, if it was one of ours.
+    pub from: Option<ClientId>,
 }
 
 #[cfg(test)]

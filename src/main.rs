@@ -258,8 +258,13 @@ fn choose_order(
     let Some(url) = &config.redis else {
         return Ok(Order::Local);
     };
-    let publisher =
-        cluster::Publisher::start(url, config.redis_max_entries, trace, events.clone())?;
+    let publisher = cluster::Publisher::start(
+        url,
+        config.redis_max_entries,
+        config.resume_window,
+        trace,
+        events.clone(),
+    )?;
     println!(
         "threadchat: room shared through {url} as instance {}",
         publisher.instance()

@@ -7,7 +7,7 @@
 //! answers the same way, so it never needs to know which it has.
 
 use crate::cluster::Publisher;
-use crate::event::{Entry, Item, Refusal};
+use crate::event::{ClientId, Entry, Item, Refusal};
 
 /// The answer to a request for a place.
 pub enum Placement {
@@ -35,6 +35,19 @@ impl Order {
         match self {
             Order::Local => Placement::Now(item.into_entry()),
             Order::Shared(publisher) => publisher.submit(item),
+        }
+    }
+
+    /// Whether other instances share the order (and the sessions).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Order::Shared(_))
+    }
+
+    /// A resumed session moved a name to this instance's client `Some(id)`, or away from
+    /// this instance (`None`): the names it claims again if Redis loses them follow.
+    pub fn holds(&mut self, nickname: &str, client: Option<ClientId>) {
+        if let Order::Shared(publisher) = self {
+            publisher.holds(nickname, client);
         }
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
 
-use crate::event::{ClientId, Entry, Event, Item, Position, Refusal, Resume};
+use crate::event::{ClientId, Entry, Event, Item, Position, Refusal, Resume, Resumed};
 use crate::log::Log;
 use crate::order::{Order, Placement};
 use crate::outbox::Outbox;
@@ -74,15 +74,27 @@ struct Newcomer {
     draws: usize,
     /// It left before its join was placed: announce the leave right after the join.
     gone: bool,
-    /// A client of the resume dialect: it gets a session once placed, after the mark that
-    /// lines may have been missed when it asked to resume one it could not.
-    fresh_session: Option<bool>,
+    /// It asked to resume a session that could not be: once placed, it hears the mark that
+    /// lines may have been missed before its new session's token.
+    missed: bool,
+}
+
+/// A client presenting a session to a shared order, waiting for the answer.
+struct Resumer {
+    from: String,
+    outbox: Arc<Outbox>,
+    token: Token,
+    /// The position of the last line it got.
+    position: Position,
+    /// It left while waiting: `Some(lost)`, as a leave would say.
+    gone: Option<bool>,
 }
 
 /// The nickname table and everything the broadcaster decides.
 pub struct Room {
     members: HashMap<ClientId, Member>,
     newcomers: HashMap<ClientId, Newcomer>,
+    resumers: HashMap<ClientId, Resumer>,
     /// The N of every `user-N` in use here, so a join finds a free name without a scan.
     taken: HashSet<u32>,
     /// Where each line gets its place: this log, or a stream shared with other instances.
@@ -110,9 +122,14 @@ impl Room {
         resume_window: Duration,
         trace: Trace,
     ) -> Room {
+        if order.is_shared() {
+            // A session may come back here from any instance: every line is numbered.
+            logs[1].keep(logs[1].reader().retention());
+        }
         Room {
             members: HashMap::new(),
             newcomers: HashMap::new(),
+            resumers: HashMap::new(),
             taken: HashSet::new(),
             order,
             logs,
@@ -179,12 +196,12 @@ impl Room {
                 nickname: format!("user-{number}"),
                 from,
                 outbox,
-                session: None,
+                session: fresh_session.map(|_| Sessions::new_token()),
                 holder: id,
             },
             draws: 1,
             gone: false,
-            fresh_session,
+            missed: fresh_session == Some(true),
         };
         self.ask_to_join(id, newcomer);
     }
@@ -201,17 +218,53 @@ impl Room {
         token: &str,
         position: Position,
     ) {
+        if self.order.is_shared() {
+            // The session lives in Redis: the answer comes back through the stream.
+            let token = token.to_owned();
+            self.resumers.insert(
+                id,
+                Resumer {
+                    from,
+                    outbox,
+                    token: token.clone(),
+                    position,
+                    gone: None,
+                },
+            );
+            return self.place(Item::Resume { id, token });
+        }
         let Some((session, before)) = self.sessions.attach(token, id) else {
             return self.handle_new_connection(id, from, outbox, Some(true));
         };
         let (nickname, number, holder) = (session.nickname.clone(), session.number, session.holder);
         if let Some(older) = before.and_then(|old| self.members.remove(&old)) {
-            let taken_over = wire::close_frame(wire::CLOSE_POLICY, "resumed on another connection");
-            self.writers[older.outbox.writer].close(&older.outbox, Some(taken_over));
+            self.taken_over(older);
         }
-        let _ = outbox.nickname.set(nickname.clone());
-        eprintln!("back  {nickname} from {from}");
-        self.trace.decision(&nickname, "resumed its session");
+        let member = Member {
+            number,
+            nickname,
+            from,
+            outbox,
+            session: Some(token.to_owned()),
+            holder,
+        };
+        self.take_back(id, member, position);
+    }
+
+    /// The connection that had a session is closed: another one took it over.
+    fn taken_over(&self, older: Member) {
+        let taken_over = wire::close_frame(wire::CLOSE_POLICY, "resumed on another connection");
+        self.writers[older.outbox.writer].close(&older.outbox, Some(taken_over));
+    }
+
+    /// A session is back on connection `id`: the member reads on right after the last line
+    /// it got (`resumed N`, then the N lines it missed) if the log still keeps it; else from
+    /// now on, after the mark that lines may have been missed.
+    fn take_back(&mut self, id: ClientId, member: Member, position: Position) {
+        let outbox = member.outbox.clone();
+        let _ = outbox.nickname.set(member.nickname.clone());
+        eprintln!("back  {} from {}", member.nickname, member.from);
+        self.trace.decision(&member.nickname, "resumed its session");
         let numbered = &self.logs[1];
         let writer = &self.writers[outbox.writer];
         let back = self
@@ -232,24 +285,55 @@ impl Room {
             let _ = writer.push(&outbox, wire::text_frame(MISSED_MARK));
             numbered.cursor_at(numbered.head())
         });
-        writer.add(id, outbox.clone(), cursor);
-        self.members.insert(
-            id,
-            Member {
-                number,
-                nickname,
-                from,
-                outbox,
-                session: Some(token.to_owned()),
-                holder,
-            },
-        );
+        writer.add(id, outbox, cursor);
+        self.members.insert(id, member);
+        self.peak = self.peak.max(self.members.len());
+    }
+
+    /// A session moved between connections somewhere in the cluster. The connection that
+    /// had it, if ours, is closed without a word (or was already gone); the one that takes
+    /// it, if ours, comes back under its name.
+    fn resumed(&mut self, resumed: Resumed) {
+        let Resumed { nickname, by, from } = resumed;
+        if let Some(older) = from.and_then(|old| self.members.remove(&old)) {
+            self.taken.remove(&older.number);
+            self.taken_over(older);
+        }
+        if from.is_some() && by.is_none() {
+            self.order.holds(&nickname, None);
+        }
+        let Some((id, resumer)) = by.and_then(|id| Some((id, self.resumers.remove(&id)?))) else {
+            return;
+        };
+        self.order.holds(&nickname, Some(id));
+        let number = nickname
+            .strip_prefix("user-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(NICKNAME_SPACE);
+        self.taken.insert(number);
+        let member = Member {
+            number,
+            nickname,
+            from: resumer.from,
+            outbox: resumer.outbox,
+            session: Some(resumer.token),
+            holder: id,
+        };
+        self.take_back(id, member, resumer.position);
+        if let Some(lost) = resumer.gone {
+            self.handle_close_connection(id, lost);
+        }
     }
 
     fn ask_to_join(&mut self, id: ClientId, newcomer: Newcomer) {
         let nickname = newcomer.member.nickname.clone();
+        let session = newcomer.member.session.clone();
         self.newcomers.insert(id, newcomer);
-        self.place(Item::Join { id, nickname });
+        self.place(Item::Join {
+            id,
+            nickname,
+            session,
+        });
     }
 
     /// Prefixes the sender's nickname and sends the line to every member, sender included.
@@ -269,10 +353,29 @@ impl Room {
             newcomer.gone = true;
             return;
         }
+        if let Some(resumer) = self.resumers.get_mut(&id) {
+            resumer.gone = Some(lost);
+            return;
+        }
         let Some(gone) = self.members.remove(&id) else {
             return;
         };
         match &gone.session {
+            Some(_) if lost && self.order.is_shared() => {
+                // The session waits in Redis, for whichever instance the client reaches.
+                eprintln!(
+                    "drop  {} from {}; its session waits",
+                    gone.nickname, gone.from
+                );
+                self.trace
+                    .decision(&gone.nickname, "dropped; its session waits for it");
+                self.taken.remove(&gone.number);
+                self.place(Item::Detach {
+                    id: gone.holder,
+                    nickname: gone.nickname,
+                });
+                return;
+            }
             Some(token) if lost => {
                 self.sessions.detach(token, Instant::now());
                 eprintln!(
@@ -325,9 +428,15 @@ impl Room {
         self.stop_numbering_if_unused();
     }
 
+    /// Whether lines are numbered for the resume dialect: while there are sessions, and
+    /// always in a cluster, where a session may come back from another instance.
+    fn numbering(&self) -> bool {
+        self.order.is_shared() || !self.sessions.is_empty()
+    }
+
     /// With no session left, nothing reads the numbered log or resumes into it.
     fn stop_numbering_if_unused(&mut self) {
-        if self.sessions.is_empty() {
+        if !self.numbering() {
             self.logs[1].keep(0);
             self.sessions.forget_lines();
         }
@@ -345,6 +454,9 @@ impl Room {
     /// A line has its place: everyone gets it. A newcomer's join makes it a member, reading
     /// from its own join line on.
     fn placed(&mut self, entry: Entry) {
+        if let Some(resumed) = entry.resumed {
+            return self.resumed(resumed);
+        }
         let Some((id, newcomer)) = entry
             .joined
             .and_then(|id| Some((id, self.newcomers.remove(&id)?)))
@@ -352,11 +464,11 @@ impl Room {
             self.append_line(&entry.line, entry.position);
             return;
         };
-        let mut member = newcomer.member;
+        let member = newcomer.member;
         let outbox = member.outbox.clone();
         let _ = outbox.nickname.set(member.nickname.clone());
-        if let Some(missed) = newcomer.fresh_session {
-            member.session = Some(self.open_session(id, &member, missed));
+        if member.session.is_some() {
+            self.open_session(id, &member, newcomer.missed);
         }
         eprintln!("join  {} from {}", member.nickname, member.from);
         self.trace.decision(&member.nickname, "joined the room");
@@ -370,13 +482,20 @@ impl Room {
     }
 
     /// A session for a newcomer of the resume dialect: it hears its token first, before its
-    /// own join line (after the mark that lines were missed, when `missed`).
-    fn open_session(&mut self, id: ClientId, member: &Member, missed: bool) -> Token {
-        if self.sessions.is_empty() {
+    /// own join line (after the mark that lines were missed, when `missed`). A shared order
+    /// keeps the session itself; here only this instance's table does.
+    fn open_session(&mut self, id: ClientId, member: &Member, missed: bool) {
+        let Some(token) = &member.session else {
+            return;
+        };
+        if !self.numbering() {
             // From now on the numbered log keeps the recent past for clients that come back.
             self.logs[1].keep(self.logs[1].reader().retention());
         }
-        let token = self.sessions.open(id, &member.nickname, member.number);
+        if !self.order.is_shared() {
+            self.sessions
+                .open(token, id, &member.nickname, member.number);
+        }
         let writer = &self.writers[member.outbox.writer];
         if missed {
             let _ = writer.push(&member.outbox, wire::text_frame(MISSED_MARK));
@@ -385,7 +504,6 @@ impl Room {
             &member.outbox,
             wire::text_frame(&format!("session {token}")),
         );
-        token
     }
 
     /// A line that got no place: only the client concerned hears of it.
@@ -416,8 +534,22 @@ impl Room {
                     let _ = self.writers[outbox.writer].push(&outbox, notice);
                 }
             }
+            Item::Resume { id, .. } => {
+                let Some(resumer) = self.resumers.remove(&id) else {
+                    return;
+                };
+                match (resumer.gone, why) {
+                    // Unknown: a fresh session, after the mark. Never an error loop.
+                    (None, Refusal::Unknown) => {
+                        self.handle_new_connection(id, resumer.from, resumer.outbox, Some(true))
+                    }
+                    // Redis out of reach: close 1013, and the session is still there to
+                    // resume once it is back.
+                    _ => self.turn_away(id, &resumer.outbox),
+                }
+            }
             // An order keeps a leave until it can place it.
-            Item::Leave { .. } => {}
+            Item::Leave { .. } | Item::Detach { .. } => {}
         }
     }
 
@@ -437,7 +569,7 @@ impl Room {
     /// sessions, after its position, to the numbered one. Returns where it starts in each.
     fn append_line(&mut self, line: &str, position: Option<Position>) -> [u64; 2] {
         self.trace.broadcast(self.members.len(), line);
-        if self.sessions.is_empty() {
+        if !self.numbering() {
             return [
                 self.append(&wire::text_frame(line), &[]),
                 self.logs[1].head(),
@@ -456,7 +588,7 @@ impl Room {
     /// and wakes any writer that is asleep. Returns where the plain one starts.
     fn append(&mut self, plain: &[u8], numbered: &[u8]) -> u64 {
         let at = self.logs[0].append(plain);
-        if !self.sessions.is_empty() && !numbered.is_empty() {
+        if self.numbering() && !numbered.is_empty() {
             self.logs[1].append(numbered);
         }
         for writer in &self.writers {
@@ -484,6 +616,9 @@ impl Room {
         for (id, newcomer) in std::mem::take(&mut self.newcomers) {
             self.turn_away(id, &newcomer.member.outbox);
         }
+        for (id, resumer) in std::mem::take(&mut self.resumers) {
+            self.turn_away(id, &resumer.outbox);
+        }
         self.taken.clear();
         // The others announced the sessions' clients too: they come back as newcomers.
         self.sessions = Sessions::new(self.sessions.window());
@@ -507,22 +642,39 @@ impl Room {
 
     /// Sends close 1001 to every member; its writer shuts the socket after it. Then each
     /// leave is placed: after every close here, so only other instances' clients hear them.
+    ///
+    /// In a cluster the others carry on: close 1012 (service restart) tells every client to
+    /// come back, and a resumable one resumes on another instance, unannounced: its session
+    /// waits for it instead of its leave being placed.
     fn say_goodbye(&mut self) {
-        let bye = wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down");
+        let shared = self.order.is_shared();
+        let bye = if shared {
+            wire::close_frame(wire::CLOSE_SERVICE_RESTART, "service restart")
+        } else {
+            wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down")
+        };
         let members: Vec<(ClientId, Member)> = self.members.drain().collect();
         for (_, member) in &members {
             self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
         }
-        for (id, newcomer) in std::mem::take(&mut self.newcomers) {
-            let outbox = &newcomer.member.outbox;
+        let waiting = std::mem::take(&mut self.newcomers)
+            .into_iter()
+            .map(|(id, newcomer)| (id, newcomer.member.outbox))
+            .chain(
+                std::mem::take(&mut self.resumers)
+                    .into_iter()
+                    .map(|(id, resumer)| (id, resumer.outbox)),
+            );
+        for (id, outbox) in waiting.collect::<Vec<_>>() {
             let head = self.logs[outbox.dialect as usize].head();
-            self.start_reading(id, outbox, head);
-            self.writers[outbox.writer].close(outbox, Some(bye.clone()));
+            self.start_reading(id, &outbox, head);
+            self.writers[outbox.writer].close(&outbox, Some(bye.clone()));
         }
-        for (id, member) in members {
-            self.place(Item::Leave {
-                id,
-                nickname: member.nickname,
+        for (_, member) in members {
+            let (id, nickname) = (member.holder, member.nickname);
+            self.place(match member.session {
+                Some(_) if shared => Item::Detach { id, nickname },
+                _ => Item::Leave { id, nickname },
             });
         }
         // Sessions live in this process: waiting ones end with it.

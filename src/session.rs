@@ -68,11 +68,15 @@ impl Sessions {
         self.by_token.is_empty()
     }
 
-    /// A new session for `client`, and its token.
-    pub fn open(&mut self, client: ClientId, nickname: &str, number: u32) -> Token {
-        let token = format!("{:032x}", rand::random::<u128>());
+    /// A fresh token: 128 random bits, as 32 hexadecimal digits.
+    pub fn new_token() -> Token {
+        format!("{:032x}", rand::random::<u128>())
+    }
+
+    /// A new session for `client` under `token`.
+    pub fn open(&mut self, token: &str, client: ClientId, nickname: &str, number: u32) {
         self.by_token.insert(
-            token.clone(),
+            token.to_owned(),
             Session {
                 client: Some(client),
                 nickname: nickname.to_owned(),
@@ -81,7 +85,6 @@ impl Sessions {
                 deadline: None,
             },
         );
-        token
     }
 
     /// The session comes back on `client`: attached to it from now on. Returns the session,
@@ -241,7 +244,8 @@ mod tests {
     #[test]
     fn a_detached_session_waits_for_the_window_then_expires_once() {
         let mut sessions = Sessions::new(Duration::from_secs(120));
-        let token = sessions.open(1, "user-7", 7);
+        let token = Sessions::new_token();
+        sessions.open(&token, 1, "user-7", 7);
         assert_eq!(token.len(), 32);
         let t0 = Instant::now();
         sessions.detach(&token, t0);
@@ -260,9 +264,9 @@ mod tests {
     #[test]
     fn tokens_are_not_guessable_from_each_other() {
         let mut sessions = Sessions::new(Duration::from_secs(1));
-        let a = sessions.open(1, "a", 1);
-        let b = sessions.open(2, "b", 2);
+        let (a, b) = (Sessions::new_token(), Sessions::new_token());
         assert_ne!(a, b);
+        sessions.open(&a, 1, "a", 1);
         assert!(sessions
             .attach("00000000000000000000000000000000", 3)
             .is_none());

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::ErrorKind;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -15,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::{instance_id, instance_with, Redis};
 use common::*;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::Message;
 
 /// README: a dead instance's clients are announced as left "within 13 s".
 const PROMISED_NOTICE: Duration = Duration::from_secs(13);
@@ -96,33 +93,6 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 
 fn instance(redis: &Redis) -> Server {
     instance_with(&redis.url(), &[])
-}
-
-/// The next text line, or None if none arrives by `deadline`.
-fn line_by(client: &mut Client, deadline: Instant) -> Option<String> {
-    let MaybeTlsStream::Plain(socket) = client.ws.get_ref() else {
-        unreachable!("a ws:// client")
-    };
-    let socket = socket.try_clone().unwrap();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        socket.set_read_timeout(Some(left)).unwrap();
-        let read = client.ws.read();
-        socket.set_read_timeout(Some(PATIENCE)).unwrap();
-        match read {
-            Ok(Message::Text(text)) => return Some(text.as_str().to_owned()),
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-            {
-                return None
-            }
-            other => panic!("expected a text line, got {other:?}"),
-        }
-    }
 }
 
 /// Everything `client` hears for `quiet`: used only to show that something does NOT come,

@@ -3,104 +3,11 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::resumable::{Resumable, SUBPROTOCOL};
 use common::*;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
-
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
-
-const SUBPROTOCOL: (&str, &str) = ("Sec-WebSocket-Protocol", "threadchat-resume");
-
-/// A client of the resume dialect, as its page keeps it: its token, its name, and the
-/// position of the last line it got.
-struct Resumable {
-    ws: Socket,
-    token: String,
-    nickname: String,
-    position: String,
-}
-
-impl Resumable {
-    /// A new session: `new`, then its token, then its own join line with its position.
-    fn new_session(server: &Server) -> Resumable {
-        let mut ws = handshake(&server.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
-        ws.send(Message::text("new")).unwrap();
-        let session = read_text(&mut ws);
-        let token = session
-            .strip_prefix("session ")
-            .unwrap_or_else(|| panic!("expected the session's token, got {session:?}"))
-            .to_owned();
-        let mut client = Resumable {
-            ws,
-            token,
-            nickname: String::new(),
-            position: String::new(),
-        };
-        let join = client.line();
-        client.nickname = join
-            .strip_prefix(" .... ")
-            .and_then(|r| r.strip_suffix(" has joined."))
-            .unwrap_or_else(|| panic!("expected its join, got {join:?}"))
-            .to_owned();
-        client
-    }
-
-    /// The next line of the room, without its position, which it keeps.
-    fn line(&mut self) -> String {
-        let text = read_text(&mut self.ws);
-        let (position, line) = text
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("no position in {text:?}"));
-        assert!(
-            position.chars().all(|c| c.is_ascii_digit() || c == '-'),
-            "{text:?}"
-        );
-        self.position = position.to_owned();
-        line.to_owned()
-    }
-
-    /// The connection drops with no close frame (a reset: SO_LINGER 0).
-    fn cut(self) -> (String, String, String) {
-        if let MaybeTlsStream::Plain(socket) = self.ws.get_ref() {
-            reset(socket);
-        }
-        (self.token, self.nickname, self.position)
-    }
-
-    /// Comes back on a new connection with `token` and the last position it got. Returns the
-    /// connection and the server's first word on it.
-    fn back(server: &Server, token: &str, position: &str) -> (Socket, String) {
-        let mut ws = handshake(&server.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
-        ws.send(Message::text(format!("resume {token} {position}")))
-            .unwrap();
-        let first = read_text(&mut ws);
-        (ws, first)
-    }
-}
-
-/// Closes a socket with a reset, as a lost network or a killed process would: no close
-/// frame, no FIN.
-fn reset(socket: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a live local of the type the option expects, on our own socket.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-    let _ = socket.shutdown(std::net::Shutdown::Both);
-}
+use tungstenite::Message;
 
 /// Reads `client` until its own `marker` line, returning what came before it.
 fn until_marker(client: &mut Client, marker: &str) -> Vec<String> {
@@ -172,7 +79,10 @@ fn after_the_window_it_is_announced_once_and_comes_back_as_a_newcomer_with_a_mar
         "announced after {waited:?}"
     );
     let (mut ws, first) = Resumable::back(&server, &token, &position);
-    assert_eq!(first, "missed", "a visible mark that lines may have been missed");
+    assert_eq!(
+        first, "missed",
+        "a visible mark that lines may have been missed"
+    );
     let session = read_text(&mut ws);
     assert!(session.starts_with("session "), "{session:?}");
     assert_ne!(&session["session ".len()..], token, "a fresh session");
@@ -195,10 +105,7 @@ fn a_clean_close_is_announced_at_once() {
     witness.line();
     page.ws.close(None).unwrap();
     while page.ws.read().is_ok() {}
-    assert_eq!(
-        witness.line(),
-        format!(" .... {} has left.", page.nickname)
-    );
+    assert_eq!(witness.line(), format!(" .... {} has left.", page.nickname));
 }
 
 #[test]
@@ -217,7 +124,11 @@ fn a_second_connection_with_the_token_takes_over_and_the_first_is_closed() {
     );
     second.send(Message::text("taken over")).unwrap();
     let line = format!("{}: taken over", first.nickname);
-    assert_eq!(witness.until(&line), Vec::<String>::new(), "no leave, no join");
+    assert_eq!(
+        witness.until(&line),
+        Vec::<String>::new(),
+        "no leave, no join"
+    );
 }
 
 #[test]

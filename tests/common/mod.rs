@@ -5,8 +5,9 @@
 
 #[cfg(feature = "redis")]
 pub mod redis_server;
+pub mod resumable;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::process::{Child, Command, Stdio};
@@ -214,6 +215,33 @@ impl Client {
     /// Reads until the server closes, and returns its close code and reason.
     pub fn close_frame(&mut self) -> (u16, String) {
         expect_close(&mut self.ws)
+    }
+}
+
+/// The next text line, or None if none arrives by `deadline`.
+pub fn line_by(client: &mut Client, deadline: Instant) -> Option<String> {
+    let MaybeTlsStream::Plain(socket) = client.ws.get_ref() else {
+        unreachable!("a ws:// client")
+    };
+    let socket = socket.try_clone().unwrap();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        socket.set_read_timeout(Some(left)).unwrap();
+        let read = client.ws.read();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        match read {
+            Ok(Message::Text(text)) => return Some(text.as_str().to_owned()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return None
+            }
+            other => panic!("expected a text line, got {other:?}"),
+        }
     }
 }
 
