@@ -79,6 +79,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MOST: Duration = Duration::from_secs(4);
 /// How long a stopping server waits for its last leaves to reach Redis.
 const FLUSH_FOR: Duration = Duration::from_secs(1);
+/// Lines of the stream an instance reads as it starts: a client of another instance (stopped
+/// for a restart, say) resumes here from its last line if it is among them. About 1 MB.
+const RESUMABLE_AT_START: usize = 10_000;
 /// Sessions whose window has ended, ended by one heartbeat at most.
 const MOST_EXPIRED_PER_BEAT: usize = 1000;
 
@@ -600,19 +603,23 @@ impl Publisher {
         let scripts = Arc::new(Scripts::new());
         let unreachable = |why: String| format!("cannot use redis at {url}: {why}");
         let mut opened = open(&client, &scripts).map_err(unreachable)?;
-        let last: Value = redis::cmd("XREVRANGE")
+        // The recent past, read once: clients of other instances may resume here from it.
+        let recent: Value = redis::cmd("XREVRANGE")
             .arg(STREAM)
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(1)
+            .arg(RESUMABLE_AT_START)
             .query(&mut opened.connection)
             .map_err(|e| unreachable(e.to_string()))?;
-        let from = entries_of(&last)
-            .first()
+        let mut recent = entries_of(&recent);
+        recent.reverse();
+        let from = recent
+            .last()
             .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+        let instance = new_instance_name();
         let identity = Arc::new(Mutex::new(Identity {
-            instance: new_instance_name(),
+            instance: instance.clone(),
             epoch: opened.epoch,
         }));
         let (jobs, inbox) = crossbeam_channel::unbounded();
@@ -646,6 +653,9 @@ impl Publisher {
             window_ms: resume_window.as_millis() as u64,
             trace,
         };
+        if !recent.is_empty() {
+            let _ = events.send(Event::Stream(placed(recent, &instance)));
+        }
         spawn("publisher", move || desk.run())?;
         let mut link = Link::new(&client, &scripts, "stream", url);
         let reading = identity.clone();
@@ -1402,26 +1412,29 @@ fn read_stream(
         }
         from = last.clone();
         let ours = identity(&identity_of).instance.clone();
-        let ours = |holder: Option<Holder>| {
-            holder.and_then(|(instance, id)| (instance == ours).then_some(id))
-        };
-        let entries = read
-            .into_iter()
-            .map(|raw| Entry {
-                line: raw.line,
-                joined: ours(raw.joined),
-                position: raw.id.parse().ok(),
-                resumed: raw.resumed.map(|(nickname, by, from)| Resumed {
-                    nickname,
-                    by: ours(by),
-                    from: ours(from),
-                }),
-            })
-            .collect();
-        if events.send(Event::Stream(entries)).is_err() {
+        if events.send(Event::Stream(placed(read, &ours))).is_err() {
             return; // the room has stopped
         }
     }
+}
+
+/// Entries as the room takes them: joins and resumes concern it only when they name one of
+/// this instance's (`ours`) clients.
+fn placed(read: Vec<Raw>, ours: &str) -> Vec<Entry> {
+    let ours =
+        |holder: Option<Holder>| holder.and_then(|(instance, id)| (instance == ours).then_some(id));
+    read.into_iter()
+        .map(|raw| Entry {
+            line: raw.line,
+            joined: ours(raw.joined),
+            position: raw.id.parse().ok(),
+            resumed: raw.resumed.map(|(nickname, by, from)| Resumed {
+                nickname,
+                by: ours(by),
+                from: ours(from),
+            }),
+        })
+        .collect()
 }
 
 /// Which instance's which client holds a name: `instance:client`, read.

@@ -216,3 +216,29 @@ fn a_killed_instance_s_sessions_resume_elsewhere_and_only_its_plain_clients_are_
     let line = format!("{}: survived", back.nickname);
     assert_eq!(witness.until(&line), Vec::<String>::new());
 }
+
+#[test]
+fn an_instance_started_after_the_drop_resumes_it_from_the_stream_s_recent_past() {
+    let Some(redis) = Redis::start() else { return };
+    let one = instance(&redis, &[]);
+    let mut witness = one.join();
+    let mut page = Resumable::new_session(&one);
+    assert_eq!(witness.line(), join_of(&page.nickname));
+    witness.say("before");
+    let before = format!("{}: before", witness.nickname);
+    assert_eq!(page.line(), before);
+    let dropped = page.cut();
+    witness.say("while away");
+    let missed = format!("{}: while away", witness.nickname);
+    witness.until(&missed);
+    // Started after all of it: what it missed is older than the new instance.
+    let late = instance(&redis, &[]);
+    let mut back = resume_on(&late, dropped, 1);
+    assert_eq!(back.line(), missed);
+    assert_eq!(
+        before_marker(&mut witness, "later"),
+        Vec::<String>::new(),
+        "no leave, no join"
+    );
+    assert_eq!(back.line(), format!("{}: later", witness.nickname));
+}
