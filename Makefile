@@ -19,9 +19,10 @@ test-rust:
 	cargo test --all-targets
 
 ## test-cluster: instances sharing one room through Debian's redis-server (installed when
-## missing), with a build that has the redis feature, kept apart in target/redis
-test-cluster: redis-server websocat
-	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster --test cluster_faults
+## missing), with a build that has the redis feature, kept apart in target/redis; the
+## rolling restart runs them behind Debian's nginx
+test-cluster: redis-server websocat proxy-tools
+	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster --test cluster_faults --test cluster_resume --test rolling_restart
 	cargo build --quiet --features redis --target-dir target/redis
 	THREADCHAT=target/redis/debug/threadchat bash tests/shell/run.sh tests/shell/cluster/two-instances.sh
 
