@@ -81,6 +81,10 @@ const SHUTDOWN_CHECK_EVERY: Duration = Duration::from_millis(10);
 /// waits here, which slows the sender and nobody else.
 const EVENT_QUEUE: usize = 4096;
 
+/// Connections the kernel may hold for each accepting thread: a restart brings every client
+/// back at once, and a full queue drops their SYNs, each then retried a second later.
+const ACCEPT_QUEUE: i32 = 4096;
+
 fn main() -> ExitCode {
     let config = match config::parse(std::env::args().skip(1)) {
         Ok(Command::Run(config)) => *config,
@@ -157,6 +161,9 @@ fn run(config: Config) -> Result<(), String> {
             config.bind, config.ws_port
         )
     })?;
+    for listener in [&page_listener, &ws_listener] {
+        sys::deepen_accept_queue(listener, ACCEPT_QUEUE).map_err(|e| e.to_string())?;
+    }
     let page_addr = page_listener.local_addr().map_err(|e| e.to_string())?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let page_url = format!("http://{page_addr}/");

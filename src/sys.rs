@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice};
 use std::mem::{self, MaybeUninit};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// SIGINT and SIGTERM, blocked in every thread so that one thread can wait for them.
@@ -137,6 +137,17 @@ pub fn send_nonblocking(socket: &TcpStream, slices: &[IoSlice<'_>]) -> io::Resul
     };
     match sent {
         n if n >= 0 => Ok(n as usize),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Lets the kernel hold up to `connections` (capped by `net.core.somaxconn`) connections the
+/// accept loop has not taken yet. std listens with 128, which the reconnecting clients of a
+/// restart overflow: each SYN dropped then costs its client a one-second retransmission.
+pub fn deepen_accept_queue(listener: &TcpListener, connections: i32) -> io::Result<()> {
+    // SAFETY: listen(2) again on our own listening socket only changes its backlog.
+    match unsafe { libc::listen(listener.as_raw_fd(), connections) } {
+        0 => Ok(()),
         _ => Err(io::Error::last_os_error()),
     }
 }
