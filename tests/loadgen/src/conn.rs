@@ -9,6 +9,15 @@ use std::os::fd::FromRawFd;
 /// one source address's ephemeral ports, and performs the WebSocket handshake.
 /// Returns the socket and whatever arrived after the handshake's response.
 pub fn connect(server: SocketAddr, source: u8) -> io::Result<(TcpStream, Vec<u8>)> {
+    connect_asking(server, source, None)
+}
+
+/// [`connect`], asking for the subprotocol `protocol` if given.
+pub fn connect_asking(
+    server: SocketAddr,
+    source: u8,
+    protocol: Option<&str>,
+) -> io::Result<(TcpStream, Vec<u8>)> {
     let socket = bound_socket(Ipv4Addr::new(127, 0, 0, source))?;
     let addr = match server {
         SocketAddr::V4(v4) => v4,
@@ -36,10 +45,11 @@ pub fn connect(server: SocketAddr, source: u8) -> io::Result<(TcpStream, Vec<u8>
         return Err(io::Error::last_os_error());
     }
     stream.set_nodelay(true)?;
+    let asking = protocol.map_or_else(String::new, |p| format!("Sec-WebSocket-Protocol: {p}\r\n"));
     write!(
         stream,
         "GET / HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{asking}\r\n"
     )?;
     let mut got = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];

@@ -8,6 +8,7 @@
 
 mod conn;
 mod probe;
+mod restart;
 mod threads;
 
 use std::cmp::Reverse;
@@ -1242,6 +1243,48 @@ fn main() {
                     format!("{commands:.2} / {round_trips:.2}"),
                     "",
                 );
+            }
+        }
+    }
+
+    if let Some(clustered) = redis_binary.as_deref().filter(|_| wanted("restart")) {
+        match probe::Redis::start() {
+            None => eprintln!("WARNING: no redis-server: the restart rows are left out"),
+            Some(redis) => {
+                let clients = if quick { 200 } else { 1000 };
+                let in_flight = STORM_HANDSHAKES_IN_FLIGHT;
+                for (resumable, name) in [
+                    (true, format!("restart C={clients}, resumable")),
+                    (false, format!("restart C={clients}, plain: join again")),
+                ] {
+                    let r = restart::restart(clustered, &redis, clients, resumable, in_flight);
+                    row(
+                        &name,
+                        "all back after SIGTERM (ms)",
+                        format!("{:.0}", r.all_back.as_secs_f64() * 1000.0),
+                        if resumable { "<= join again" } else { "" },
+                    );
+                    row(
+                        &name,
+                        "CPU per client back: instance / redis (us)",
+                        format!("{:.0} / {:.0}", r.server_us_each, r.redis_us_each),
+                        if resumable { "<= join again" } else { "" },
+                    );
+                    row(
+                        &name,
+                        "clients not back as they were",
+                        r.failed.to_string(),
+                        "0",
+                    );
+                    if resumable {
+                        row(
+                            &name,
+                            "leaves and joins among missed lines",
+                            r.leaves_and_joins.to_string(),
+                            "0",
+                        );
+                    }
+                }
             }
         }
     }

@@ -221,6 +221,21 @@ impl Redis {
         Some(Redis { child, port })
     }
 
+    /// CPU time used so far, user plus system.
+    pub fn cpu(&self) -> Duration {
+        cpu_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    /// Empties it: every run starts from nothing.
+    pub fn flush(&self) {
+        use std::io::{Read, Write};
+        if let Ok(mut socket) = TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = socket.write_all(b"*1\r\n$8\r\nFLUSHALL\r\n");
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = socket.read(&mut [0u8; 64]);
+        }
+    }
+
     /// Commands Redis has run, and the reads it has made from its clients' sockets, since it
     /// started (INFO stats). A pipelined round trip costs Redis one read, however many
     /// commands it carries, so the reads count the round trips.
