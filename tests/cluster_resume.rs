@@ -18,7 +18,7 @@ const PROMISED_NOTICE: Duration = Duration::from_secs(13);
 /// README: an ended window is noticed "within 3 s" (the heartbeat ends them).
 const PROMISED_EXPIRY: Duration = Duration::from_secs(3);
 /// What a loaded two-core CI machine may add to a promised time.
-const MARGIN: Duration = Duration::from_secs(2);
+const MARGIN: Duration = Duration::from_secs(1);
 
 fn instance(redis: &Redis, args: &[&str]) -> Server {
     instance_with(&redis.url(), args)

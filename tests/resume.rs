@@ -165,3 +165,23 @@ fn tokens_never_reach_the_logs_or_the_trace() {
     });
     assert!(!server.stderr().contains(&token), "the token was printed");
 }
+
+#[test]
+fn a_line_for_the_client_alone_comes_after_a_dash_not_a_position() {
+    let server = Server::start(&["--rate-limit", "1"]);
+    let mut page = Resumable::new_session(&server);
+    // A burst of 2, then the flood limit answers the sender alone.
+    for i in 0..3 {
+        page.ws.send(Message::text(format!("line {i}"))).unwrap();
+    }
+    let mut heard = Vec::new();
+    let notice = loop {
+        let text = read_text(&mut page.ws);
+        if !text.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            break text;
+        }
+        heard.push(text);
+    };
+    assert_eq!(notice, "-  .... slow down: message not sent");
+    assert!(heard.len() <= 2, "{heard:?}");
+}
