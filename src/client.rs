@@ -27,7 +27,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error, Message, WebSocket};
 
 use crate::addresses::AddressSlot;
-use crate::event::{ClientId, Event, Resume};
+use crate::event::{ClientId, Departure, Event, Resume};
 use crate::handshake::handshake;
 use crate::outbox::{Outbox, Phase};
 use crate::rate::{RateLimit, Verdict};
@@ -168,18 +168,22 @@ fn run_reader(
 /// deep and its stack holds 8 KiB; with the three inlined, 3.7 KB and 12 KiB (gdb, smaps).
 #[inline(never)]
 fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
-    let (last, lost) = match ending {
-        Ending::Closed => (None, false),
-        Ending::Lost => (None, true),
+    let (last, how) = match ending {
+        Ending::Closed => (None, Departure::Left),
+        Ending::GoingAway => (None, Departure::GoingAway),
+        Ending::Lost => (None, Departure::Lost),
         Ending::Close(code, reason) => {
             let what = format!("closing with {code} {reason:?}");
             shared.trace.decision(end.outbox.label(), &what);
             // Silence is how a sleeping phone or a lost network looks: it may come back.
-            let silent = code == wire::CLOSE_GOING_AWAY;
-            (Some(wire::close_frame(code, &reason)), silent)
+            let how = match code {
+                wire::CLOSE_GOING_AWAY => Departure::Lost,
+                _ => Departure::Left,
+            };
+            (Some(wire::close_frame(code, &reason)), how)
         }
     };
-    end.close(last, lost);
+    end.close(last, how);
     // The writer ends the drain once the client has everything and the grace has passed,
     // or once the write timeout has; this bound holds should no writer ever get the client.
     drain(end.outbox, shared.config.write_timeout + CLOSE_GRACE);
@@ -197,17 +201,16 @@ struct ReaderEnd<'a> {
 
 impl ReaderEnd<'_> {
     /// Ends the open phase with `last` as the final frame, unless it has ended already.
-    /// `lost`: the connection ended without a close, and a resumable client may come back.
-    fn close(&self, last: Option<Frame>, lost: bool) {
+    fn close(&self, last: Option<Frame>, how: Departure) {
         if self.writer.close(self.outbox, last) {
-            let _ = self.events.send(Event::Leave { id: self.id, lost });
+            let _ = self.events.send(Event::Leave { id: self.id, how });
         }
     }
 }
 
 impl Drop for ReaderEnd<'_> {
     fn drop(&mut self) {
-        self.close(None, false);
+        self.close(None, Departure::Left);
         self.outbox.reader_done();
     }
 }
@@ -217,6 +220,8 @@ impl Drop for ReaderEnd<'_> {
 enum Ending {
     /// The peer closed, or we have nothing more to say (the writer ended it): it left.
     Closed,
+    /// The peer closed with 1001 "going away": a browser's reload, or a closed tab.
+    GoingAway,
     /// The connection is gone without a close frame (a reset, the end of the stream).
     Lost,
     /// We close the connection with this code and reason.
@@ -233,6 +238,7 @@ fn read_pump(
 ) -> Ending {
     let config = &shared.config;
     let mut limit = RateLimit::new(config.rate_limit, config.flood_close);
+    let mut going_away = false;
     loop {
         let message = ws.read();
         // The writer may have evicted the client meanwhile: it has told the room already.
@@ -260,8 +266,14 @@ fn read_pump(
             }
             // Pings are answered by tungstenite; a close is answered too, and the next
             // read reports the end.
+            Ok(Message::Close(Some(frame))) => going_away = frame.code == CloseCode::Away,
             Ok(_) => {}
-            Err(err) => return ending_for(err),
+            Err(err) => {
+                return match ending_for(err) {
+                    Ending::Closed if going_away => Ending::GoingAway,
+                    ending => ending,
+                }
+            }
         }
     }
 }
@@ -376,7 +388,7 @@ mod tests {
                 writer: &writer,
                 events: &events,
             };
-            end.close(None, false);
+            end.close(None, Departure::Left);
             panic!("a bug in the reader");
         })
         .join();
@@ -403,7 +415,10 @@ mod tests {
         assert!(outcome.is_err());
         assert!(matches!(
             heard.try_recv(),
-            Ok(Event::Leave { id: 8, lost: false })
+            Ok(Event::Leave {
+                id: 8,
+                how: Departure::Left
+            })
         ));
     }
 

@@ -920,8 +920,12 @@ impl Desk {
         pipe.ignore_errors();
         let leaves = std::mem::take(&mut self.owed);
         for item in &leaves {
-            let (Item::Leave { id, nickname } | Item::Detach { id, nickname }) = item else {
+            let (Item::Leave { id, nickname } | Item::Detach { id, nickname, .. }) = item else {
                 continue;
+            };
+            let wait = match item {
+                Item::Detach { wait, .. } => wait.as_millis() as u64,
+                _ => 0,
             };
             let keys = [
                 EPOCH,
@@ -943,7 +947,7 @@ impl Desk {
                     .arg(item.line())
                     .arg(nickname)
                     .arg(holder(&who.instance, *id))
-                    .arg(self.window_ms)
+                    .arg(wait)
                     .clone(),
             );
         }

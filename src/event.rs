@@ -27,9 +27,7 @@ pub enum Event {
     Say { id: ClientId, text: Utf8Bytes },
     /// A connection stopped being open, for whatever reason. Whoever ended it sends this,
     /// once: the reader, or the writer when it evicts the client or loses the socket.
-    /// `lost`: it ended without a close from either side (a reset, a silence): a resumable
-    /// client may come back.
-    Leave { id: ClientId, lost: bool },
+    Leave { id: ClientId, how: Departure },
     /// Lines placed in the cluster's shared order, read back in that order.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Stream(Vec<Entry>),
@@ -49,6 +47,18 @@ pub enum Event {
     NameLost { id: ClientId },
     /// The server is stopping: say goodbye to everyone.
     Shutdown,
+}
+
+/// How a connection ended, as a resumable client's session sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Departure {
+    /// A close from either side, an eviction, an error: it left.
+    Left,
+    /// Gone without a close (a reset, a silence): it may come back within the window.
+    Lost,
+    /// The client closed with 1001 "going away", which a browser sends for a reload as for a
+    /// closed tab: it may come back within a short grace.
+    GoingAway,
 }
 
 /// What a client of the resume dialect asks for with its first message.
@@ -125,7 +135,12 @@ pub enum Item {
     /// for it, on any instance, until the window ends; then its leave is placed. Kept like
     /// a leave until the order takes it.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Detach { id: ClientId, nickname: String },
+    Detach {
+        id: ClientId,
+        nickname: String,
+        /// How long it waits for its client.
+        wait: std::time::Duration,
+    },
     /// Shared order only: a client presents the token of a session. Placed, it comes back
     /// through the stream as an [`Entry`] with `resumed`; refused, the session is unknown.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]

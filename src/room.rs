@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
 
-use crate::event::{ClientId, Entry, Event, Item, Position, Refusal, Resume, Resumed};
+use crate::event::{ClientId, Departure, Entry, Event, Item, Position, Refusal, Resume, Resumed};
 use crate::log::Log;
 use crate::order::{Order, Placement};
 use crate::outbox::Outbox;
@@ -53,6 +53,11 @@ const MISSED_MARK: &str = "missed";
 
 /// How often detached sessions are checked against their window.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a session closed with 1001 "going away" waits for its client. A browser sends it
+/// when its tab reloads, and comes back within a second or two; it sends it as well when the
+/// tab is closed for good, which is then announced this much later than a plain close.
+const RELOAD_GRACE: Duration = Duration::from_secs(5);
 
 /// A connected client as the room sees it.
 struct Member {
@@ -86,8 +91,8 @@ struct Resumer {
     token: Token,
     /// The position of the last line it got.
     position: Position,
-    /// It left while waiting: `Some(lost)`, as a leave would say.
-    gone: Option<bool>,
+    /// It left while waiting, and how.
+    gone: Option<Departure>,
 }
 
 /// The nickname table and everything the broadcaster decides.
@@ -161,7 +166,7 @@ impl Room {
                         self.handle_new_connection(id, from, outbox, resume.map(|_| false))
                     }
                     Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text.as_str()),
-                    Ok(Event::Leave { id, lost }) => self.handle_close_connection(id, lost),
+                    Ok(Event::Leave { id, how }) => self.handle_close_connection(id, how),
                     Ok(Event::Stream(entries)) => entries.into_iter().for_each(|e| self.placed(e)),
                     Ok(Event::Refused(item, why)) => self.refused(item, why),
                     Ok(Event::Gap) => {
@@ -282,6 +287,8 @@ impl Room {
         }
         let resumed = resumed.map(|(cursor, _, _)| cursor);
         let cursor = resumed.unwrap_or_else(|| {
+            // Itself again, but from now on: its place is no longer kept.
+            let _ = writer.push(&outbox, wire::text_frame("resumed 0"));
             let _ = writer.push(&outbox, wire::text_frame(MISSED_MARK));
             numbered.cursor_at(numbered.head())
         });
@@ -320,8 +327,8 @@ impl Room {
             holder: id,
         };
         self.take_back(id, member, resumer.position);
-        if let Some(lost) = resumer.gone {
-            self.handle_close_connection(id, lost);
+        if let Some(how) = resumer.gone {
+            self.handle_close_connection(id, how);
         }
     }
 
@@ -346,22 +353,28 @@ impl Room {
     }
 
     /// Frees the nickname and tells the others. Every departure is reported once, whether
-    /// the client closed, vanished, or was evicted by its writer. A resumable client `lost`
-    /// without a close keeps its session, and its name, for the window: nobody hears yet.
-    fn handle_close_connection(&mut self, id: ClientId, lost: bool) {
+    /// the client closed, vanished, or was evicted by its writer. A resumable client lost
+    /// without a close keeps its session, and its name, for the window (one going away, for
+    /// the reload grace): nobody hears yet.
+    fn handle_close_connection(&mut self, id: ClientId, how: Departure) {
         if let Some(newcomer) = self.newcomers.get_mut(&id) {
             newcomer.gone = true;
             return;
         }
         if let Some(resumer) = self.resumers.get_mut(&id) {
-            resumer.gone = Some(lost);
+            resumer.gone = Some(how);
             return;
         }
         let Some(gone) = self.members.remove(&id) else {
             return;
         };
-        match &gone.session {
-            Some(_) if lost && self.order.is_shared() => {
+        let wait = match how {
+            Departure::Left => None,
+            Departure::Lost => Some(self.sessions.window()),
+            Departure::GoingAway => Some(RELOAD_GRACE.min(self.sessions.window())),
+        };
+        match (&gone.session, wait) {
+            (Some(_), Some(wait)) if self.order.is_shared() => {
                 // The session waits in Redis, for whichever instance the client reaches.
                 eprintln!(
                     "drop  {} from {}; its session waits",
@@ -373,11 +386,12 @@ impl Room {
                 self.place(Item::Detach {
                     id: gone.holder,
                     nickname: gone.nickname,
+                    wait,
                 });
                 return;
             }
-            Some(token) if lost => {
-                self.sessions.detach(token, Instant::now());
+            (Some(token), Some(wait)) => {
+                self.sessions.detach(token, Instant::now(), wait);
                 eprintln!(
                     "drop  {} from {}; its session waits",
                     gone.nickname, gone.from
@@ -387,11 +401,11 @@ impl Room {
                 self.expiry = tick(EXPIRE_EVERY);
                 return;
             }
-            Some(token) => {
+            (Some(token), None) => {
                 self.sessions.close(token);
                 self.stop_numbering_if_unused();
             }
-            None => {}
+            (None, _) => {}
         }
         self.announce_leave(gone.holder, gone.number, gone.nickname, &gone.from);
     }
@@ -477,7 +491,7 @@ impl Room {
         let at = self.append_line(&entry.line, entry.position);
         self.start_reading(id, &outbox, at[outbox.dialect as usize]);
         if newcomer.gone {
-            self.handle_close_connection(id, false);
+            self.handle_close_connection(id, Departure::Left);
         }
     }
 
@@ -673,7 +687,11 @@ impl Room {
         for (_, member) in members {
             let (id, nickname) = (member.holder, member.nickname);
             self.place(match member.session {
-                Some(_) if shared => Item::Detach { id, nickname },
+                Some(_) if shared => Item::Detach {
+                    id,
+                    nickname,
+                    wait: self.sessions.window(),
+                },
                 _ => Item::Leave { id, nickname },
             });
         }

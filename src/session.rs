@@ -100,12 +100,11 @@ impl Sessions {
         Some((session, before))
     }
 
-    /// The connection of `token`'s session dropped: detached, it waits for the client until
-    /// the window ends.
-    pub fn detach(&mut self, token: &str, now: Instant) {
+    /// The connection of `token`'s session dropped: detached, it waits `wait` for the client.
+    pub fn detach(&mut self, token: &str, now: Instant, wait: Duration) {
         if let Some(session) = self.by_token.get_mut(token) {
             session.client = None;
-            session.deadline = Some(now + self.window);
+            session.deadline = Some(now + wait);
         }
     }
 
@@ -248,13 +247,13 @@ mod tests {
         sessions.open(&token, 1, "user-7", 7);
         assert_eq!(token.len(), 32);
         let t0 = Instant::now();
-        sessions.detach(&token, t0);
+        sessions.detach(&token, t0, sessions.window());
         assert!(sessions.any_detached());
         assert!(sessions.expired(t0 + Duration::from_secs(119)).is_empty());
         let (session, before) = sessions.attach(&token, 2).unwrap();
         assert_eq!((session.nickname.as_str(), before), ("user-7", None));
         assert!(sessions.expired(t0 + Duration::from_secs(500)).is_empty());
-        sessions.detach(&token, t0);
+        sessions.detach(&token, t0, sessions.window());
         let gone = sessions.expired(t0 + Duration::from_secs(120));
         assert_eq!(gone.len(), 1);
         assert!(sessions.attach(&token, 3).is_none(), "expired for good");

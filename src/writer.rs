@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::delivery::{Delivery, Sent};
-use crate::event::{ClientId, Event};
+use crate::event::{ClientId, Departure, Event};
 use crate::log::{Cursor, LogReader, Segment};
 use crate::outbox::{Outbox, Refused, Wake};
 use crate::sys::{self, Poller};
@@ -547,7 +547,12 @@ impl Pump {
     /// since its reader may be asleep. `lost`: without a close, so it may come back.
     fn tell_room_if_ended(&mut self, id: ClientId, ended: bool, lost: bool) {
         if ended {
-            self.leaves.push_back(Event::Leave { id, lost });
+            let how = if lost {
+                Departure::Lost
+            } else {
+                Departure::Left
+            };
+            self.leaves.push_back(Event::Leave { id, how });
             self.hand_over_leaves();
         }
     }

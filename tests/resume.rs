@@ -185,3 +185,66 @@ fn a_line_for_the_client_alone_comes_after_a_dash_not_a_position() {
     assert_eq!(notice, "-  .... slow down: message not sent");
     assert!(heard.len() <= 2, "{heard:?}");
 }
+
+/// Closes with 1001 "going away", as a browser does when its tab reloads or closes.
+fn going_away(page: &mut Resumable) {
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::protocol::CloseFrame;
+    let frame = CloseFrame {
+        code: CloseCode::Away,
+        reason: "".into(),
+    };
+    page.ws.close(Some(frame)).unwrap();
+    while page.ws.read().is_ok() {}
+}
+
+#[test]
+fn a_reloaded_tab_going_away_comes_back_as_itself_unannounced() {
+    let server = Server::start(&[]);
+    let mut witness = server.join();
+    let mut page = Resumable::new_session(&server);
+    witness.line();
+    going_away(&mut page);
+    let (mut ws, first) = Resumable::back(&server, &page.token, &page.position);
+    assert_eq!(first, "resumed 0");
+    ws.send(Message::text("reloaded")).unwrap();
+    let line = format!("{}: reloaded", page.nickname);
+    assert_eq!(
+        witness.until(&line),
+        Vec::<String>::new(),
+        "no leave, no join"
+    );
+}
+
+#[test]
+fn a_tab_gone_away_for_good_is_announced_once_the_grace_ends() {
+    // The grace (5 s) is never longer than the window.
+    let server = Server::start(&["--resume-window", "1"]);
+    let mut witness = server.join();
+    let mut page = Resumable::new_session(&server);
+    witness.line();
+    let closed = Instant::now();
+    going_away(&mut page);
+    assert_eq!(witness.line(), format!(" .... {} has left.", page.nickname));
+    let waited = closed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "announced after {waited:?}"
+    );
+}
+
+#[test]
+fn a_session_whose_place_is_no_longer_kept_resumes_from_now_with_the_mark() {
+    let server = Server::start(&[]);
+    let mut witness = server.join();
+    let page = Resumable::new_session(&server);
+    witness.line();
+    let (token, nickname, _) = page.cut();
+    // A position this server never gave: the session is known, its place is not.
+    let (mut ws, first) = Resumable::back(&server, &token, "999999");
+    assert_eq!(first, "resumed 0");
+    assert_eq!(read_text(&mut ws), "missed");
+    ws.send(Message::text("same name")).unwrap();
+    let line = format!("{nickname}: same name");
+    assert_eq!(witness.until(&line), Vec::<String>::new());
+}
