@@ -188,7 +188,12 @@ test("page A survives a server restart: shows the close, reconnects, chats again
   assert.equal(await pageA.inputValue("#chat-input"), "typed while the server is down");
 
   server = await startServer(httpPort, wsPort);
-  const again = await nicknameOf(pageA);
+  // The new process does not know the page's session: the page comes back under a new name,
+  // after a mark that lines may have been missed, and says so.
+  await waitForStatus(pageA,
+    new RegExp(`^connected as user-\\d+ \\(the session as ${nickA} had ended\\); some lines may have been missed$`));
+  const again = (await statusText(pageA)).match(/^connected as (user-\d+)/)[1];
+  await waitForLine(pageA, " .... some lines may have been missed here");
   await pageA.press("#chat-input", "Enter");
   await waitForLine(pageA, `${again}: typed while the server is down`);
   await pageA.screenshot({ path: path.join(SHOTS, "page-a.png") });
