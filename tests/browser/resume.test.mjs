@@ -318,15 +318,21 @@ test("a server that does not pick the subprotocol gets the plain contract from t
   }
 });
 
-test("a plain reload of a connected tab keeps its name", {
-  todo: "Chromium sends close 1001 when it unloads a page, and the server ends a session on any close",
-}, async () => {
+test("a plain reload of a connected tab keeps its name, and nobody hears of it", async () => {
+  // Chromium closes with 1001 as the page unloads: the server waits a moment for it.
   const pageA = await browser.newPage();
+  const witness = await browser.newPage();
   const a = await join(pageA, server, relay);
+  await join(witness, server, relay);
   await pageA.reload();
   await waitForStatus(pageA, /^(re)?connected as user-\d+/);
   assert.match(await statusText(pageA), new RegExp(`^reconnected as ${a.nickname}$`));
+  await send(pageA, "after the reload");
+  await waitForLine(witness, `${a.nickname}: after the reload`);
+  const heard = await lines(witness);
+  assert.ok(!heard.includes(` .... ${a.nickname} has left.`), JSON.stringify(heard));
   await pageA.close();
+  await witness.close();
 });
 
 test("back after the resume window: a new name, and a mark where lines may be missing", async () => {
