@@ -158,20 +158,17 @@ impl Delivery {
         };
         if let Some(frames) = &mut self.frames_out {
             let who = self.outbox.label();
-            let mut left = sent;
-            for slice in &slices[..count] {
-                let n = left.min(slice.len());
+            for (slice, n) in slices
+                .iter()
+                .zip(shares(sent, slices.iter().map(|s| s.len())))
+            {
                 frames.feed(&slice[..n], &who);
-                left -= n;
             }
             trace.decision(&who, &format!("wrote {sent} bytes in 1 system call(s)"));
         }
         drop(slices);
 
-        let mut left = sent;
-        for (private, len) in kinds.into_iter().take(count) {
-            let n = left.min(len);
-            left -= n;
+        for (&(private, len), n) in kinds.iter().zip(shares(sent, kinds.iter().map(|k| k.1))) {
             if private {
                 self.private_sent += n;
                 if n == len {
@@ -181,9 +178,6 @@ impl Delivery {
             } else {
                 self.cursor.advance(n as u64, snapshot);
             }
-            if n < len {
-                break;
-            }
         }
         Sent::Bytes {
             sent,
@@ -191,6 +185,19 @@ impl Delivery {
             more: count < total,
         }
     }
+}
+
+/// How much of each piece a send of `sent` bytes took, piece by piece, up to the last piece
+/// it reached (which may have gone only in part).
+fn shares(mut sent: usize, lens: impl IntoIterator<Item = usize>) -> impl Iterator<Item = usize> {
+    lens.into_iter().map_while(move |len| {
+        if sent == 0 {
+            return None;
+        }
+        let n = sent.min(len);
+        sent -= n;
+        Some(n)
+    })
 }
 
 #[cfg(test)]
@@ -256,6 +263,15 @@ mod tests {
     }
 
     #[test]
+    fn a_send_takes_whole_pieces_then_part_of_one() {
+        let shares = |sent, lens: &[usize]| shares(sent, lens.iter().copied()).collect::<Vec<_>>();
+        assert_eq!(shares(10, &[4, 4, 4]), [4, 4, 2]);
+        assert_eq!(shares(8, &[4, 4, 4]), [4, 4]);
+        assert_eq!(shares(3, &[4, 4]), [3]);
+        assert_eq!(shares(0, &[4]), [] as [usize; 0]);
+    }
+
+    #[test]
     fn a_private_frame_goes_between_the_log_ranges_around_it() {
         let mut log = Log::new(1 << 20);
         let (server, mut client) = pair();
@@ -276,22 +292,104 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    #[test]
-    fn an_evicted_client_gets_the_rest_of_its_frame_then_close_1008() {
-        let mut log = Log::new(1 << 24);
-        let (server, mut client) = pair();
-        // Small buffers, so the big frame cannot go in one send.
+    /// Shrinks the server side's send buffer, so a big frame cannot go in one send.
+    fn small_send_buffer(socket: &TcpStream) {
         let small: libc::c_int = 4096;
         // SAFETY: a live local of the type the option expects.
         unsafe {
             libc::setsockopt(
-                server.as_raw_fd(),
+                socket.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_SNDBUF,
                 (&small as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
+    }
+
+    #[test]
+    fn private_frames_too_big_for_one_send_arrive_whole_in_their_places() {
+        let mut log = Log::new(1 << 24);
+        let (server, mut client) = pair();
+        small_send_buffer(&server);
+        let mut delivery = delivery(&log, server, 0);
+        let first = "p".repeat(1 << 20);
+        let second = "q".repeat(300_000);
+        log.append(&wire::text_frame("one"));
+        for private in [&first, &second] {
+            let _ = delivery.outbox.push(wire::text_frame(private)).unwrap();
+        }
+        log.append(&wire::text_frame("two"));
+        let reading = std::thread::spawn(move || frames(&mut client, 4));
+        let mut partial = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match send_all(&mut delivery, &log) {
+                Sent::Bytes { full, .. } => partial += usize::from(full),
+                other => panic!("the send went wrong: {other:?}"),
+            }
+            if delivery.private.is_empty() && delivery.behind(log.head()) == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never all sent");
+        }
+        assert!(partial > 0, "every send took everything: nothing was tried");
+        let got: Vec<Vec<u8>> = reading.join().unwrap().into_iter().map(|f| f.1).collect();
+        let want: Vec<&[u8]> = vec![b"one", first.as_bytes(), second.as_bytes(), b"two"];
+        assert!(got == want, "a frame was cut, repeated or moved");
+    }
+
+    #[test]
+    fn a_send_that_takes_everything_is_not_full_and_a_send_to_a_reset_peer_fails() {
+        let mut log = Log::new(1 << 20);
+        let (server, client) = pair();
+        let mut delivery = delivery(&log, server, 0);
+        log.append(&wire::text_frame("one"));
+        let sent = send_all(&mut delivery, &log);
+        assert_eq!(
+            sent,
+            Sent::Bytes {
+                sent: 5,
+                full: false,
+                more: false
+            }
+        );
+        // The peer goes with a reset: linger on, with no time to linger.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a live local of the type the option expects.
+        unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(client);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            log.append(&wire::text_frame("more"));
+            match send_all(&mut delivery, &log) {
+                Sent::Failed => break,
+                Sent::Bytes { sent, .. } => assert!(sent > 0, "a reset is not a full socket"),
+                Sent::Lapped => panic!("lapped"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reset never showed"
+            );
+        }
+    }
+
+    #[test]
+    fn an_evicted_client_gets_the_rest_of_its_frame_then_close_1008() {
+        let mut log = Log::new(1 << 24);
+        let (server, mut client) = pair();
+        small_send_buffer(&server);
         let mut delivery = delivery(&log, server, 0);
         let big = "b".repeat(3 << 20);
         log.append(&wire::text_frame(&big));
