@@ -34,6 +34,7 @@ use crate::rate::{RateLimit, Verdict};
 use crate::server::{ConnectionCount, Shared};
 use crate::stream::ClientStream;
 use crate::sys;
+use crate::trace::{self, Trace};
 use crate::wire::{self, Dialect, Frame};
 use crate::writer::{Writer, CLOSE_GRACE};
 
@@ -78,7 +79,7 @@ pub fn handle_new_connection(
     };
     let resume = match dialect {
         Dialect::Plain => None,
-        Dialect::Resume => match first_message(&mut ws) {
+        Dialect::Resume => match first_message(&mut ws, shared.trace, peer) {
             Some(resume) => Some(resume),
             None => return,
         },
@@ -297,10 +298,15 @@ fn ending_for(err: Error) -> Ending {
 
 /// The first message of the resume dialect, `new` or `resume <token> <position>`, within the
 /// handshake's deadline. Anything else is answered with close 1008 saying what was expected.
-fn first_message(ws: &mut WebSocket<ClientStream>) -> Option<Resume> {
+fn first_message(
+    ws: &mut WebSocket<ClientStream>,
+    trace: Trace,
+    peer: SocketAddr,
+) -> Option<Resume> {
     loop {
         match ws.read() {
             Ok(Message::Text(text)) => {
+                trace.decision(peer, &format!("first message: {}", trace::redact(&text)));
                 let resume = Resume::parse(&text);
                 if resume.is_none() {
                     let expected = CloseFrame {

@@ -80,6 +80,7 @@ impl Trace {
             "Connection",
             "Sec-WebSocket-Key",
             "Sec-WebSocket-Version",
+            "Sec-WebSocket-Protocol",
         ] {
             if let Some(value) = request.headers().get(name) {
                 eprintln!(
@@ -108,6 +109,12 @@ impl Trace {
             "{peer} | Sec-WebSocket-Accept = base64(SHA-1({key:?} + \"258EAFA5-E914-47DA-95CA-C5AB0DC85B11\")) = {accept}"
         );
         eprintln!("{peer} | -> {:?} {}", response.version(), response.status());
+        if let Some(chosen) = response.headers().get("Sec-WebSocket-Protocol") {
+            eprintln!(
+                "{peer} | -> Sec-WebSocket-Protocol: {}",
+                String::from_utf8_lossy(chosen.as_bytes())
+            );
+        }
     }
 }
 

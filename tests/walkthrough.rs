@@ -9,6 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::resumable::Resumable;
 use common::*;
 
 const DOC: &str = include_str!("../docs/WALKTHROUGH.md");
@@ -73,11 +74,38 @@ fn try_session() -> Option<Vec<String>> {
     Some(normalise(&server.stderr(), &server))
 }
 
+/// The walk-through's second session, a connection that drops and comes back: a page
+/// (resumable) and a plain client join, the page's connection is reset, the plain client
+/// speaks, and the page comes back with its token and its last position.
+fn run_resume_session() -> Vec<String> {
+    let server = Server::start(&["--trace"]);
+    let mut page = Resumable::new_session(&server);
+    let mut plain = RawClient::connect(server.ws);
+    plain.text(); // its own join
+    page.line(); // the plain client's join
+    let (token, _, position) = page.cut();
+    eventually("the page's reader to see the reset", || {
+        server.stderr().contains("its session waits for it")
+    });
+    plain.send_frame(0x81, RFC_MASK, b"you there?");
+    plain.text();
+    let (mut ws, first) = Resumable::back(&server, &token, &position);
+    assert_eq!(first, "resumed 1");
+    let missed = read_text(&mut ws);
+    assert!(missed.ends_with(": you there?"), "{missed:?}");
+    eventually("the resumed lines' send", || {
+        let lines = normalise(&server.stderr(), &server);
+        let resumed = lines.iter().position(|l| l.ends_with("\"resumed 1\""));
+        resumed.is_some_and(|at| lines[at..].iter().any(|l| l.contains(" | wrote ")))
+    });
+    normalise(&server.stderr(), &server)
+}
+
 /// Random nicknames, ports and peer addresses become fixed stand-ins, in order of first
 /// appearance, so the document can quote the output word for word.
 fn normalise(stderr: &str, server: &Server) -> Vec<String> {
     const NAMES: [&str; 2] = ["user-40127", "user-90211"];
-    const PEERS: [&str; 2] = ["127.0.0.1:50312", "127.0.0.1:50318"];
+    const PEERS: [&str; 3] = ["127.0.0.1:50312", "127.0.0.1:50318", "127.0.0.1:50324"];
     let mut names: HashMap<String, &str> = HashMap::new();
     let mut peers: HashMap<String, &str> = HashMap::new();
     let ws_addr = server.ws.to_string();
@@ -96,7 +124,7 @@ fn normalise(stderr: &str, server: &Server) -> Vec<String> {
                     continue;
                 }
                 let n = peers.len();
-                let stand_in = *peers.entry(word.clone()).or_insert(PEERS[n.min(1)]);
+                let stand_in = *peers.entry(word.clone()).or_insert(PEERS[n.min(2)]);
                 out = out.replace(&word, stand_in);
             }
             out
@@ -137,7 +165,8 @@ fn quoted_trace_lines() -> Vec<&'static str> {
 
 #[test]
 fn every_trace_line_quoted_in_the_walkthrough_is_real() {
-    let real = run_session();
+    let mut real = run_session();
+    real.extend(run_resume_session());
     let quoted = quoted_trace_lines();
     assert!(
         quoted.len() >= 20,
@@ -341,4 +370,5 @@ fn repoint_code_links() {
 #[ignore]
 fn print_trace_session() {
     println!("{}", run_session().join("\n"));
+    println!("\n{}", run_resume_session().join("\n"));
 }
