@@ -22,7 +22,7 @@ test-rust:
 ## missing), with a build that has the redis feature, kept apart in target/redis; the
 ## rolling restart runs them behind Debian's nginx
 test-cluster: redis-server websocat proxy-tools
-	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster --test cluster_faults --test cluster_resume --test rolling_restart
+	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster --test cluster_faults --test cluster_resume --test rolling_restart --test walkthrough
 	cargo build --quiet --features redis --target-dir target/redis
 	THREADCHAT=target/redis/debug/threadchat bash tests/shell/run.sh tests/shell/cluster/two-instances.sh
 

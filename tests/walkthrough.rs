@@ -101,6 +101,113 @@ fn run_resume_session() -> Vec<String> {
     normalise(&server.stderr(), &server)
 }
 
+/// The walk-through's third session, two instances sharing one room through Redis: a client
+/// joins each, and the first says "Hello". Returns each instance's trace, with stream IDs
+/// (which are times) made into fixed stand-ins.
+#[cfg(feature = "redis")]
+fn run_cluster_session() -> Option<(Vec<String>, Vec<String>)> {
+    use common::redis_server::{instance_with, Redis};
+    let redis = Redis::start()?;
+    let first = instance_with(&redis.url(), &["--trace"]);
+    let second = instance_with(&redis.url(), &["--trace"]);
+    let mut alice = RawClient::connect(first.ws);
+    alice.text();
+    let mut bob = RawClient::connect(second.ws);
+    bob.text();
+    alice.text(); // bob's join, read back from the stream
+    alice.send_frame(0x81, RFC_MASK, b"Hello");
+    assert!(alice.text().ends_with(": Hello"));
+    assert!(bob.text().ends_with(": Hello"));
+    let hello_sent = |server: &Server| {
+        let lines = normalise(&server.stderr(), server);
+        let broadcast = lines.iter().position(|l| l.ends_with(": Hello"));
+        broadcast.is_some_and(|at| lines[at..].iter().any(|l| l.contains(" | wrote ")))
+    };
+    let hello_added = || {
+        let lines = normalise(&first.stderr(), &first);
+        lines
+            .iter()
+            .any(|l| l.starts_with("stream | XADD") && l.ends_with("Hello\""))
+    };
+    eventually("both instances to send the line", || {
+        hello_added() && hello_sent(&first) && hello_sent(&second)
+    });
+    let (mut a, mut b) = (
+        normalise(&first.stderr(), &first),
+        normalise(&second.stderr(), &second),
+    );
+    stream_ids_as_stand_ins(&mut a, &mut b);
+    Some((a, b))
+}
+
+/// Stream IDs are the milliseconds they were added at: the earliest becomes
+/// `1764466000000-0`, the next `1764466000001-0`, and so on, the same in both traces.
+#[cfg(feature = "redis")]
+fn stream_ids_as_stand_ins(a: &mut [String], b: &mut [String]) {
+    let is_id = |w: &str| {
+        w.split_once('-').is_some_and(|(ms, seq)| {
+            ms.len() == 13
+                && ms.chars().all(|c| c.is_ascii_digit())
+                && !seq.is_empty()
+                && seq.chars().all(|c| c.is_ascii_digit())
+        })
+    };
+    let words = |line: &String| {
+        line.split(|c: char| c == ' ' || c == ':')
+            .filter(|w| is_id(w))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let mut ids: Vec<(u64, u64, String)> = a
+        .iter()
+        .chain(b.iter())
+        .flat_map(words)
+        .map(|w| {
+            let (ms, seq) = w.split_once('-').unwrap();
+            (ms.parse().unwrap(), seq.parse().unwrap(), w.clone())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    for line in a.iter_mut().chain(b.iter_mut()) {
+        for word in words(line) {
+            let n = ids.iter().position(|id| id.2 == word).unwrap();
+            *line = line.replace(&word, &format!("{}-0", 1764466000000u64 + n as u64));
+        }
+    }
+}
+
+/// The lines of every block in the document fenced with ```` ```text <tag> ````.
+fn quoted_lines(tag: &str) -> Vec<&'static str> {
+    let fence = format!("```text {tag}");
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for line in DOC.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = line.trim() == fence;
+            continue;
+        }
+        if inside && !line.trim().is_empty() {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// Fails with the quoted lines that are not in `real`.
+fn assert_all_real(quoted: &[&str], real: &[String], what: &str) {
+    let missing: Vec<&&str> = quoted
+        .iter()
+        .filter(|q| !real.iter().any(|r| r == **q))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/WALKTHROUGH.md quotes {what} lines the server no longer prints:\n{}\n\nreal output:\n{}",
+        missing.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n"),
+        real.join("\n")
+    );
+}
+
 /// Random nicknames, ports and peer addresses become fixed stand-ins, in order of first
 /// appearance, so the document can quote the output word for word.
 fn normalise(stderr: &str, server: &Server) -> Vec<String> {
@@ -147,41 +254,29 @@ fn words_like(line: &str, prefix: &str) -> Vec<String> {
     found
 }
 
-/// The lines of every ```` ```text trace ```` block in the document.
-fn quoted_trace_lines() -> Vec<&'static str> {
-    let mut lines = Vec::new();
-    let mut inside = false;
-    for line in DOC.lines() {
-        if line.trim_start().starts_with("```") {
-            inside = line.trim() == "```text trace";
-            continue;
-        }
-        if inside && !line.trim().is_empty() {
-            lines.push(line);
-        }
-    }
-    lines
-}
-
 #[test]
 fn every_trace_line_quoted_in_the_walkthrough_is_real() {
     let mut real = run_session();
     real.extend(run_resume_session());
-    let quoted = quoted_trace_lines();
+    let quoted = quoted_lines("trace");
     assert!(
         quoted.len() >= 20,
         "the walk-through quotes too little trace"
     );
-    let missing: Vec<&&str> = quoted
-        .iter()
-        .filter(|q| !real.iter().any(|r| r == **q))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "docs/WALKTHROUGH.md quotes trace lines the server no longer prints:\n{}\n\nreal output:\n{}",
-        missing.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n"),
-        real.join("\n")
-    );
+    assert_all_real(&quoted, &real, "trace");
+}
+
+/// The cluster's blocks: each line was printed by one of the two instances.
+#[cfg(feature = "redis")]
+#[test]
+fn every_cluster_trace_line_quoted_in_the_walkthrough_is_real() {
+    let Some((a, b)) = run_cluster_session() else {
+        return;
+    };
+    let quoted = quoted_lines("trace-cluster");
+    assert!(quoted.len() >= 4, "the walk-through quotes too little");
+    let both: Vec<String> = a.into_iter().chain(b).collect();
+    assert_all_real(&quoted, &both, "cluster trace");
 }
 
 /// One link to a line of code, like [`read_pump`](../src/client.rs#L149).
@@ -371,4 +466,9 @@ fn repoint_code_links() {
 fn print_trace_session() {
     println!("{}", run_session().join("\n"));
     println!("\n{}", run_resume_session().join("\n"));
+    #[cfg(feature = "redis")]
+    if let Some((a, b)) = run_cluster_session() {
+        println!("\nfirst instance:\n{}", a.join("\n"));
+        println!("\nsecond instance:\n{}", b.join("\n"));
+    }
 }
