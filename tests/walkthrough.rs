@@ -153,7 +153,7 @@ fn stream_ids_as_stand_ins(a: &mut [String], b: &mut [String]) {
         })
     };
     let words = |line: &String| {
-        line.split(|c: char| c == ' ' || c == ':')
+        line.split([' ', ':'])
             .filter(|w| is_id(w))
             .map(str::to_owned)
             .collect::<Vec<_>>()
