@@ -5,7 +5,7 @@ TOOLS    := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 ARGS     ?=
 
-.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links mutants cargo-mutants
+.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links mutants cargo-mutants cargo-nextest
 
 ## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
 run:
@@ -84,9 +84,15 @@ walkthrough-links:
 ## with the redis feature. Hours on 2 cores; not in CI.
 ## Reports in target/mutants.out and target/redis/mutants.out. ARGS go to both runs
 ## (e.g. ARGS="--list", or ARGS="--file src/rate.rs").
-mutants: cargo-mutants redis-server
+mutants: cargo-mutants cargo-nextest redis-server
 	cargo mutants --exclude src/cluster.rs $(ARGS)
 	cargo mutants --features redis --output target/redis --re 'src/cluster\.rs:' $(ARGS)
+
+## cargo-nextest: the test runner make mutants uses; the one on PATH, or built once into .tools/
+cargo-nextest:
+	@command -v cargo-nextest >/dev/null || { \
+	  echo "cargo-nextest not found: installing it into $(TOOLS) (a few minutes, once)"; \
+	  cargo install --locked --quiet cargo-nextest --root "$(TOOLS)"; }
 
 ## cargo-mutants: use the one on PATH, or build it once into .tools/
 cargo-mutants:
