@@ -243,7 +243,9 @@ impl Log {
     pub fn append(&mut self, frame: &[u8]) -> u64 {
         let start = self.head();
         if !self.filling.room_for(frame.len()) {
-            let was_empty = self.filling.end() == start && self.filling.base() == start;
+            // Only a new log's first segment is ever empty: every other one is made for a
+            // frame and gets it at once.
+            let was_empty = self.filling.base() == start;
             self.filling = Segment::new(start, frame.len());
             let mut segments = self.shared.segments();
             if was_empty {
@@ -477,6 +479,20 @@ mod tests {
         fill(&mut log, 20_000, 50);
         reader.trim();
         assert_eq!(concat(&slices), expected);
+    }
+
+    #[test]
+    fn a_first_frame_bigger_than_a_segment_gets_the_only_segment() {
+        let mut log = Log::new(1 << 30);
+        let reader = log.reader();
+        let cursor = log.cursor_at(0);
+        let big = wire::text_frame(&"b".repeat(SEGMENT_BYTES * 2));
+        log.append(&big);
+        let snap = snapshot(&reader);
+        assert_eq!(snap.len(), 1, "no empty segment left at the same offset");
+        let mut slices = Vec::new();
+        cursor.gather(0, reader.head(), &snap, &mut slices).unwrap();
+        assert!(concat(&slices) == big[..], "the frame reads back whole");
     }
 
     #[test]
