@@ -416,6 +416,88 @@ mod tests {
     }
 
     #[test]
+    fn a_client_evicted_mid_private_frame_gets_the_rest_of_it_then_close_1008() {
+        let mut log = Log::new(1 << 24);
+        let (server, mut client) = pair();
+        small_send_buffer(&server);
+        let mut delivery = delivery(&log, server, 0);
+        let big = "p".repeat(2 << 20);
+        let _ = delivery.outbox.push(wire::text_frame(&big)).unwrap();
+        let _ = delivery
+            .outbox
+            .push(wire::text_frame("never sent"))
+            .unwrap();
+        log.append(&wire::text_frame("never sent either"));
+        let first = send_all(&mut delivery, &log);
+        assert!(
+            matches!(first, Sent::Bytes { full: true, .. }),
+            "the socket should take only part: {first:?}"
+        );
+        assert!(delivery.evict());
+        let reading = std::thread::spawn(move || frames(&mut client, 2));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !delivery.finished() {
+            assert_ne!(send_all(&mut delivery, &log), Sent::Failed);
+            assert!(std::time::Instant::now() < deadline, "never finished");
+        }
+        let got = reading.join().unwrap();
+        assert_eq!(got[0].0, 0x81);
+        assert!(
+            got[0].1 == big.as_bytes(),
+            "the private frame arrives whole"
+        );
+        assert_eq!(got[1].0, 0x88);
+        assert_eq!(&got[1].1[2..], b"too slow");
+    }
+
+    #[test]
+    fn more_pieces_than_one_sendmsg_takes_go_in_the_next_and_say_so() {
+        let mut log = Log::new(1 << 24);
+        let (server, mut client) = pair();
+        let mut delivery = delivery(&log, server, 0);
+        // A line, then a frame for this client alone, and again: two pieces each.
+        let count = MAX_SLICES_PER_SEND;
+        for i in 0..count {
+            log.append(&wire::text_frame(&format!("line {i}")));
+            let at = log.head();
+            delivery
+                .private
+                .push_back((at, wire::text_frame(&format!("mine {i}"))));
+        }
+        let reading = std::thread::spawn(move || frames(&mut client, 2 * count));
+        let first = send_all(&mut delivery, &log);
+        assert!(
+            matches!(
+                first,
+                Sent::Bytes {
+                    more: true,
+                    full: false,
+                    ..
+                }
+            ),
+            "{first:?}"
+        );
+        let second = send_all(&mut delivery, &log);
+        assert!(
+            matches!(
+                second,
+                Sent::Bytes {
+                    more: false,
+                    full: false,
+                    ..
+                }
+            ),
+            "{second:?}"
+        );
+        let got: Vec<Vec<u8>> = reading.join().unwrap().into_iter().map(|f| f.1).collect();
+        let want: Vec<Vec<u8>> = (0..count)
+            .flat_map(|i| [format!("line {i}"), format!("mine {i}")])
+            .map(String::into_bytes)
+            .collect();
+        assert!(got == want, "every piece once, in order");
+    }
+
+    #[test]
     fn an_evicted_client_is_sent_nothing_more_and_finishes() {
         let mut log = Log::new(1 << 20);
         let (server, mut client) = pair();

@@ -496,6 +496,31 @@ mod tests {
     }
 
     #[test]
+    fn the_recent_past_kept_for_resumes_stays_and_older_bytes_go() {
+        let mut log = Log::new(1 << 30);
+        let reader = log.reader();
+        let keep = 100_000;
+        log.keep(keep);
+        fill(&mut log, 3000, 100);
+        reader.trim();
+        let head = reader.head();
+        let oldest = log.oldest();
+        assert!(snapshot(&reader).len() >= 2, "the kept bytes span segments");
+        assert!(oldest > 0, "nobody is in the oldest bytes: they go");
+        assert!(oldest <= head - keep, "the last {keep} bytes stay");
+        assert!(log.cursor_back_at(oldest).is_some());
+        assert!(log.cursor_back_at(0).is_none());
+        log.keep(0);
+        reader.trim();
+        assert_eq!(
+            snapshot(&reader).len(),
+            1,
+            "kept no longer: only the segment being filled"
+        );
+        assert!(log.oldest() > oldest);
+    }
+
+    #[test]
     fn segments_nobody_is_in_are_let_go() {
         let mut log = Log::new(1 << 30);
         let reader = log.reader();

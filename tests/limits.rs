@@ -103,8 +103,9 @@ fn a_request_that_is_not_a_websocket_handshake_gets_400_saying_why() {
         ),
     ];
     for (request, why) in cases {
-        let (status, _, body) = http(addr, &request);
+        let (status, head, body) = http(addr, &request);
         assert_eq!(status, 400, "{body}");
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
         assert_eq!(body.lines().count(), 1, "{body:?}");
         assert!(body.contains(why), "{body:?} does not say {why}");
     }
@@ -117,6 +118,10 @@ fn plain_http_on_the_websocket_port_gets_426_naming_the_page() {
     let server = Server::start(&[]);
     let (status, head, body) = get(server.ws, "/");
     assert_eq!(status, 426);
+    assert!(
+        head.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{head}"
+    );
     assert!(head.contains("Upgrade: websocket"));
     assert_eq!(body.lines().count(), 1);
     assert!(body.contains(&format!("http://{}/", server.http)));
