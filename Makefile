@@ -78,15 +78,19 @@ trace-session:
 walkthrough-links:
 	@cargo test --quiet --test walkthrough -- --ignored --exact repoint_code_links
 
-## mutants: mutation testing of the core with cargo-mutants (installed into .tools/ when
-## missing), settings and exclusions in .cargo/mutants.toml. First the Rust tests against
-## room, log, delivery, writer, outbox, rate, wire and handshake; then cluster.rs, built
-## with the redis feature. Hours on 2 cores; not in CI.
-## Reports in target/mutants.out and target/redis/mutants.out. ARGS go to both runs
-## (e.g. ARGS="--list", or ARGS="--file src/rate.rs").
-mutants: cargo-mutants cargo-nextest redis-server
-	cargo mutants --exclude src/cluster.rs $(ARGS)
-	cargo mutants --features redis --output target/redis --re 'src/cluster\.rs:' $(ARGS)
+## mutants: mutation testing of the core with cargo-mutants and nextest (both installed into
+## .tools/ when missing), settings and exclusions in .cargo/mutants.toml. First the Rust tests
+## against room, log, delivery, writer, outbox, rate, wire and handshake; then cluster.rs and
+## the room's cluster-only paths, built with the redis feature and tested by the unit tests
+## and every test that starts an instance with --redis. About an hour on 2 cores; not in CI.
+## Reports in target/mutants.out and target/redis/mutants.out; docs/MUTANTS.md has the last
+## run. ARGS go to both runs (e.g. ARGS="--list", or ARGS="--file src/rate.rs").
+CLUSTER_ONLY := src/cluster\.rs:|Room::(refused|restart_everyone|lose_name)( |$$)|with false in Room::handle_close_connection
+CLUSTER_TESTS := kind(bin) | binary(/^cluster/) | binary(rolling_restart) | binary(walkthrough)
+mutants: cargo-mutants cargo-nextest redis-server proxy-tools
+	cargo mutants -j 3 --exclude src/cluster.rs --exclude-re '$(CLUSTER_ONLY)' $(ARGS)
+	cargo mutants -j 3 --features redis --output target/redis --re '$(CLUSTER_ONLY)' $(ARGS) \
+	  -- -E '$(CLUSTER_TESTS)'
 
 ## cargo-nextest: the test runner make mutants uses; the one on PATH, or built once into .tools/
 cargo-nextest:

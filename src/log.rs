@@ -448,6 +448,26 @@ mod tests {
     }
 
     #[test]
+    fn bytes_past_the_snapshot_are_not_passed_off_as_sent() {
+        let mut log = Log::new(1 << 30);
+        let reader = log.reader();
+        let cursor = log.cursor_at(0);
+        let all = fill(&mut log, 2000, 100);
+        assert_eq!(reader.appends(), 2000);
+        let snap = snapshot(&reader);
+        assert!(snap.len() >= 3);
+        let mut slices = Vec::new();
+        cursor.gather(0, reader.head(), &snap, &mut slices).unwrap();
+        assert!(concat(&slices) == all);
+        // A snapshot without the newest segments cannot give the bytes up to the head.
+        slices.clear();
+        assert_eq!(
+            cursor.gather(0, reader.head(), &snap[..1], &mut slices),
+            Err(Lapped)
+        );
+    }
+
+    #[test]
     fn a_cursor_lapped_by_the_retention_is_told_so() {
         let retention = 3 * SEGMENT_BYTES as u64;
         let mut log = Log::new(retention);
