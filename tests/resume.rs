@@ -248,3 +248,31 @@ fn a_session_whose_place_is_no_longer_kept_resumes_from_now_with_the_mark() {
     let line = format!("{nickname}: same name");
     assert_eq!(witness.until(&line), Vec::<String>::new());
 }
+
+#[test]
+fn one_session_ending_leaves_the_others_their_places() {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let mut witness = server.join();
+    let mut leaving = Resumable::new_session(&server);
+    let staying = Resumable::new_session(&server);
+    witness.until(&format!(" .... {} has joined.", staying.nickname));
+    leaving.line(); // the other's join
+                    // One drops; while it is away, the other's session ends for good, with a close frame.
+    let (token, _, position) = staying.cut();
+    leaving.ws.close(None).unwrap();
+    let leave = format!(" .... {} has left.", leaving.nickname);
+    witness.until(&leave);
+    witness.say("while you were out");
+    let said = format!("{}: while you were out", witness.nickname);
+    witness.until(&said);
+    let (ws, first) = Resumable::back(&server, &token, &position);
+    assert_eq!(first, "resumed 2", "its place was kept");
+    let mut back = Resumable {
+        ws,
+        token,
+        nickname: String::new(),
+        position,
+    };
+    assert_eq!(back.line(), leave);
+    assert_eq!(back.line(), said);
+}
