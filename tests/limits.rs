@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -383,6 +383,93 @@ fn a_write_blocked_past_the_write_timeout_drops_the_client() {
             Err(_) => break,
         }
     }
+}
+
+/// Sends `lines` lines of 64 KiB from the witness, 1 MiB unread at most, each read back by
+/// the witness itself; returns the line as everyone gets it.
+fn echoed_flood(witness: &mut Client, lines: usize) -> String {
+    let line = "w".repeat(64 * 1024);
+    let mine = format!("{}: {line}", witness.nickname);
+    let (mut sent, mut echoed) = (0, 0);
+    while echoed < lines {
+        while sent < lines && sent < echoed + 16 {
+            witness.ws.send(Message::text(line.clone())).unwrap();
+            sent += 1;
+        }
+        let got = witness.line();
+        assert!(got == mine, "the witness heard {got:.80}");
+        echoed += 1;
+    }
+    mine
+}
+
+#[test]
+fn a_closing_client_that_falls_out_of_the_log_is_let_go() {
+    // Far behind, but not yet by the lag limit, it sends its close; the room moves on past
+    // what it still had to get, so it can never have its close reply: its connection ends.
+    let server = Server::start(&[
+        "--rate-limit",
+        "0",
+        "--write-timeout",
+        "30",
+        "--max-lag-bytes",
+        "16777216",
+    ]);
+    let mut witness = server.join();
+    let mut closing = stalled_client(&server);
+    let name = offender_joined(&mut witness);
+    // 12 MiB: more than the socket buffers hold, less than the lag limit.
+    echoed_flood(&mut witness, 192);
+    closing.close(None).unwrap();
+    closing.flush().unwrap();
+    assert_eq!(witness.line(), format!(" .... {name} has left."));
+    echoed_flood(&mut witness, 320); // 20 MiB more: its place is gone
+    loop {
+        match closing.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ),
+                    "still connected after {PATIENCE:?}"
+                );
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+#[test]
+fn a_client_connected_longer_than_the_write_timeout_may_fall_behind_for_a_moment() {
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+    let server = Server::start(&[
+        "--rate-limit",
+        "0",
+        "--write-timeout",
+        "3",
+        "--max-lag-bytes",
+        "1073741824",
+    ]);
+    let mut witness = server.join();
+    let mut slow = server.join();
+    offender_joined(&mut witness);
+    // The timeout counts from the last byte the socket took, not from the join: let the
+    // connection grow older than the timeout, with nothing to send it meanwhile.
+    std::thread::sleep(WRITE_TIMEOUT + Duration::from_millis(500));
+    // 16 MiB, far more than the socket buffers hold, while it does not read: it blocks.
+    const LINES: usize = 256;
+    let mine = echoed_flood(&mut witness, LINES);
+    // It reads again within the timeout: every line, and it is still there.
+    for _ in 0..LINES {
+        let got = slow.line();
+        assert!(got == mine, "it got {got:.80}");
+    }
+    slow.say("still here");
+    let here = format!("{}: still here", slow.nickname);
+    assert_eq!(witness.line(), here, "it was dropped");
 }
 
 #[test]
