@@ -276,3 +276,45 @@ fn one_session_ending_leaves_the_others_their_places() {
     assert_eq!(back.line(), leave);
     assert_eq!(back.line(), said);
 }
+
+#[test]
+fn a_client_dropped_for_the_write_timeout_keeps_its_session() {
+    let server = Server::start(&[
+        "--rate-limit",
+        "0",
+        "--write-timeout",
+        "1",
+        "--max-lag-bytes",
+        "1073741824",
+    ]);
+    let mut witness = server.join();
+    let page = Resumable::new_session(&server);
+    witness.until(&format!(" .... {} has joined.", page.nickname));
+    // 16 MiB while the page reads nothing: its socket fills, and after a second it is
+    // dropped, the way a lost network drops it: no close frame, so its session waits.
+    let line = "w".repeat(64 * 1024);
+    let mine = format!("{}: {line}", witness.nickname);
+    let (mut sent, mut echoed) = (0, 0);
+    while echoed < 256 {
+        while sent < 256 && sent < echoed + 16 {
+            witness.say(&line);
+            sent += 1;
+        }
+        let got = witness.line();
+        assert!(got == mine, "the witness heard {got:.80}");
+        echoed += 1;
+    }
+    let dropped = format!("drop  {} from", page.nickname);
+    eventually("the write timeout to drop the page", || {
+        server.stderr().contains(&dropped)
+    });
+    let (token, _, position) = page.cut();
+    let (_ws, first) = Resumable::back(&server, &token, &position);
+    assert!(first.starts_with("resumed "), "{first:?}");
+    witness.say("marker");
+    assert_eq!(
+        witness.line(),
+        format!("{}: marker", witness.nickname),
+        "the others heard of it"
+    );
+}
