@@ -318,3 +318,33 @@ fn a_client_dropped_for_the_write_timeout_keeps_its_session() {
         "the others heard of it"
     );
 }
+
+#[test]
+fn a_client_away_while_many_segments_of_lines_go_by_gets_them_all() {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let mut witness = server.join();
+    let page = Resumable::new_session(&server);
+    witness.until(&format!(" .... {} has joined.", page.nickname));
+    let (token, _, position) = page.cut();
+    // About 300 KB: the log's segments hold 64 KiB, and nobody's cursor is in the older
+    // ones; the room keeps them for the session.
+    let line = "s".repeat(1000);
+    let mine = format!("{}: {line}", witness.nickname);
+    for _ in 0..300 {
+        witness.say(&line);
+        let got = witness.line();
+        assert!(got == mine, "the witness heard {got:.80}");
+    }
+    let (ws, first) = Resumable::back(&server, &token, &position);
+    assert_eq!(first, "resumed 300");
+    let mut back = Resumable {
+        ws,
+        token,
+        nickname: String::new(),
+        position,
+    };
+    for _ in 0..300 {
+        let got = back.line();
+        assert!(got == mine, "it got {got:.80}");
+    }
+}
