@@ -85,7 +85,7 @@ walkthrough-links:
 ## and every test that starts an instance with --redis. About an hour on 2 cores; not in CI.
 ## Reports in target/mutants.out and target/redis/mutants.out; docs/MUTANTS.md has the last
 ## run. ARGS go to both runs (e.g. ARGS="--list", or ARGS="--file src/rate.rs").
-CLUSTER_ONLY := src/cluster\.rs:|Room::(refused|restart_everyone|lose_name|resumed)( |$$)|with false in Room::(handle_close_connection|say_goodbye)
+CLUSTER_ONLY := src/cluster\.rs:|Room::(refused|restart_everyone|lose_name|resumed|turn_away)( |$$)|with false in Room::(handle_close_connection|say_goodbye)
 CLUSTER_TESTS := kind(bin) | binary(/^cluster/) | binary(rolling_restart) | binary(walkthrough)
 mutants: cargo-mutants cargo-nextest redis-server proxy-tools
 	cargo mutants -j 3 --exclude src/cluster.rs --exclude-re '$(CLUSTER_ONLY)' $(ARGS)
