@@ -326,6 +326,16 @@ fn a_killed_instance_clients_are_announced_as_left_exactly_once_within_13_s() {
         victims.iter().all(|v| !held.contains_key(&v.nickname)),
         "{held:?}"
     );
+    // The survivors still hold their own, in their own sets: the next reap finds them.
+    for (survivor, watcher) in [&two, &three].into_iter().zip(&watchers) {
+        let set = format!("threadchat:held:{}", instance_id(survivor));
+        let kept: bool = redis::cmd("SISMEMBER")
+            .arg(&set)
+            .arg(&watcher.nickname)
+            .query(&mut connection)
+            .unwrap();
+        assert!(kept, "{} is no longer in {set}", watcher.nickname);
+    }
     // A restarted instance is a new one, with a new name, and joins the same room.
     let reborn = instance(&redis);
     assert_ne!(instance_id(&reborn), dead_id);
