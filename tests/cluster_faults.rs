@@ -326,6 +326,22 @@ fn an_instance_that_missed_trimmed_lines_tells_its_clients() {
 
 #[test]
 fn after_redis_restarts_empty_lines_flow_and_every_name_is_held_again() {
+    names_held_again_after(|redis| redis.restart_empty());
+}
+
+#[test]
+fn after_redis_is_emptied_in_place_lines_flow_and_every_name_is_held_again() {
+    // FLUSHALL: the same server, still running, with nothing in it.
+    names_held_again_after(|redis| {
+        let () = redis::cmd("FLUSHALL")
+            .query(&mut redis.connection())
+            .unwrap();
+    });
+}
+
+/// Two instances with a client each; Redis loses everything (`empty`); lines flow again
+/// within 5 s and each connected client's name is held again by its own instance.
+fn names_held_again_after(empty: impl FnOnce(&mut Redis)) {
     let Some(mut redis) = Redis::start() else {
         return;
     };
@@ -344,7 +360,7 @@ fn after_redis_restarts_empty_lines_flow_and_every_name_is_held_again() {
     }
     let holders = [instance_id(&one), instance_id(&two)];
 
-    redis.restart_empty();
+    empty(&mut redis);
     let (a, b) = clients.split_at_mut(1);
     let (took, heard) = until_a_line_gets_through(&mut a[0], &mut b[0], Duration::from_secs(10));
     assert!(
