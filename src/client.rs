@@ -34,7 +34,7 @@ use crate::rate::{RateLimit, Verdict};
 use crate::server::{ConnectionCount, Shared};
 use crate::stream::ClientStream;
 use crate::sys;
-use crate::trace::{self, Trace};
+use crate::trace::Trace;
 use crate::wire::{self, Dialect, Frame};
 use crate::writer::{Writer, CLOSE_GRACE};
 
@@ -306,8 +306,15 @@ fn first_message(
     loop {
         match ws.read() {
             Ok(Message::Text(text)) => {
-                trace.decision(peer, &format!("first message: {}", trace::redact(&text)));
                 let resume = Resume::parse(&text);
+                // Told from what was understood, never from the text itself: a malformed
+                // message may still hold a token.
+                let told = match &resume {
+                    Some(Resume::New) => "new".to_owned(),
+                    Some(Resume::Back { position, .. }) => format!("resume <token> {position}"),
+                    None => format!("neither new nor resume ({} bytes)", text.len()),
+                };
+                trace.decision(peer, &format!("first message: {told}"));
                 if resume.is_none() {
                     let expected = CloseFrame {
                         code: CloseCode::Policy,

@@ -163,6 +163,20 @@ fn tokens_never_reach_the_logs_or_the_trace() {
         let trace = server.stderr();
         trace.contains("session <token>") && trace.contains("resumed its session")
     });
+    // A client that gets the format wrong still holds a real token: it is closed with 1008,
+    // and its message is not printed either.
+    for wrong in [format!("resume  {token} 1"), format!("Resume {token} 1")] {
+        let mut ws = handshake(&server.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
+        ws.send(Message::text(wrong)).unwrap();
+        assert_eq!(expect_close(&mut ws).0, 1008);
+    }
+    eventually("the wrong first messages in the trace", || {
+        server
+            .stderr()
+            .matches("first message: neither new nor resume")
+            .count()
+            == 2
+    });
     assert!(!server.stderr().contains(&token), "the token was printed");
 }
 
