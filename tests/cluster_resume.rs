@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis_server::{instance_with, Redis};
+use common::redis_server::{instance_id, instance_with, Redis};
 use common::resumable::Resumable;
 use common::*;
 use tungstenite::Message;
@@ -241,4 +241,38 @@ fn an_instance_started_after_the_drop_resumes_it_from_the_stream_s_recent_past()
         "no leave, no join"
     );
     assert_eq!(back.line(), format!("{}: later", witness.nickname));
+}
+
+#[test]
+fn a_name_resumed_on_another_instance_is_held_there_again_after_redis_loses_it() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let mut witness = two.join();
+    let page = Resumable::new_session(&one);
+    assert_eq!(witness.line(), join_of(&page.nickname));
+    let (token, nickname, position) = page.cut();
+    let back = resume_on(&two, (token, nickname.clone(), position), 0);
+    let holder_is_two = |connection: &mut redis::Connection| {
+        redis::cmd("HGET")
+            .arg("threadchat:nicknames")
+            .arg(&nickname)
+            .query::<Option<String>>(connection)
+            .ok()
+            .flatten()
+            .is_some_and(|h| h.starts_with(&format!("{}:", instance_id(&two))))
+    };
+    let mut connection = redis.connection();
+    eventually("the resumed name to be held by the second instance", || {
+        holder_is_two(&mut connection)
+    });
+    // Redis comes back empty: the second instance claims again every name it holds, the
+    // one that moved to it included.
+    redis.restart_empty();
+    let mut connection = redis.connection();
+    eventually("the resumed name to be held there again", || {
+        holder_is_two(&mut connection)
+    });
+    drop(back);
 }
