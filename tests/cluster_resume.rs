@@ -276,3 +276,47 @@ fn a_name_resumed_on_another_instance_is_held_there_again_after_redis_loses_it()
     });
     drop(back);
 }
+
+#[test]
+fn a_resume_refused_by_a_read_only_redis_is_told_to_come_back_later_and_keeps_its_session() {
+    let Some(redis) = Redis::start() else { return };
+    let one = instance(&redis, &[]);
+    let page = Resumable::new_session(&one);
+    let (token, nickname, position) = page.cut();
+    eventually("the session to wait", || {
+        one.stderr().contains(&format!("drop  {nickname}"))
+    });
+    // A failover gone wrong: Redis follows a primary that is not there, and refuses every
+    // write with READONLY. That says nothing about the session: come back later.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut connection = redis.connection();
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(nobody.local_addr().unwrap().port())
+        .query(&mut connection)
+        .unwrap();
+    let mut ws = handshake(&one.ws_url("/"), &[common::resumable::SUBPROTOCOL]).expect("handshake");
+    ws.send(Message::text(format!("resume {token} {position}")))
+        .unwrap();
+    assert_eq!(expect_close(&mut ws).0, 1013, "try again later");
+    let () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut connection)
+        .unwrap();
+    // Back within the window, the session is still there.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut ws =
+            handshake(&one.ws_url("/"), &[common::resumable::SUBPROTOCOL]).expect("handshake");
+        ws.send(Message::text(format!("resume {token} {position}")))
+            .unwrap();
+        match ws.read() {
+            Ok(Message::Text(first)) => {
+                assert!(first.starts_with("resumed "), "{first:?}");
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "never resumed"),
+        }
+    }
+}
