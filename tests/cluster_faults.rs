@@ -478,3 +478,40 @@ fn while_redis_is_gone_reconnects_back_off_and_never_spin() {
     assert!(attempts > 0, "it never tried again");
     assert!(attempts <= 60, "{attempts} connections in {WATCH:?}");
 }
+
+#[test]
+fn a_leave_refused_by_a_read_only_redis_is_announced_once_it_takes_writes_again() {
+    let Some(redis) = Redis::start() else { return };
+    let (one, two) = (
+        instance_with(&redis.url(), &[]),
+        instance_with(&redis.url(), &[]),
+    );
+    let mut clients = vec![one.join(), two.join()];
+    let leaving = one.join();
+    let name = leaving.nickname.clone();
+    settle(&mut clients);
+    let nobody = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut connection = redis.connection();
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(nobody.local_addr().unwrap().port())
+        .query(&mut connection)
+        .unwrap();
+    // It leaves while Redis refuses every write: its leave is owed, not lost.
+    drop(leaving);
+    eventually("the leave to be noticed", || {
+        one.stderr().contains(&format!("leave {name} from"))
+    });
+    let () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut connection)
+        .unwrap();
+    let (speaker, witness) = clients.split_at_mut(1);
+    let (speaker, witness) = (&mut speaker[0], &mut witness[0]);
+    let (_, mut heard) = until_a_line_gets_through(speaker, witness, Duration::from_secs(15));
+    speaker.say("once");
+    heard.extend(witness.until(&format!("{}: once", speaker.nickname)));
+    let left = format!(" .... {name} has left.");
+    assert_eq!(heard.iter().filter(|l| **l == left).count(), 1, "{heard:?}");
+}
