@@ -320,3 +320,22 @@ fn a_resume_refused_by_a_read_only_redis_is_told_to_come_back_later_and_keeps_it
         }
     }
 }
+
+#[test]
+fn a_client_away_for_several_heartbeats_still_resumes_unannounced() {
+    let Some(redis) = Redis::start() else { return };
+    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let mut witness = two.join();
+    let page = Resumable::new_session(&one);
+    assert_eq!(witness.line(), join_of(&page.nickname));
+    let dropped = page.cut();
+    // Away through two of the heartbeats' checks for ended windows (every 3 s), well within
+    // its own window (120 s).
+    std::thread::sleep(Duration::from_secs(7));
+    let back = resume_on(&two, dropped, 0);
+    assert_eq!(
+        before_marker(&mut witness, "nobody left"),
+        Vec::<String>::new()
+    );
+    drop(back);
+}
