@@ -7,7 +7,9 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -39,6 +41,8 @@ struct Proxy {
     /// The connections it carries (both ends), and whether it is cut; one lock for both,
     /// so that no connection slips through a cut.
     state: Arc<Mutex<(Vec<TcpStream>, bool)>>,
+    /// While set, what Redis answers is dropped: requests arrive, replies are lost.
+    deaf: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -47,6 +51,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new((Vec::new(), false)));
         let shared = state.clone();
+        let deaf = Arc::new(AtomicBool::new(false));
+        let muted = deaf.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -59,11 +65,20 @@ impl Proxy {
                 };
                 state.0.push(client.try_clone().unwrap());
                 state.0.push(server.try_clone().unwrap());
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    None,
+                );
+                pipe(server, client, Some(muted.clone()));
             }
         });
-        Proxy { port, state }
+        Proxy { port, state, deaf }
+    }
+
+    /// Lets requests through but loses Redis's replies (`true`), or hears them again.
+    fn deafen(&self, deaf: bool) {
+        self.deaf.store(deaf, Ordering::SeqCst);
     }
 
     fn url(&self) -> String {
@@ -83,9 +98,22 @@ impl Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` until either ends; while `muted` is set, what comes is dropped.
+fn pipe(mut from: TcpStream, mut to: TcpStream, muted: Option<Arc<AtomicBool>>) {
     thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if muted.as_ref().is_some_and(|m| m.load(Ordering::SeqCst)) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     });
@@ -683,4 +711,34 @@ fn an_instance_paused_for_less_than_the_heartbeat_ttl_keeps_its_clients() {
         assert_eq!(a.line(), from_a, "after a pause of {secs} s");
         assert_eq!(b.line(), from_a, "after a pause of {secs} s");
     }
+}
+
+#[test]
+fn a_join_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
+    let Some(redis) = Redis::start() else { return };
+    let proxy = Proxy::start(redis.port);
+    let one = instance_with(&proxy.url(), &[]);
+    let two = instance(&redis);
+    let mut witness = two.join();
+    // A newcomer's join reaches Redis, which places it; the answer is lost on the way back.
+    proxy.deafen(true);
+    let mut newcomer = handshake(&one.ws_url("/"), &[]).expect("the upgrade itself works");
+    let joined = witness.line();
+    let name = joined
+        .strip_prefix(" .... ")
+        .and_then(|rest| rest.strip_suffix(" has joined."))
+        .unwrap_or_else(|| panic!("expected the newcomer's join, got {joined:?}"))
+        .to_owned();
+    eventually("the instance to give up on the answer", || {
+        publisher_gone(&one)
+    });
+    proxy.deafen(false);
+    // Settled once Redis is heard again: it was placed, so the newcomer is in, under the
+    // name everyone saw join, and nobody hears it twice or leave.
+    assert_eq!(read_text(&mut newcomer), joined);
+    newcomer
+        .send(tungstenite::Message::text("in after all"))
+        .unwrap();
+    let said = format!("{name}: in after all");
+    assert_eq!(witness.until(&said), Vec::<String>::new());
 }
