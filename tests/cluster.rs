@@ -742,3 +742,40 @@ fn a_join_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     let said = format!("{name}: in after all");
     assert_eq!(witness.until(&said), Vec::<String>::new());
 }
+
+#[test]
+fn a_resume_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
+    use common::resumable::{Resumable, SUBPROTOCOL};
+    let Some(redis) = Redis::start() else { return };
+    let proxy = Proxy::start(redis.port);
+    let one = instance_with(&proxy.url(), &[]);
+    let two = instance(&redis);
+    let mut witness = two.join();
+    let page = Resumable::new_session(&two);
+    assert_eq!(
+        witness.line(),
+        format!(" .... {} has joined.", page.nickname)
+    );
+    let (token, nickname, position) = page.cut();
+    eventually("its session to wait", || {
+        two.stderr().contains(&format!("drop  {nickname}"))
+    });
+    // It comes back on the instance whose answers from Redis are lost: Redis moves the
+    // session there, and the instance does not hear that it did.
+    proxy.deafen(true);
+    let mut ws = handshake(&one.ws_url("/"), &[SUBPROTOCOL]).expect("the upgrade itself works");
+    ws.send(tungstenite::Message::text(format!(
+        "resume {token} {position}"
+    )))
+    .unwrap();
+    eventually("the instance to give up on the answer", || {
+        publisher_gone(&one)
+    });
+    proxy.deafen(false);
+    // Settled once Redis is heard again: the session is its own, under its name.
+    let first = read_text(&mut ws);
+    assert!(first.starts_with("resumed "), "{first:?}");
+    ws.send(tungstenite::Message::text("back")).unwrap();
+    let said = format!("{nickname}: back");
+    assert_eq!(witness.until(&said), Vec::<String>::new());
+}
