@@ -120,7 +120,6 @@ fn a_dropped_connection_without_close_is_announced_as_left() {
 
 #[test]
 fn a_connection_reset_is_announced_as_left_once() {
-    use std::os::fd::AsRawFd;
     let server = Server::start(&[]);
     let mut a = server.join();
     let b = server.join();
@@ -129,22 +128,7 @@ fn a_connection_reset_is_announced_as_left_once() {
     let tungstenite::stream::MaybeTlsStream::Plain(socket) = b.ws.get_ref() else {
         unreachable!("a ws:// client")
     };
-    // A zero linger time makes close() send RST instead of FIN.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a live socket and a live local of the type the option expects.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "SO_LINGER");
+    reset_on_close(socket);
     drop(b);
     assert_eq!(a.line(), format!(" .... {name} has left."));
     a.say("after");

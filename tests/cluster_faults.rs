@@ -401,19 +401,10 @@ fn a_redis_that_turned_read_only_refuses_lines_aloud_and_logs_a_few_lines() {
     );
     let mut clients = vec![one.join(), two.join()];
     settle(&mut clients);
-    let nobody = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
 
     // A failover gone wrong: Redis now follows a primary that is not there, and refuses
     // every write with READONLY.
-    let mut connection = redis.connection();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(nobody.port())
-        .query(&mut connection)
-        .unwrap();
+    let _nobody = redis.follow_nobody();
     let read_only = Instant::now();
     let mut refused = 0;
     while read_only.elapsed() < Duration::from_secs(5) {
@@ -425,11 +416,7 @@ fn a_redis_that_turned_read_only_refuses_lines_aloud_and_logs_a_few_lines() {
         }
     }
     assert!(refused > 0, "no line was refused while Redis was read-only");
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query(&mut connection)
-        .unwrap();
+    redis.take_writes();
     let (a, b) = clients.split_at_mut(1);
     let _ = until_a_line_gets_through(&mut a[0], &mut b[0], Duration::from_secs(15));
     for server in [&one, &two] {
@@ -490,23 +477,13 @@ fn a_leave_refused_by_a_read_only_redis_is_announced_once_it_takes_writes_again(
     let leaving = one.join();
     let name = leaving.nickname.clone();
     settle(&mut clients);
-    let nobody = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut connection = redis.connection();
-    let () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(nobody.local_addr().unwrap().port())
-        .query(&mut connection)
-        .unwrap();
+    let _nobody = redis.follow_nobody();
     // It leaves while Redis refuses every write: its leave is owed, not lost.
     drop(leaving);
     eventually("the leave to be noticed", || {
         one.stderr().contains(&format!("leave {name} from"))
     });
-    let () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query(&mut connection)
-        .unwrap();
+    redis.take_writes();
     let (speaker, witness) = clients.split_at_mut(1);
     let (speaker, witness) = (&mut speaker[0], &mut witness[0]);
     let (_, mut heard) = until_a_line_gets_through(speaker, witness, Duration::from_secs(15));

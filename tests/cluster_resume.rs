@@ -288,22 +288,12 @@ fn a_resume_refused_by_a_read_only_redis_is_told_to_come_back_later_and_keeps_it
     });
     // A failover gone wrong: Redis follows a primary that is not there, and refuses every
     // write with READONLY. That says nothing about the session: come back later.
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut connection = redis.connection();
-    let () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(nobody.local_addr().unwrap().port())
-        .query(&mut connection)
-        .unwrap();
+    let _nobody = redis.follow_nobody();
     let mut ws = handshake(&one.ws_url("/"), &[common::resumable::SUBPROTOCOL]).expect("handshake");
     ws.send(Message::text(format!("resume {token} {position}")))
         .unwrap();
     assert_eq!(expect_close(&mut ws).0, 1013, "try again later");
-    let () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query(&mut connection)
-        .unwrap();
+    redis.take_writes();
     // Back within the window, the session is still there.
     let deadline = Instant::now() + PATIENCE;
     loop {

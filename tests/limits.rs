@@ -385,24 +385,6 @@ fn a_write_blocked_past_the_write_timeout_drops_the_client() {
     }
 }
 
-/// Sends `lines` lines of 64 KiB from the witness, 1 MiB unread at most, each read back by
-/// the witness itself; returns the line as everyone gets it.
-fn echoed_flood(witness: &mut Client, lines: usize) -> String {
-    let line = "w".repeat(64 * 1024);
-    let mine = format!("{}: {line}", witness.nickname);
-    let (mut sent, mut echoed) = (0, 0);
-    while echoed < lines {
-        while sent < lines && sent < echoed + 16 {
-            witness.ws.send(Message::text(line.clone())).unwrap();
-            sent += 1;
-        }
-        let got = witness.line();
-        assert!(got == mine, "the witness heard {got:.80}");
-        echoed += 1;
-    }
-    mine
-}
-
 #[test]
 fn a_closing_client_that_falls_out_of_the_log_is_let_go() {
     // Far behind, but not yet by the lag limit, it sends its close; the room moves on past

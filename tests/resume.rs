@@ -306,18 +306,7 @@ fn a_client_dropped_for_the_write_timeout_keeps_its_session() {
     witness.until(&format!(" .... {} has joined.", page.nickname));
     // 16 MiB while the page reads nothing: its socket fills, and after a second it is
     // dropped, the way a lost network drops it: no close frame, so its session waits.
-    let line = "w".repeat(64 * 1024);
-    let mine = format!("{}: {line}", witness.nickname);
-    let (mut sent, mut echoed) = (0, 0);
-    while echoed < 256 {
-        while sent < 256 && sent < echoed + 16 {
-            witness.say(&line);
-            sent += 1;
-        }
-        let got = witness.line();
-        assert!(got == mine, "the witness heard {got:.80}");
-        echoed += 1;
-    }
+    echoed_flood(&mut witness, 256);
     let dropped = format!("drop  {} from", page.nickname);
     eventually("the write timeout to drop the page", || {
         server.stderr().contains(&dropped)

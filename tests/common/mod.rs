@@ -511,3 +511,41 @@ pub fn pause_process(pid: u32, pause: Duration) {
     }
     signal_process(pid, "CONT");
 }
+
+/// Sends `lines` lines of 64 KiB from the witness, 1 MiB unread at most, each read back by
+/// the witness itself; returns the line as everyone gets it.
+pub fn echoed_flood(witness: &mut Client, lines: usize) -> String {
+    let line = "w".repeat(64 * 1024);
+    let mine = format!("{}: {line}", witness.nickname);
+    let (mut sent, mut echoed) = (0, 0);
+    while echoed < lines {
+        while sent < lines && sent < echoed + 16 {
+            witness.say(&line);
+            sent += 1;
+        }
+        let got = witness.line();
+        assert!(got == mine, "the witness heard {got:.80}");
+        echoed += 1;
+    }
+    mine
+}
+
+/// A zero linger time: closing `socket` then sends a reset instead of an orderly end.
+pub fn reset_on_close(socket: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a live socket and a live local of the type the option expects.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER");
+}

@@ -66,6 +66,29 @@ impl Redis {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
+    /// A failover gone wrong: this Redis follows a primary that is not there and refuses
+    /// every write with READONLY, until `take_writes`. The listener returned keeps that
+    /// address from being anyone else's meanwhile.
+    pub fn follow_nobody(&self) -> TcpListener {
+        let nobody = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = nobody.local_addr().expect("its address").port();
+        let () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(port)
+            .query(&mut self.connection())
+            .expect("REPLICAOF");
+        nobody
+    }
+
+    /// Takes writes again: REPLICAOF NO ONE.
+    pub fn take_writes(&self) {
+        let () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query(&mut self.connection())
+            .expect("REPLICAOF NO ONE");
+    }
+
     pub fn connection(&self) -> redis::Connection {
         let connection = redis::Client::open(self.url())
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))

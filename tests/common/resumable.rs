@@ -80,22 +80,8 @@ impl Resumable {
 }
 
 /// Closes a socket with a reset, as a lost network or a killed process would: no close
-/// frame, no FIN.
+/// frame.
 pub fn reset(socket: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a live local of the type the option expects, on our own socket.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    super::reset_on_close(socket);
     let _ = socket.shutdown(std::net::Shutdown::Both);
 }
