@@ -7,12 +7,16 @@ import { mkdirSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
+import * as shared from "./page.mjs";
+import { lines, send, statusText, stopServer } from "./page.mjs";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const BINARY = process.env.THREADCHAT ?? path.join(ROOT, "target/debug/threadchat");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SHOTS = path.join(ROOT, "target/e2e");
 const PATIENCE_MS = 10_000;
+const waitForLine = (page, line) => shared.waitForLine(page, line, PATIENCE_MS);
+const waitForStatus = (page, pattern) => shared.waitForStatus(page, pattern, PATIENCE_MS);
 
 // Starts the server and resolves once it has printed both addresses.
 function startServer(httpPort = 0, wsPort = 0) {
@@ -36,41 +40,9 @@ function startServer(httpPort = 0, wsPort = 0) {
   });
 }
 
-function stopServer(server) {
-  return new Promise((resolve) => {
-    if (server.child.exitCode !== null) return resolve(server.child.exitCode);
-    server.child.on("exit", (code) => resolve(code));
-    server.child.kill("SIGTERM");
-  });
-}
-
-const lines = (page) => page.$$eval("#chat-echo-area li", (items) => items.map((li) => li.textContent));
-const statusText = (page) => page.textContent("#status");
-
-async function waitForLine(page, line) {
-  await page.waitForFunction(
-    (want) => [...document.querySelectorAll("#chat-echo-area li")].some((li) => li.textContent === want),
-    line,
-    { timeout: PATIENCE_MS },
-  );
-}
-
-async function waitForStatus(page, pattern) {
-  await page.waitForFunction(
-    (source) => new RegExp(source).test(document.getElementById("status").textContent),
-    pattern.source,
-    { timeout: PATIENCE_MS },
-  );
-}
-
 async function nicknameOf(page) {
   await waitForStatus(page, /^connected as user-\d+$/);
   return (await statusText(page)).replace("connected as ", "");
-}
-
-async function send(page, text) {
-  await page.fill("#chat-input", text);
-  await page.press("#chat-input", "Enter");
 }
 
 let browser, server, pageA, pageB, nickA, nickB;

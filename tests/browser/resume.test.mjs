@@ -9,11 +9,15 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
+import * as shared from "./page.mjs";
+import { lines, send, statusText, stopServer } from "./page.mjs";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const BINARY = process.env.THREADCHAT ?? path.join(ROOT, "target/debug/threadchat");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const PATIENCE_MS = 20_000;
+const waitForLine = (page, line) => shared.waitForLine(page, line, PATIENCE_MS);
+const waitForStatus = (page, pattern) => shared.waitForStatus(page, pattern, PATIENCE_MS);
 
 // A TCP relay in front of the WebSocket port. Each accepted connection gets a number, so a
 // test can tell one page's connections from another's. `cut` resets both sides: the browser
@@ -104,39 +108,8 @@ function startServer(relay, extra = []) {
   });
 }
 
-function stopServer(server) {
-  return new Promise((resolve) => {
-    if (server.child.exitCode !== null) return resolve(server.child.exitCode);
-    server.child.on("exit", (code) => resolve(code));
-    server.child.kill("SIGTERM");
-  });
-}
-
-const lines = (page) => page.$$eval("#chat-echo-area li", (items) => items.map((li) => li.textContent));
 const mine = (page) => page.$$eval("#chat-echo-area li.mine", (items) => items.map((li) => li.textContent));
 const storedToken = (page) => page.evaluate(() => sessionStorage.getItem("threadchat.token"));
-const statusText = (page) => page.textContent("#status");
-
-async function waitForLine(page, line) {
-  await page.waitForFunction(
-    (want) => [...document.querySelectorAll("#chat-echo-area li")].some((li) => li.textContent === want),
-    line,
-    { timeout: PATIENCE_MS },
-  );
-}
-
-async function waitForStatus(page, pattern) {
-  await page.waitForFunction(
-    (source) => new RegExp(source).test(document.getElementById("status").textContent),
-    pattern.source,
-    { timeout: PATIENCE_MS },
-  );
-}
-
-async function send(page, text) {
-  await page.fill("#chat-input", text);
-  await page.press("#chat-input", "Enter");
-}
 
 // Opens the chat in `page` and returns its nickname and the numbers of the relay's
 // connections it opened meanwhile (one page joins at a time).
