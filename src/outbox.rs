@@ -20,10 +20,11 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::log::LogReader;
-use crate::wire::{Dialect, Frame};
+use crate::wire::{self, Dialect, Frame};
 
 /// Frames waiting for one client alone (pongs, notices). A client that keeps pinging without
-/// reading fills it, and its reader then stops with an error.
+/// reading fills it, and its reader then stops with an error. The reply to a client's close
+/// always fits: the client is owed it (RFC 6455 5.5.1), and there is only ever one.
 const MAX_PRIVATE_FRAMES: usize = 64;
 
 /// Where a connection is in its life. It only moves forward.
@@ -126,7 +127,7 @@ impl Outbox {
         if state.phase != Phase::Open {
             return Err(Refused::Closed);
         }
-        if state.frames.len() >= MAX_PRIVATE_FRAMES {
+        if state.frames.len() >= MAX_PRIVATE_FRAMES && !wire::is_close(&frame) {
             return Err(Refused::Full);
         }
         // Read under the lock: a frame queued after the writer took the others is placed at
@@ -221,7 +222,6 @@ impl State {
 mod tests {
     use super::*;
     use crate::log::Log;
-    use crate::wire;
     use std::net::TcpListener;
 
     fn outbox() -> (Outbox, Log) {
@@ -258,6 +258,8 @@ mod tests {
             assert!(outbox.push(wire::ping_frame()).is_ok());
         }
         assert_eq!(outbox.push(wire::ping_frame()), Err(Refused::Full));
+        // The reply to the client's close is owed to it all the same.
+        assert!(outbox.push(wire::close_frame(1000, "")).is_ok());
     }
 
     #[test]

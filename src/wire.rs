@@ -61,6 +61,11 @@ pub fn close_frame(code: u16, reason: &str) -> Frame {
     frame(OpCode::Control(Control::Close), &payload)
 }
 
+/// Whether `frame` is a close frame (its opcode, in the low bits of the first byte).
+pub fn is_close(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0x0f == 0x8)
+}
+
 /// An empty ping; the client's pong proves it is still there.
 pub fn ping_frame() -> Frame {
     frame(OpCode::Control(Control::Ping), b"")
