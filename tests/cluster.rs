@@ -9,7 +9,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,8 +41,18 @@ struct Proxy {
     /// The connections it carries (both ends), and whether it is cut; one lock for both,
     /// so that no connection slips through a cut.
     state: Arc<Mutex<(Vec<TcpStream>, bool)>>,
-    /// While set, what Redis answers is dropped: requests arrive, replies are lost.
-    deaf: Arc<AtomicBool>,
+    /// What becomes of what Redis answers (a `Replies` as a number).
+    replies: Arc<AtomicU8>,
+}
+
+/// What a proxy does with Redis's replies; requests always go through.
+#[derive(Clone, Copy)]
+enum Replies {
+    Pass,
+    /// Dropped: a reply lost on the way.
+    Lost,
+    /// Kept back until they pass again: a Redis that answers late.
+    Held,
 }
 
 impl Proxy {
@@ -51,8 +61,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new((Vec::new(), false)));
         let shared = state.clone();
-        let deaf = Arc::new(AtomicBool::new(false));
-        let muted = deaf.clone();
+        let replies = Arc::new(AtomicU8::new(Replies::Pass as u8));
+        let answers = replies.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -70,15 +80,18 @@ impl Proxy {
                     server.try_clone().unwrap(),
                     None,
                 );
-                pipe(server, client, Some(muted.clone()));
+                pipe(server, client, Some(answers.clone()));
             }
         });
-        Proxy { port, state, deaf }
+        Proxy {
+            port,
+            state,
+            replies,
+        }
     }
 
-    /// Lets requests through but loses Redis's replies (`true`), or hears them again.
-    fn deafen(&self, deaf: bool) {
-        self.deaf.store(deaf, Ordering::SeqCst);
+    fn replies(&self, what: Replies) {
+        self.replies.store(what as u8, Ordering::SeqCst);
     }
 
     fn url(&self) -> String {
@@ -98,8 +111,14 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` until either ends; while `muted` is set, what comes is dropped.
-fn pipe(mut from: TcpStream, mut to: TcpStream, muted: Option<Arc<AtomicBool>>) {
+/// Copies `from` to `to` until either ends; `replies`, if given, says what to do with what
+/// comes (see `Replies`).
+fn pipe(mut from: TcpStream, mut to: TcpStream, replies: Option<Arc<AtomicU8>>) {
+    let what = move || match replies.as_ref().map(|r| r.load(Ordering::SeqCst)) {
+        Some(r) if r == Replies::Lost as u8 => Replies::Lost,
+        Some(r) if r == Replies::Held as u8 => Replies::Held,
+        _ => Replies::Pass,
+    };
     thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -107,7 +126,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, muted: Option<Arc<AtomicBool>>) 
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if muted.as_ref().is_some_and(|m| m.load(Ordering::SeqCst)) {
+            while matches!(what(), Replies::Held) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if matches!(what(), Replies::Lost) {
                 continue;
             }
             if to.write_all(&buf[..n]).is_err() {
@@ -121,13 +143,6 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, muted: Option<Arc<AtomicBool>>) 
 
 fn instance(redis: &Redis) -> Server {
     instance_with(&redis.url(), &[])
-}
-
-/// Everything `client` hears for `quiet`: used only to show that something does NOT come,
-/// for as long as it would take to come if it did.
-fn lines_for(client: &mut Client, quiet: Duration) -> Vec<String> {
-    let until = Instant::now() + quiet;
-    std::iter::from_fn(|| line_by(client, until)).collect()
 }
 
 fn leave_of(name: &str) -> String {
@@ -721,7 +736,7 @@ fn a_join_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     let two = instance(&redis);
     let mut witness = two.join();
     // A newcomer's join reaches Redis, which places it; the answer is lost on the way back.
-    proxy.deafen(true);
+    proxy.replies(Replies::Lost);
     let mut newcomer = handshake(&one.ws_url("/"), &[]).expect("the upgrade itself works");
     let joined = witness.line();
     let name = joined
@@ -732,7 +747,7 @@ fn a_join_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     eventually("the instance to give up on the answer", || {
         publisher_gone(&one)
     });
-    proxy.deafen(false);
+    proxy.replies(Replies::Pass);
     // Settled once Redis is heard again: it was placed, so the newcomer is in, under the
     // name everyone saw join, and nobody hears it twice or leave.
     assert_eq!(read_text(&mut newcomer), joined);
@@ -762,7 +777,7 @@ fn a_resume_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     });
     // It comes back on the instance whose answers from Redis are lost: Redis moves the
     // session there, and the instance does not hear that it did.
-    proxy.deafen(true);
+    proxy.replies(Replies::Lost);
     let mut ws = handshake(&one.ws_url("/"), &[SUBPROTOCOL]).expect("the upgrade itself works");
     ws.send(tungstenite::Message::text(format!(
         "resume {token} {position}"
@@ -771,11 +786,80 @@ fn a_resume_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     eventually("the instance to give up on the answer", || {
         publisher_gone(&one)
     });
-    proxy.deafen(false);
+    proxy.replies(Replies::Pass);
     // Settled once Redis is heard again: the session is its own, under its name.
     let first = read_text(&mut ws);
     assert!(first.starts_with("resumed "), "{first:?}");
     ws.send(tungstenite::Message::text("back")).unwrap();
     let said = format!("{nickname}: back");
     assert_eq!(witness.until(&said), Vec::<String>::new());
+}
+
+/// How late Redis answers in the test below: well within the second the publisher waits
+/// for an answer, and for its last leaves to be placed as it stops.
+const LATE: Duration = Duration::from_millis(300);
+
+/// README: SIGTERM on an instance of a cluster announces its plain clients' leaves. The
+/// instance places them itself on its way out, even while Redis answers late: it waits for
+/// them (a second at most) instead of leaving them to the reaper, which would announce them
+/// only once the heartbeat's time to live has run out.
+#[test]
+fn a_stopping_instance_places_its_last_leaves_even_while_redis_answers_late() {
+    let Some(redis) = Redis::start() else { return };
+    let proxy = Proxy::start(redis.port);
+    let one = instance_with(&proxy.url(), &[]);
+    let two = instance(&redis);
+    let mut witness = two.join();
+    let mut plain = one.join();
+    let name = plain.nickname.clone();
+    assert_eq!(witness.line(), format!(" .... {name} has joined."));
+    // Redis places the line (the witness hears it); its answer is kept back a while.
+    proxy.replies(Replies::Held);
+    plain.say("last words");
+    assert_eq!(witness.line(), format!("{name}: last words"));
+    signal_process(one.pid(), "TERM");
+    assert_eq!(plain.close_frame().0, 1012);
+    drop(plain);
+    thread::sleep(LATE);
+    proxy.replies(Replies::Pass);
+    assert_eq!(witness.line(), leave_of(&name));
+    // Its own leave, not the reaper's: the reaper forgets the instance as it announces.
+    let listed: bool = redis::cmd("SISMEMBER")
+        .arg("threadchat:instances")
+        .arg(instance_id(&one))
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!(
+        listed,
+        "the leave came from the reaper, not the stopping instance"
+    );
+}
+
+/// README: an instance cut off from Redis longer than the heartbeat's time to live is taken
+/// for dead and fenced. Once it reaches Redis again, its heartbeat hears so, and it closes its
+/// clients with 1012, though none of them says a word.
+#[test]
+fn an_instance_cut_off_past_the_heartbeat_ttl_closes_its_quiet_clients_with_1012() {
+    let Some(redis) = Redis::start() else { return };
+    let proxy = Proxy::start(redis.port);
+    let one = instance_with(&proxy.url(), &[]);
+    let two = instance(&redis);
+    let mut witness = two.join();
+    let mut quiet = one.join();
+    let left = leave_of(&quiet.nickname);
+    assert_eq!(
+        witness.line(),
+        format!(" .... {} has joined.", quiet.nickname)
+    );
+    proxy.cut();
+    let by = Instant::now() + PROMISED_NOTICE + MARGIN;
+    assert_eq!(
+        line_by(&mut witness, by),
+        Some(left.clone()),
+        "taken for dead"
+    );
+    proxy.restore();
+    assert_eq!(quiet.close_frame(), (1012, "service restart".to_owned()));
+    // Announced by the survivor only, once.
+    assert!(!lines_for(&mut witness, 2 * RETRY_OWED_EVERY + MARGIN).contains(&left));
 }

@@ -492,3 +492,175 @@ fn a_leave_refused_by_a_read_only_redis_is_announced_once_it_takes_writes_again(
     let left = format!(" .... {name} has left.");
     assert_eq!(heard.iter().filter(|l| **l == left).count(), 1, "{heard:?}");
 }
+
+/// The next line `client` hears that is not the mark of missed lines (which a loss of
+/// Redis's data brings too).
+fn next_line_but_marks(client: &mut Client) -> String {
+    loop {
+        let line = client.line();
+        if line != MISSED {
+            return line;
+        }
+    }
+}
+
+/// Fences `instance` as the others do when they take it for dead (a partition longer than the
+/// heartbeat's time to live; `cluster::an_instance_cut_off_...` makes one): the mark its
+/// every script checks, set while it is still talking to Redis.
+fn fence(redis: &Redis, instance: &str) {
+    let () = redis::cmd("HSET")
+        .arg(format!("threadchat:instance:{instance}"))
+        .arg("reaped")
+        .arg(1)
+        .query(&mut redis.connection())
+        .unwrap();
+}
+
+fn blames_redis(server: &Server) -> bool {
+    server.stderr().contains(" is unreachable (")
+}
+
+#[test]
+fn after_redis_loses_its_data_one_line_is_refused_and_the_next_goes_through() {
+    let Some(redis) = Redis::start() else { return };
+    let one = instance_with(&redis.url(), &[]);
+    let mut talker = one.join();
+    let mut connection = redis.connection();
+    // The first line to find the data gone is refused: the publisher claims the names
+    // again there and then. The heartbeat (every 3 s) may find it first, and then no line
+    // is refused: try again.
+    let refused = (0..5).any(|attempt| {
+        let () = redis::cmd("FLUSHALL").query(&mut connection).unwrap();
+        talker.say(&format!("probe {attempt}"));
+        let answer = next_line_but_marks(&mut talker);
+        if answer == NOT_SENT {
+            return true;
+        }
+        assert_eq!(answer, format!("{}: probe {attempt}", talker.nickname));
+        false
+    });
+    assert!(
+        refused,
+        "no line ever found the data gone before the heartbeat did"
+    );
+    talker.say("next");
+    assert_eq!(
+        next_line_but_marks(&mut talker),
+        format!("{}: next", talker.nickname),
+        "the line after the refused one"
+    );
+    assert!(!blames_redis(&one), "{}", one.stderr());
+}
+
+#[test]
+fn a_line_that_finds_its_instance_fenced_closes_every_client_and_does_not_blame_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let one = instance_with(&redis.url(), &[]);
+    let mut clients = vec![one.join(), one.join()];
+    settle(&mut clients);
+    let instance = instance_id(&one);
+    fence(&redis, &instance);
+    // The line finds the fence (unless the heartbeat, every 3 s, just did): refused, and
+    // everyone is closed to come back.
+    clients[0].say("anyone?");
+    for client in &mut clients {
+        assert_eq!(client.close_frame(), (1012, "service restart".to_owned()));
+    }
+    let why = format!("the others took instance {instance} for dead");
+    eventually("the log to say why", || one.stderr().contains(&why));
+    assert!(!blames_redis(&one), "{}", one.stderr());
+}
+
+#[test]
+fn a_name_taken_while_redis_had_forgotten_it_is_given_up_and_the_loss_told_once() {
+    let Some(redis) = Redis::start() else { return };
+    let one = instance_with(&redis.url(), &[]);
+    let mut clients = vec![one.join(), one.join()];
+    settle(&mut clients);
+    let (mut keeper, mut loser) = (clients.remove(0), clients.remove(0));
+    // Redis loses its data, and before this instance claims its names again, a client of
+    // another instance takes one of them.
+    let () = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .ignore()
+        .cmd("HSET")
+        .arg("threadchat:nicknames")
+        .arg(&loser.nickname)
+        .arg("elsewhere:1")
+        .ignore()
+        .query(&mut redis.connection())
+        .unwrap();
+    // Its old holder comes back under another name; its leave is not this instance's to
+    // announce. The other keeps its name.
+    assert_eq!(loser.close_frame(), (1012, "service restart".to_owned()));
+    assert_eq!(keeper.line(), MISSED);
+    let mut connection = redis.connection();
+    eventually("the keeper's name to be held again", || {
+        redis::cmd("HGET")
+            .arg("threadchat:nicknames")
+            .arg(&keeper.nickname)
+            .query::<Option<String>>(&mut connection)
+            .ok()
+            .flatten()
+            .is_some_and(|h| h.starts_with(&format!("{}:", instance_id(&one))))
+    });
+    // Told once, not once a second while the room stays quiet (the stream is read again
+    // every second).
+    assert_eq!(
+        lines_for(&mut keeper, Duration::from_secs(3)),
+        Vec::<String>::new()
+    );
+    keeper.say("still here");
+    assert_eq!(keeper.line(), format!("{}: still here", keeper.nickname));
+    eventually("the log to count the name lost", || {
+        one.stderr().contains("1 taken meanwhile")
+    });
+}
+
+/// More lines than the publisher keeps waiting: what one round trip takes (1,000) plus the
+/// queue (4,096), and some.
+const FLOOD_LINES: usize = 6_000;
+
+#[test]
+fn a_full_publisher_refuses_lines_at_once_but_keeps_the_leave_behind_them() {
+    use tungstenite::Message;
+    let Some(redis) = Redis::start() else { return };
+    let one = instance_with(&redis.url(), &[]);
+    let mut clients = vec![one.join(), one.join()];
+    settle(&mut clients);
+    let (mut witness, mut flooder) = (clients.remove(0), clients.remove(0));
+    let name = flooder.nickname.clone();
+    // Redis stalls; the flooder says more than can wait for it, then leaves, all at once.
+    redis.signal(libc::SIGSTOP);
+    for i in 0..FLOOD_LINES {
+        flooder
+            .ws
+            .write(Message::text(format!("flood {i}")))
+            .unwrap();
+    }
+    flooder.ws.close(None).unwrap();
+    // The lines past the queue are refused at once; the flooder may not hear it, having
+    // closed before the room got to them.
+    loop {
+        match flooder.ws.read() {
+            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the flooder's connection failed: {e}\n{}", one.stderr()),
+        }
+    }
+    redis.signal(libc::SIGCONT);
+    // The leave was kept: it is announced, once.
+    let left = format!(" .... {name} has left.");
+    let mut heard = Vec::new();
+    let deadline = Instant::now() + 2 * PATIENCE;
+    while !heard.contains(&left) {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match line_within(&mut witness, wait) {
+            Some(line) => heard.push(line),
+            None => panic!("{name}'s leave was never announced"),
+        }
+    }
+    heard.extend(read_up_to_a_marker(0, std::slice::from_mut(&mut witness)).remove(0));
+    assert_eq!(heard.iter().filter(|l| **l == left).count(), 1);
+}

@@ -218,6 +218,13 @@ impl Client {
     }
 }
 
+/// Everything `client` hears for `quiet`: used only to show that something does NOT come,
+/// for as long as it would take to come if it did.
+pub fn lines_for(client: &mut Client, quiet: Duration) -> Vec<String> {
+    let until = Instant::now() + quiet;
+    std::iter::from_fn(|| line_by(client, until)).collect()
+}
+
 /// The next text line, or None if none arrives by `deadline`.
 pub fn line_by(client: &mut Client, deadline: Instant) -> Option<String> {
     let MaybeTlsStream::Plain(socket) = client.ws.get_ref() else {
