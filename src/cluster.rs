@@ -1563,6 +1563,46 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_refuses_joins_and_lines_at_once_but_keeps_every_leave() {
+        // Nobody takes the jobs: the publisher is stuck on a Redis that does not answer.
+        let (jobs, _stuck) = crossbeam_channel::unbounded();
+        let identity = Identity {
+            instance: "i".into(),
+            epoch: "e".into(),
+        };
+        let publisher = Publisher {
+            jobs,
+            identity: Arc::new(Mutex::new(identity)),
+        };
+        let say = |id| Item::Say {
+            id,
+            line: format!("user-{id}: hi"),
+        };
+        for id in 0..PUBLISH_QUEUE as ClientId {
+            assert!(matches!(publisher.submit(say(id)), Placement::Later));
+        }
+        let refused = |placement| matches!(placement, Placement::Refused(_, Refusal::Unreachable));
+        assert!(refused(publisher.submit(say(0))), "a line past the queue");
+        let join = Item::Join {
+            id: 1,
+            nickname: "user-1".into(),
+            session: None,
+        };
+        assert!(refused(publisher.submit(join)), "a newcomer past the queue");
+        let leave = Item::Leave {
+            id: 2,
+            nickname: "user-2".into(),
+        };
+        assert!(matches!(publisher.submit(leave), Placement::Later));
+        let detach = Item::Detach {
+            id: 3,
+            nickname: "user-3".into(),
+            wait: Duration::from_secs(1),
+        };
+        assert!(matches!(publisher.submit(detach), Placement::Later));
+    }
+
+    #[test]
     fn a_reply_places_only_with_a_stream_id() {
         assert!(matches!(
             reply_of(&bulk("1700000000000-0")),
