@@ -479,10 +479,10 @@ impl Pump {
     fn paused(&mut self, gap: Duration) {
         let now = Instant::now();
         for client in self.clients.iter_mut().flatten() {
-            client.last_progress = (client.last_progress + gap).min(now);
+            client.last_progress = after_pause(client.last_progress, gap, now);
         }
         for (_, since) in &mut self.draining {
-            *since = (*since + gap).min(now);
+            *since = after_pause(*since, gap, now);
         }
     }
 
@@ -595,9 +595,31 @@ impl Pump {
     }
 }
 
+/// Where a timer started at `since` would have started, had the process not been stopped for
+/// `gap` meanwhile: later by the pause, never after `now`.
+fn after_pause(since: Instant, gap: Duration, now: Instant) -> Instant {
+    (since + gap).min(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_does_not_count_against_a_timer() {
+        let since = Instant::now();
+        let now = since + Duration::from_secs(5);
+        let later = after_pause(since, Duration::from_secs(3), now);
+        assert_eq!(later, since + Duration::from_secs(3));
+        assert_eq!(after_pause(since, Duration::from_secs(9), now), now);
+    }
+
+    #[test]
+    fn a_writer_busy_just_under_half_its_time_still_sends_at_once() {
+        // A pass of 2 ms for each line, a line every 5 ms: 40 % of its time.
+        let rest = steady(Duration::from_millis(2), Duration::from_millis(5), 1, 200);
+        assert_eq!(rest, Duration::ZERO);
+    }
 
     /// Passes of `pass` each, `lines` lines arriving `every`: the rest after the last one.
     fn steady(pass: Duration, every: Duration, lines: u64, passes: u32) -> Duration {

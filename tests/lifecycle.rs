@@ -135,6 +135,29 @@ fn an_oversized_message_reads_1009_with_its_reason_and_no_reset() {
     assert_eq!(witness.line(), format!(" .... {nickname} has left."));
 }
 
+/// How long the client below goes on sending before it reads: well within the grace the
+/// server gives a closed connection to read its close frame (`CLOSE_GRACE`, 0.5 s).
+const READS_LATE: Duration = Duration::from_millis(150);
+
+#[test]
+fn a_client_that_goes_on_sending_after_its_close_still_reads_it_whole() {
+    let server = Server::start(&["--max-message-bytes", "1000"]);
+    let mut late = quiet_client(&server);
+    late.send(Message::text("b".repeat(4000))).unwrap();
+    // It has not read the close yet, and says more meanwhile: the server must not reset the
+    // connection under it, which would take the close frame from its socket unread.
+    let until = Instant::now() + READS_LATE;
+    while Instant::now() < until {
+        late.send(Message::text("still talking")).unwrap();
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        expect_close(&mut late),
+        (1009, "message too big".to_owned())
+    );
+    assert_clean_end(&mut late);
+}
+
 #[test]
 fn a_client_evicted_while_it_keeps_pinging_leaves_nothing_behind() {
     let server = Server::start(&["--rate-limit", "0", "--max-lag-bytes", "1048576"]);

@@ -248,6 +248,23 @@ fn a_tab_gone_away_for_good_is_announced_once_the_grace_ends() {
 }
 
 #[test]
+fn each_session_waiting_for_its_client_ends_when_its_own_wait_does() {
+    // A tab gone away waits the reload grace (5 s); a connection dropped, the whole window.
+    let server = Server::start(&["--resume-window", "6"]);
+    let mut witness = server.join();
+    let dropped = Resumable::new_session(&server);
+    witness.line();
+    let mut tab = Resumable::new_session(&server);
+    witness.line();
+    let (_, dropped_name, _) = dropped.cut();
+    going_away(&mut tab);
+    // The tab's wait ends first; the dropped connection's session still waits then, and
+    // ends a second later.
+    assert_eq!(witness.line(), format!(" .... {} has left.", tab.nickname));
+    assert_eq!(witness.line(), format!(" .... {dropped_name} has left."));
+}
+
+#[test]
 fn a_session_whose_place_is_no_longer_kept_resumes_from_now_with_the_mark() {
     let server = Server::start(&[]);
     let mut witness = server.join();
