@@ -865,3 +865,42 @@ fn an_instance_cut_off_past_the_heartbeat_ttl_closes_its_quiet_clients_with_1012
     // Announced by the survivor only, once.
     assert!(!lines_for(&mut witness, 2 * RETRY_OWED_EVERY + MARGIN).contains(&left));
 }
+
+/// The CPU time (user and system) process `pid` has used so far, from /proc (proc(5)).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command's name, which may hold spaces: the state is field 3, utime 14 and
+    // stime 15, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[test]
+fn an_idle_instance_waits_instead_of_spinning() {
+    let Some(redis) = Redis::start() else { return };
+    let one = instance(&redis);
+    let mut client = one.join();
+    // One round trip done: nothing waits for Redis, nothing is in doubt.
+    client.say("hello");
+    assert_eq!(client.line(), format!("{}: hello", client.nickname));
+    let (before, watched) = (cpu_time(one.pid()), Instant::now());
+    assert_eq!(
+        lines_for(&mut client, Duration::from_secs(2)),
+        Vec::<String>::new()
+    );
+    let (used, over) = (cpu_time(one.pid()) - before, watched.elapsed());
+    // Its threads wake for the heartbeat and each blocking read of the stream: a few
+    // milliseconds. One thread polling in a loop takes a core.
+    assert!(
+        used < over / 4,
+        "{used:?} of CPU in {over:?} with nothing to do"
+    );
+}

@@ -558,6 +558,26 @@ fn after_redis_loses_its_data_one_line_is_refused_and_the_next_goes_through() {
 }
 
 #[test]
+fn a_leave_that_finds_redis_emptied_is_announced_without_waiting_for_a_line() {
+    let Some(redis) = Redis::start() else { return };
+    let one = instance_with(&redis.url(), &[]);
+    let mut witness = one.join();
+    let leaving = one.join();
+    let left = format!(" .... {} has left.", leaving.nickname);
+    assert_eq!(
+        witness.line(),
+        format!(" .... {} has joined.", leaving.nickname)
+    );
+    let () = redis::cmd("FLUSHALL")
+        .query(&mut redis.connection())
+        .unwrap();
+    // The leave finds the data gone (unless the heartbeat found it first): the names are
+    // claimed again, and the leave placed then, though nobody says another word.
+    drop(leaving);
+    assert_eq!(next_line_but_marks(&mut witness), left);
+}
+
+#[test]
 fn a_line_that_finds_its_instance_fenced_closes_every_client_and_does_not_blame_redis() {
     let Some(redis) = Redis::start() else { return };
     let one = instance_with(&redis.url(), &["--trace"]);
