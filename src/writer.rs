@@ -604,6 +604,68 @@ fn after_pause(since: Instant, gap: Duration, now: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::Log;
+    use crate::outbox::Phase;
+    use crate::wire::{self, Dialect};
+    use std::net::TcpStream;
+
+    /// A client's socket whose peer has gone with a reset (linger on, no time to linger).
+    fn reset_peer() -> Arc<TcpStream> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a live local of the type the option expects.
+        unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(client);
+        Arc::new(server)
+    }
+
+    #[test]
+    fn a_leave_the_room_could_not_take_reaches_it_once_it_has_room_though_nothing_else_happens() {
+        let (mut plain, numbered) = (Log::new(1 << 20), Log::new(1 << 20));
+        // The room's queue is full (one place, taken).
+        let (events, room) = crossbeam_channel::bounded(1);
+        events.send(Event::Shutdown).unwrap();
+        let logs = [plain.reader(), numbered.reader()];
+        let writer =
+            Writer::spawn(0, logs, events, Duration::from_secs(10), Trace::new(false)).unwrap();
+        let outbox = Arc::new(Outbox::new(
+            reset_peer(),
+            "gone".into(),
+            0,
+            Dialect::Plain,
+            plain.reader(),
+        ));
+        writer.add(7, outbox.clone(), plain.cursor_at(plain.head()));
+        // A line for everyone: sending it finds the reset, and the writer drops the client.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while outbox.phase() != Phase::Done {
+            assert!(Instant::now() < deadline, "the reset never showed");
+            plain.append(&wire::text_frame("anyone there?"));
+            writer.wake();
+            thread::sleep(Duration::from_millis(5));
+        }
+        // The room takes what it had; nothing else happens, and the leave comes by itself.
+        assert!(matches!(room.recv(), Ok(Event::Shutdown)));
+        let leave = room.recv_timeout(Duration::from_secs(2));
+        assert!(
+            matches!(leave, Ok(Event::Leave { id: 7, .. })),
+            "{:?}",
+            leave.map(|_| ())
+        );
+    }
 
     #[test]
     fn a_pause_does_not_count_against_a_timer() {
