@@ -354,22 +354,8 @@ mod tests {
                 more: false
             }
         );
-        // The peer goes with a reset: linger on, with no time to linger.
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a live local of the type the option expects.
-        unsafe {
-            libc::setsockopt(
-                client.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
-        drop(client);
+        // The peer goes with a reset.
+        crate::sys::close_with_reset(client);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             log.append(&wire::text_frame("more"));

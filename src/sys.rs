@@ -164,6 +164,27 @@ pub fn unsent_bytes(socket: &TcpStream) -> usize {
     }
 }
 
+/// For tests: closes `socket` with a reset (linger on, with no time to linger), as a peer
+/// that vanishes in the middle of a conversation does.
+#[cfg(test)]
+pub fn close_with_reset(socket: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a live local of the type the option expects.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(socket);
+}
+
 /// Lets the kernel find a peer that died without a word: after `idle` of silence it probes
 /// every `interval`, and after `probes` unanswered ones the connection fails.
 pub fn keep_alive(socket: &TcpStream, idle: u32, interval: u32, probes: u32) -> io::Result<()> {

@@ -609,26 +609,12 @@ mod tests {
     use crate::wire::{self, Dialect};
     use std::net::TcpStream;
 
-    /// A client's socket whose peer has gone with a reset (linger on, no time to linger).
+    /// A client's socket whose peer has gone with a reset.
     fn reset_peer() -> Arc<TcpStream> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a live local of the type the option expects.
-        unsafe {
-            libc::setsockopt(
-                client.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
-        drop(client);
+        sys::close_with_reset(client);
         Arc::new(server)
     }
 
