@@ -415,6 +415,16 @@ fn publisher_gone(server: &Server) -> bool {
         .any(|l| l.starts_with("threadchat: publisher:") && l.ends_with("; retrying"))
 }
 
+/// The instance's publisher has logged that Redis is back. Until then a line is refused:
+/// a client may be in already, its join or resume read back from the stream by the stream
+/// thread, while the publisher still waits out its backoff.
+fn publisher_back(server: &Server) -> bool {
+    server
+        .stderr()
+        .lines()
+        .any(|l| l.starts_with("threadchat: publisher:") && l.ends_with(" is back"))
+}
+
 /// How many times each of the instance's Redis connections (publisher, stream, heartbeat)
 /// logged a line ending with `what`.
 fn logged(server: &Server, what: &str) -> HashMap<String, usize> {
@@ -751,6 +761,7 @@ fn a_join_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     // Settled once Redis is heard again: it was placed, so the newcomer is in, under the
     // name everyone saw join, and nobody hears it twice or leave.
     assert_eq!(read_text(&mut newcomer), joined);
+    eventually("the publisher to be back", || publisher_back(&one));
     newcomer
         .send(tungstenite::Message::text("in after all"))
         .unwrap();
@@ -790,6 +801,7 @@ fn a_resume_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     // Settled once Redis is heard again: the session is its own, under its name.
     let first = read_text(&mut ws);
     assert!(first.starts_with("resumed "), "{first:?}");
+    eventually("the publisher to be back", || publisher_back(&one));
     ws.send(tungstenite::Message::text("back")).unwrap();
     let said = format!("{nickname}: back");
     assert_eq!(witness.until(&said), Vec::<String>::new());
