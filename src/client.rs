@@ -31,7 +31,8 @@ use crate::event::{ClientId, Departure, Event, Resume};
 use crate::handshake::handshake;
 use crate::outbox::{Outbox, Phase};
 use crate::rate::{RateLimit, Verdict};
-use crate::server::{ConnectionCount, Shared};
+use crate::seat::{ConnectionCount, Seat};
+use crate::server::Shared;
 use crate::stream::ClientStream;
 use crate::sys;
 use crate::trace::Trace;
@@ -57,8 +58,9 @@ const SLOW_DOWN: &str = " .... slow down: message not sent";
 /// Runs on the upgrade thread: the handshake, then hands the open WebSocket to a new
 /// reader thread. `over_capacity` connections are answered with HTTP 503 instead.
 /// `address` is the connection's place in its address's share, taken by the listener, or
-/// by the handshake behind a trusted proxy; it is held until the reader ends.
+/// by the handshake behind a trusted proxy; with `count`, it becomes the client's [`Seat`].
 pub fn handle_new_connection(
+    shared: &Arc<Shared>,
     count: ConnectionCount,
     id: ClientId,
     socket: TcpStream,
@@ -66,7 +68,6 @@ pub fn handle_new_connection(
     over_capacity: bool,
     mut address: Option<AddressSlot>,
 ) {
-    let shared = &*count.0;
     // Chat lines are small and must not wait for the previous one's ACK (Nagle).
     if socket.set_nodelay(true).is_err() {
         return;
@@ -85,6 +86,7 @@ pub fn handle_new_connection(
         },
     };
     ws.get_mut().handshake_done();
+    let seat = Seat::new(count, address);
     // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
     // arrives, and the room pings more often than `pong_timeout`. Without pings there is
     // nothing to answer, so silence is no sign of a dead peer and there is no deadline.
@@ -116,12 +118,19 @@ pub fn handle_new_connection(
     // On the heap: held by value, the WebSocket would sit in the reader's frames for the
     // connection's whole life and push every read onto a stack page more (see end_connection).
     let ws = Box::new(ws);
+    let shared = shared.clone();
     let reader = thread::Builder::new()
         .name(format!("client-{id}"))
         .stack_size(READER_STACK_BYTES)
         .spawn(move || {
-            run_reader(count, id, from, ws, outbox, writer, resume);
-            drop(address);
+            let connection = Connection {
+                id,
+                from,
+                outbox,
+                seat,
+                resume,
+            };
+            run_reader(&shared, connection, ws, writer);
             sys::release_unused_stack();
         });
     if let Err(err) = reader {
@@ -130,18 +139,30 @@ pub fn handle_new_connection(
     }
 }
 
-/// The reader thread: announces the client, reads until the connection ends, closes it,
-/// and drains what the client still sends.
-fn run_reader(
-    count: ConnectionCount,
+/// What the reader thread hands the room about its client at the join.
+struct Connection {
     id: ClientId,
     from: String,
-    mut ws: Box<WebSocket<ClientStream>>,
     outbox: Arc<Outbox>,
-    writer: Arc<Writer>,
+    seat: Arc<Seat>,
     resume: Option<Resume>,
+}
+
+/// The reader thread: announces the client, reads until the connection ends, closes it,
+/// and drains what the client still sends. Its seat is let go when the thread ends.
+fn run_reader(
+    shared: &Shared,
+    connection: Connection,
+    mut ws: Box<WebSocket<ClientStream>>,
+    writer: Arc<Writer>,
 ) {
-    let shared = &*count.0;
+    let Connection {
+        id,
+        from,
+        outbox,
+        seat,
+        resume,
+    } = connection;
     let end = ReaderEnd {
         id,
         outbox: &outbox,
@@ -152,6 +173,7 @@ fn run_reader(
         id,
         from,
         outbox: outbox.clone(),
+        seat: seat.clone(),
         resume,
     };
     if shared.events.send(join).is_err() {

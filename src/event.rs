@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tungstenite::Utf8Bytes;
 
 use crate::outbox::Outbox;
+use crate::seat::Seat;
 
 /// Identifies one connection for its whole life, before and after it has a nickname.
 pub type ClientId = u64;
@@ -20,6 +21,9 @@ pub enum Event {
         /// The client's address, for the join/leave log.
         from: String,
         outbox: Arc<Outbox>,
+        /// Its place in the server, which the room holds while it is a member or its session
+        /// waits for it.
+        seat: Arc<Seat>,
         /// What a client of the resume dialect asked for; `None` for a plain client.
         resume: Option<Resume>,
     },

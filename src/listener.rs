@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use crate::addresses::{AddressSlot, AddressTable};
 use crate::client::{self, UPGRADE_STACK_BYTES};
 use crate::page;
-use crate::server::{ConnectionCount, Shared};
+use crate::seat::ConnectionCount;
+use crate::server::Shared;
 use crate::sys;
 
 /// Pause after `accept` fails for lack of file descriptors, so the loop does not spin
@@ -45,12 +46,21 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
         // Over the limit, the connection still gets a thread, but only long enough to
         // read its request and answer 503: a client deserves a reason, not a reset.
         let over_capacity = shared.connections.fetch_add(1, Ordering::AcqRel) >= shared.max_clients;
-        let count = ConnectionCount(shared.clone());
+        let count = ConnectionCount(shared.connections.clone());
+        let shared = shared.clone();
         let spawned = thread::Builder::new()
             .name(format!("upgrade-{id}"))
             .stack_size(UPGRADE_STACK_BYTES)
             .spawn(move || {
-                client::handle_new_connection(count, id, socket, peer, over_capacity, address);
+                client::handle_new_connection(
+                    &shared,
+                    count,
+                    id,
+                    socket,
+                    peer,
+                    over_capacity,
+                    address,
+                );
                 sys::release_unused_stack();
             });
         // On failure the closure is dropped, and the count with it.

@@ -36,6 +36,7 @@ mod page;
 mod page_listener;
 mod rate;
 mod room;
+mod seat;
 mod server;
 mod session;
 mod stream;
@@ -205,7 +206,7 @@ fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the writer threads: {e}"))?;
     let shared = Arc::new(Shared {
         events: events.clone(),
-        connections: AtomicUsize::new(0),
+        connections: Arc::new(AtomicUsize::new(0)),
         max_clients,
         addresses: AddressTable::new(config.max_clients_per_address),
         page_url,

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::log::LogReader;
@@ -78,6 +78,10 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Where the writer keeps this client, once it has it.
     pub(crate) slot: AtomicUsize,
+    /// How far into its log the client's bytes have been handed to the kernel: a session
+    /// that comes back is owed the lines after this (less what may have been on its way),
+    /// not the ones it already had.
+    handed: AtomicU64,
 }
 
 struct State {
@@ -112,6 +116,7 @@ impl Outbox {
                 told: false,
             }),
             slot: AtomicUsize::new(usize::MAX),
+            handed: AtomicU64::new(0),
         }
     }
 
@@ -178,6 +183,17 @@ impl Outbox {
         state.told = false;
         into.append(&mut state.frames);
         state.phase
+    }
+
+    /// Its writer has handed the client's log up to offset `at` to the kernel. Only that
+    /// writer stores it, once per send; the room reads it when the connection drops.
+    pub(crate) fn handed_up_to(&self, at: u64) {
+        self.handed.store(at, Ordering::Relaxed);
+    }
+
+    /// Where in its log the client's bytes stopped being handed to the kernel.
+    pub fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
     }
 
     pub fn phase(&self) -> Phase {

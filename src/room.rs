@@ -21,12 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
+use tungstenite::Utf8Bytes;
 
 use crate::event::{ClientId, Departure, Entry, Event, Item, Position, Refusal, Resume, Resumed};
 use crate::log::Log;
 use crate::order::{Order, Placement};
 use crate::outbox::Outbox;
-use crate::session::{Return, Sessions, Token};
+use crate::seat::Seat;
+use crate::session::{Attach, Return, Sessions, Token};
 use crate::sys;
 use crate::trace::Trace;
 use crate::wire;
@@ -41,6 +43,22 @@ const GIVE_BACK_AFTER: Duration = Duration::from_secs(1);
 
 /// Draws of a nickname that other instances hold before a newcomer is turned away.
 const MOST_DRAWS: usize = 100;
+
+/// Random draws for a free `user-N` before the room looks for one in order. The room holds at
+/// most half the names, so all of these clash about once in 4 billion joins.
+const RANDOM_DRAWS: usize = 32;
+
+/// Lines a newcomer may say before its join is placed (in a cluster, a round trip to Redis
+/// away): they are placed right after its join. More are refused aloud.
+const EARLY_LINES_MOST: usize = 32;
+
+/// What a newcomer hears for a line past [`EARLY_LINES_MOST`] said before its join.
+const NOT_YET: &str = " .... not sent: you have not joined yet";
+
+/// Close reasons for a client the room cannot take now (close 1013, try again later).
+const UNREACHABLE: &str = "the room is unreachable; try again later";
+const NO_NAME_FREE: &str = "every nickname is taken; try again later";
+const RESUMING_TOO_OFTEN: &str = "resuming too often; try again later";
 
 /// What the sender alone hears when its line could not be placed.
 const NOT_SENT: &str = " .... not sent: the room is unreachable";
@@ -65,6 +83,8 @@ struct Member {
     nickname: String,
     from: String,
     outbox: Arc<Outbox>,
+    /// Its place in the server, held while it is here (and while its session waits).
+    seat: Arc<Seat>,
     /// Its session's token, for a client of the resume dialect.
     session: Option<Token>,
     /// The connection that joined under its name: itself, or for a resumed session, the
@@ -88,6 +108,7 @@ struct Newcomer {
 struct Resumer {
     from: String,
     outbox: Arc<Outbox>,
+    seat: Arc<Seat>,
     token: Token,
     /// The position of the last line it got.
     position: Position,
@@ -100,6 +121,11 @@ pub struct Room {
     members: HashMap<ClientId, Member>,
     newcomers: HashMap<ClientId, Newcomer>,
     resumers: HashMap<ClientId, Resumer>,
+    /// What newcomers and resumers said before they were members, said once they are.
+    early: HashMap<ClientId, Vec<Utf8Bytes>>,
+    /// With a shared order: the seats of this instance's clients whose sessions wait in
+    /// Redis, until the window ends or the session is resumed here, by its holder.
+    waiting_seats: HashMap<ClientId, (Instant, Arc<Seat>)>,
     /// The N of every `user-N` in use here, so a join finds a free name without a scan.
     taken: HashSet<u32>,
     /// Where each line gets its place: this log, or a stream shared with other instances.
@@ -112,7 +138,7 @@ pub struct Room {
     expiry: Receiver<Instant>,
     /// Woken after each append, so that none sleeps through a line.
     writers: Vec<Arc<Writer>>,
-    /// The most members since memory was last given back.
+    /// The most held (members and sessions) since memory was last given back.
     peak: usize,
     /// Fires when it is time to give memory back; `never` until the room has halved.
     give_back: Receiver<Instant>,
@@ -135,6 +161,8 @@ impl Room {
             members: HashMap::new(),
             newcomers: HashMap::new(),
             resumers: HashMap::new(),
+            early: HashMap::new(),
+            waiting_seats: HashMap::new(),
             taken: HashSet::new(),
             order,
             logs,
@@ -159,13 +187,13 @@ impl Room {
         loop {
             select! {
                 recv(events) -> event => match event {
-                    Ok(Event::Join { id, from, outbox, resume: Some(Resume::Back { token, position }) }) => {
-                        self.come_back(id, from, outbox, &token, position)
+                    Ok(Event::Join { id, from, outbox, seat, resume: Some(Resume::Back { token, position }) }) => {
+                        self.come_back(id, from, outbox, seat, &token, position)
                     }
-                    Ok(Event::Join { id, from, outbox, resume }) => {
-                        self.handle_new_connection(id, from, outbox, resume.map(|_| false))
+                    Ok(Event::Join { id, from, outbox, seat, resume }) => {
+                        self.handle_new_connection(id, from, outbox, seat, resume.map(|_| false))
                     }
-                    Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text.as_str()),
+                    Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text),
                     Ok(Event::Leave { id, how }) => self.handle_close_connection(id, how),
                     Ok(Event::Stream(entries)) => entries.into_iter().for_each(|e| self.placed(e)),
                     Ok(Event::Refused(item, why)) => self.refused(item, why),
@@ -192,15 +220,19 @@ impl Room {
         id: ClientId,
         from: String,
         outbox: Arc<Outbox>,
+        seat: Arc<Seat>,
         fresh_session: Option<bool>,
     ) {
-        let number = self.free_number();
+        let Some(number) = self.free_number() else {
+            return self.turn_away(id, &outbox, NO_NAME_FREE);
+        };
         let newcomer = Newcomer {
             member: Member {
                 number,
                 nickname: format!("user-{number}"),
                 from,
                 outbox,
+                seat,
                 session: fresh_session.map(|_| Sessions::new_token()),
                 holder: id,
             },
@@ -220,6 +252,7 @@ impl Room {
         id: ClientId,
         from: String,
         outbox: Arc<Outbox>,
+        seat: Arc<Seat>,
         token: &str,
         position: Position,
     ) {
@@ -231,6 +264,7 @@ impl Room {
                 Resumer {
                     from,
                     outbox,
+                    seat,
                     token: token.clone(),
                     position,
                     gone: None,
@@ -238,22 +272,35 @@ impl Room {
             );
             return self.place(Item::Resume { id, token });
         }
-        let Some((session, before)) = self.sessions.attach(token, id) else {
-            return self.handle_new_connection(id, from, outbox, Some(true));
-        };
-        let (nickname, number, holder) = (session.nickname.clone(), session.number, session.holder);
+        let (nickname, number, holder, before) =
+            match self.sessions.attach(token, id, Instant::now()) {
+                Attach::Unknown => {
+                    return self.handle_new_connection(id, from, outbox, seat, Some(true))
+                }
+                // Each resume may replay lines: one that comes too often waits, session kept.
+                Attach::TooOften => return self.turn_away(id, &outbox, RESUMING_TOO_OFTEN),
+                Attach::Back { session, before } => (
+                    session.nickname.clone(),
+                    session.number,
+                    session.holder,
+                    before,
+                ),
+            };
         if let Some(older) = before.and_then(|old| self.members.remove(&old)) {
+            self.sessions.taken_over(token, owed_from(&older.outbox));
             self.taken_over(older);
         }
+        let floor = self.sessions.floor(token);
         let member = Member {
             number,
             nickname,
             from,
             outbox,
+            seat,
             session: Some(token.to_owned()),
             holder,
         };
-        self.take_back(id, member, position);
+        self.take_back(id, member, position, floor);
     }
 
     /// The connection that had a session is closed: another one took it over.
@@ -263,9 +310,10 @@ impl Room {
     }
 
     /// A session is back on connection `id`: the member reads on right after the last line
-    /// it got (`resumed N`, then the N lines it missed) if the log still keeps it; else from
-    /// now on, after the mark that lines may have been missed.
-    fn take_back(&mut self, id: ClientId, member: Member, position: Position) {
+    /// it got (`resumed N`, then the N lines it missed) if the log still keeps it, but not
+    /// before `floor`, where the lines its session may get back begin (starting there is
+    /// marked as a gap); else from now on, after the mark that lines may have been missed.
+    fn take_back(&mut self, id: ClientId, member: Member, position: Position, floor: u64) {
         let outbox = member.outbox.clone();
         let _ = outbox.nickname.set(member.nickname.clone());
         eprintln!("back  {} from {}", member.nickname, member.from);
@@ -274,18 +322,21 @@ impl Room {
         let writer = &self.writers[outbox.writer];
         let back = self
             .sessions
-            .back_to(position, numbered.head(), numbered.oldest());
+            .back_to(position, numbered.head(), numbered.oldest(), floor);
         let resumed = match back {
-            Return::After { at, missed } => numbered
+            Return::After { at, missed, cut } => numbered
                 .cursor_back_at(at)
-                .map(|cursor| (cursor, at, missed)),
+                .map(|cursor| (cursor, at, missed, cut)),
             Return::Lost => None,
         };
-        if let Some((_, at, missed)) = &resumed {
+        if let Some((_, at, missed, cut)) = &resumed {
             let resumed = wire::text_frame(&format!("resumed {missed}"));
             let _ = writer.push_before(&outbox, resumed, Some(*at));
+            if *cut {
+                let _ = writer.push_before(&outbox, wire::text_frame(MISSED_MARK), Some(*at));
+            }
         }
-        let resumed = resumed.map(|(cursor, _, _)| cursor);
+        let resumed = resumed.map(|(cursor, _, _, _)| cursor);
         let cursor = resumed.unwrap_or_else(|| {
             // Itself again, but from now on: its place is no longer kept.
             let _ = writer.push(&outbox, wire::text_frame("resumed 0"));
@@ -294,7 +345,8 @@ impl Room {
         });
         writer.add(id, outbox, cursor);
         self.members.insert(id, member);
-        self.peak = self.peak.max(self.members.len());
+        self.peak = self.peak.max(self.held());
+        self.say_early_lines(id);
     }
 
     /// A session moved between connections somewhere in the cluster. The connection that
@@ -302,6 +354,9 @@ impl Room {
     /// it, if ours, comes back under its name.
     fn resumed(&mut self, resumed: Resumed) {
         let Resumed { nickname, by, from } = resumed;
+        if let Some(old) = from {
+            self.waiting_seats.remove(&old);
+        }
         if let Some(older) = from.and_then(|old| self.members.remove(&old)) {
             self.taken.remove(&older.number);
             self.taken_over(older);
@@ -323,10 +378,11 @@ impl Room {
             nickname,
             from: resumer.from,
             outbox: resumer.outbox,
+            seat: resumer.seat,
             session: Some(resumer.token),
             holder: id,
         };
-        self.take_back(id, member, resumer.position);
+        self.take_back(id, member, resumer.position, 0);
         if let Some(how) = resumer.gone {
             self.handle_close_connection(id, how);
         }
@@ -344,12 +400,37 @@ impl Room {
     }
 
     /// Prefixes the sender's nickname and sends the line to every member, sender included.
-    fn broadcast_to_room(&mut self, id: ClientId, text: &str) {
+    fn broadcast_to_room(&mut self, id: ClientId, text: Utf8Bytes) {
         let Some(sender) = self.members.get(&id) else {
-            return; // evicted while its message was on the way
+            return self.hold_early_line(id, text);
         };
-        let line = format!("{}: {}", sender.nickname, text);
+        let line = format!("{}: {}", sender.nickname, text.as_str());
         self.place(Item::Say { id, line });
+    }
+
+    /// A line from a client that is not a member yet: its join (or its resume) is on its way
+    /// through a shared order. It is said once the client is a member; past
+    /// [`EARLY_LINES_MOST`] the sender alone hears that it was not sent. A client that is
+    /// neither was closed while its line was on the way, and its close said so.
+    fn hold_early_line(&mut self, id: ClientId, text: Utf8Bytes) {
+        let outbox = match (self.newcomers.get(&id), self.resumers.get(&id)) {
+            (Some(newcomer), _) => &newcomer.member.outbox,
+            (None, Some(resumer)) => &resumer.outbox,
+            (None, None) => return,
+        };
+        let early = self.early.entry(id).or_default();
+        if early.len() < EARLY_LINES_MOST {
+            return early.push(text);
+        }
+        let notice = wire::notice(outbox.dialect, NOT_YET);
+        let _ = self.writers[outbox.writer].push(outbox, notice);
+    }
+
+    /// The client is a member now: what it said meanwhile is said, in order.
+    fn say_early_lines(&mut self, id: ClientId) {
+        for text in self.early.remove(&id).unwrap_or_default() {
+            self.broadcast_to_room(id, text);
+        }
     }
 
     /// Frees the nickname and tells the others. Every departure is reported once, whether
@@ -383,6 +464,10 @@ impl Room {
                 self.trace
                     .decision(&gone.nickname, "dropped; its session waits for it");
                 self.taken.remove(&gone.number);
+                let until = Instant::now() + wait;
+                self.waiting_seats
+                    .insert(gone.holder, (until, gone.seat.clone()));
+                self.expiry = tick(EXPIRE_EVERY);
                 self.place(Item::Detach {
                     id: gone.holder,
                     nickname: gone.nickname,
@@ -391,7 +476,9 @@ impl Room {
                 return;
             }
             (Some(token), Some(wait)) => {
-                self.sessions.detach(token, Instant::now(), wait);
+                let (seat, owed) = (gone.seat.clone(), owed_from(&gone.outbox));
+                self.sessions
+                    .detach(token, Instant::now(), wait, seat, owed);
                 eprintln!(
                     "drop  {} from {}; its session waits",
                     gone.nickname, gone.from
@@ -420,15 +507,17 @@ impl Room {
             id: holder,
             nickname,
         });
-        if self.members.len() * 2 <= self.peak {
-            self.peak = self.members.len();
+        if self.held() * 2 <= self.peak {
+            self.peak = self.held();
             self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
         }
     }
 
     /// The sessions whose window has ended without their client: they leave now.
     fn expire_sessions(&mut self) {
-        for session in self.sessions.expired(Instant::now()) {
+        let now = Instant::now();
+        self.waiting_seats.retain(|_, (until, _)| *until > now);
+        for session in self.sessions.expired(now) {
             self.announce_leave(
                 session.holder,
                 session.number,
@@ -436,10 +525,16 @@ impl Room {
                 "a dropped connection",
             );
         }
-        if !self.sessions.any_detached() {
+        if !self.sessions.any_detached() && self.waiting_seats.is_empty() {
             self.expiry = crossbeam_channel::never();
         }
         self.stop_numbering_if_unused();
+    }
+
+    /// What the room holds memory for: its members, and sessions (a member's session counts
+    /// twice, which only makes the room give memory back a little later).
+    fn held(&self) -> usize {
+        self.members.len() + self.sessions.len()
     }
 
     /// Whether lines are numbered for the resume dialect: while there are sessions, and
@@ -487,9 +582,10 @@ impl Room {
         eprintln!("join  {} from {}", member.nickname, member.from);
         self.trace.decision(&member.nickname, "joined the room");
         self.members.insert(id, member);
-        self.peak = self.peak.max(self.members.len());
+        self.peak = self.peak.max(self.held());
         let at = self.append_line(&entry.line, entry.position);
         self.start_reading(id, &outbox, at[outbox.dialect as usize]);
+        self.say_early_lines(id);
         if newcomer.gone {
             self.handle_close_connection(id, Departure::Left);
         }
@@ -507,8 +603,10 @@ impl Room {
             self.logs[1].keep(self.logs[1].reader().retention());
         }
         if !self.order.is_shared() {
+            // Its join line goes at the head: nothing before it is ever its to get back.
+            let joins_at = self.logs[1].head();
             self.sessions
-                .open(token, id, &member.nickname, member.number);
+                .open(token, id, &member.nickname, member.number, joins_at);
         }
         let writer = &self.writers[member.outbox.writer];
         if missed {
@@ -530,16 +628,25 @@ impl Room {
                 self.taken.remove(&newcomer.member.number);
                 if newcomer.gone {
                     // Its writer still sends the close its reader queued.
-                    return self.turn_away(id, &newcomer.member.outbox);
+                    return self.turn_away(id, &newcomer.member.outbox, UNREACHABLE);
                 }
-                if why == Refusal::Taken && newcomer.draws < MOST_DRAWS {
-                    let number = self.free_number();
-                    newcomer.member.number = number;
-                    newcomer.member.nickname = format!("user-{number}");
-                    newcomer.draws += 1;
-                    return self.ask_to_join(id, newcomer);
+                if why != Refusal::Taken {
+                    return self.turn_away(id, &newcomer.member.outbox, UNREACHABLE);
                 }
-                self.turn_away(id, &newcomer.member.outbox);
+                match self.free_number() {
+                    Some(number) if newcomer.draws < MOST_DRAWS => {
+                        newcomer.member.number = number;
+                        newcomer.member.nickname = format!("user-{number}");
+                        newcomer.draws += 1;
+                        self.ask_to_join(id, newcomer);
+                    }
+                    drawn => {
+                        if let Some(number) = drawn {
+                            self.taken.remove(&number);
+                        }
+                        self.turn_away(id, &newcomer.member.outbox, NO_NAME_FREE);
+                    }
+                }
             }
             Item::Say { id, .. } => {
                 if let Some(sender) = self.members.get(&id) {
@@ -554,12 +661,16 @@ impl Room {
                 };
                 match (resumer.gone, why) {
                     // Unknown: a fresh session, after the mark. Never an error loop.
-                    (None, Refusal::Unknown) => {
-                        self.handle_new_connection(id, resumer.from, resumer.outbox, Some(true))
-                    }
+                    (None, Refusal::Unknown) => self.handle_new_connection(
+                        id,
+                        resumer.from,
+                        resumer.outbox,
+                        resumer.seat,
+                        Some(true),
+                    ),
                     // Redis out of reach: close 1013, and the session is still there to
                     // resume once it is back.
-                    _ => self.turn_away(id, &resumer.outbox),
+                    _ => self.turn_away(id, &resumer.outbox, UNREACHABLE),
                 }
             }
             // An order keeps a leave until it can place it.
@@ -573,6 +684,8 @@ impl Room {
     fn shrink(&mut self) {
         self.members.shrink_to_fit();
         self.taken.shrink_to_fit();
+        self.sessions.shrink();
+        self.early.shrink_to_fit();
         // Segments the departed were the last to read, appended after their writers let go.
         self.logs.iter().for_each(|log| log.reader().trim());
         sys::give_back_free_heap();
@@ -628,12 +741,13 @@ impl Room {
             self.writers[member.outbox.writer].close(&member.outbox, Some(restart.clone()));
         }
         for (id, newcomer) in std::mem::take(&mut self.newcomers) {
-            self.turn_away(id, &newcomer.member.outbox);
+            self.turn_away(id, &newcomer.member.outbox, UNREACHABLE);
         }
         for (id, resumer) in std::mem::take(&mut self.resumers) {
-            self.turn_away(id, &resumer.outbox);
+            self.turn_away(id, &resumer.outbox, UNREACHABLE);
         }
         self.taken.clear();
+        self.waiting_seats.clear();
         // The others announced the sessions' clients too: they come back as newcomers.
         self.sessions = Sessions::new(self.sessions.window());
         self.expiry = crossbeam_channel::never();
@@ -705,16 +819,24 @@ impl Room {
         self.order.flush();
     }
 
-    /// Draws N until it is free here and reserves it. A room holds at most half of the
-    /// 100,000 names (`config::MOST_CLIENTS`), so even a full one finds a free name in two
-    /// draws on average.
-    fn free_number(&mut self) -> u32 {
-        loop {
+    /// A free N, reserved: drawn at random, as the cookbook draws it. A room holds at most
+    /// half of the 100,000 names (`config::MOST_CLIENTS` counts sessions that wait, too), so
+    /// a draw is free at least every other time; should [`RANDOM_DRAWS`] all clash, the first
+    /// free N from a random start is taken, so a join never waits on chance. `None`: every
+    /// name is taken.
+    fn free_number(&mut self) -> Option<u32> {
+        for _ in 0..RANDOM_DRAWS {
             let n = rand::random_range(0..NICKNAME_SPACE);
             if self.taken.insert(n) {
-                return n;
+                return Some(n);
             }
         }
+        let start = rand::random_range(0..NICKNAME_SPACE);
+        let n = (start..NICKNAME_SPACE)
+            .chain(0..start)
+            .find(|n| !self.taken.contains(n))?;
+        self.taken.insert(n);
+        Some(n)
     }
 
     /// The newcomer's writer starts sending it its dialect's log from `at`, its join line.
@@ -723,18 +845,25 @@ impl Room {
         self.writers[outbox.writer].add(id, outbox.clone(), log.cursor_at(at));
     }
 
-    /// Closes a newcomer the room cannot take now (close 1013, try again later), or hands a
-    /// newcomer that is already closing to its writer, which sends its last frame. It never
-    /// joined, so nobody hears of it leaving.
-    fn turn_away(&self, id: ClientId, outbox: &Arc<Outbox>) {
+    /// Closes a newcomer the room cannot take now (close 1013, try again later, saying
+    /// `why`), or hands a newcomer that is already closing to its writer, which sends its
+    /// last frame. It never joined, so nobody hears of it leaving, nor of what it said.
+    fn turn_away(&mut self, id: ClientId, outbox: &Arc<Outbox>, why: &str) {
+        self.early.remove(&id);
         let head = self.logs[outbox.dialect as usize].head();
         self.start_reading(id, outbox, head);
-        let sorry = wire::close_frame(
-            wire::CLOSE_TRY_AGAIN_LATER,
-            "the room is unreachable; try again later",
-        );
+        let sorry = wire::close_frame(wire::CLOSE_TRY_AGAIN_LATER, why);
         self.writers[outbox.writer].close(outbox, Some(sorry));
     }
+}
+
+/// Where the lines a connection that dropped (or was taken over) is still owed begin: after
+/// those its writer handed to the kernel, less what the kernel may still have held for it,
+/// its send buffer's worth, which may never have arrived.
+fn owed_from(outbox: &Outbox) -> u64 {
+    outbox
+        .handed()
+        .saturating_sub(sys::send_buffer_bytes(&outbox.socket))
 }
 
 #[cfg(test)]
@@ -758,7 +887,7 @@ mod tests {
         let free = 31_337;
         room.taken
             .extend((0..NICKNAME_SPACE).filter(|&n| n != free));
-        assert_eq!(room.free_number(), free);
+        assert_eq!(room.free_number(), Some(free));
         assert_eq!(
             room.taken.len(),
             NICKNAME_SPACE as usize,
@@ -767,13 +896,38 @@ mod tests {
     }
 
     #[test]
+    fn with_every_name_taken_a_newcomer_is_refused_at_once() {
+        let mut room = room();
+        room.taken.extend(0..NICKNAME_SPACE);
+        let started = Instant::now();
+        assert_eq!(room.free_number(), None);
+        assert_eq!(room.taken.len(), NICKNAME_SPACE as usize);
+        // A scan of the whole table, not a wait on chance: well under a second even
+        // unoptimised (a timing decides nothing here but a hang).
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
     fn numbers_are_drawn_from_the_whole_range_and_never_twice() {
         let mut room = room();
-        let drawn: Vec<u32> = (0..1000).map(|_| room.free_number()).collect();
+        let drawn: Vec<u32> = (0..1000).filter_map(|_| room.free_number()).collect();
+        assert_eq!(drawn.len(), 1000);
         assert!(drawn.iter().all(|&n| n < NICKNAME_SPACE));
         assert_eq!(drawn.iter().collect::<HashSet<_>>().len(), drawn.len());
         // Of 1000 uniform draws, none in the top or bottom tenth: 2 x 0.9^1000, never.
         assert!(drawn.iter().any(|&n| n >= 90_000), "none of the highest");
         assert!(drawn.iter().any(|&n| n < 10_000), "none of the lowest");
+    }
+
+    #[test]
+    fn a_half_full_room_still_draws_at_random() {
+        let mut room = room();
+        // Every even number is taken: the most a room holds (`config::MOST_CLIENTS`).
+        room.taken.extend((0..NICKNAME_SPACE).step_by(2));
+        let drawn: Vec<u32> = (0..1000).filter_map(|_| room.free_number()).collect();
+        assert_eq!(drawn.len(), 1000);
+        assert!(drawn.iter().all(|n| n % 2 == 1));
+        // A scan from one start would hand out neighbours; draws spread over the range.
+        assert!(drawn.iter().any(|&n| n >= 90_000) && drawn.iter().any(|&n| n < 10_000));
     }
 }

@@ -1,8 +1,8 @@
 //! What every connection shares: the settings, the room's inbox, the writers, the log, and
-//! the count of open connections. Built once in `main`, handed to the listener, and from it
+//! the count of clients held. Built once in `main`, handed to the listener, and from it
 //! to every connection's threads.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -18,8 +18,9 @@ use crate::writer::Writer;
 pub struct Shared {
     pub config: Config,
     pub events: Sender<Event>,
-    /// Open connections, joined or still in their handshake.
-    pub connections: AtomicUsize,
+    /// Clients held: open connections, joined or still in their handshake, and sessions
+    /// waiting for their client. At most `max_clients`.
+    pub connections: Arc<AtomicUsize>,
     pub max_clients: usize,
     /// Connections per client address on the WebSocket port.
     pub addresses: Arc<AddressTable>,
@@ -31,14 +32,4 @@ pub struct Shared {
     /// Where private frames learn their place among the room's lines: the log of each
     /// dialect, by `Dialect as usize`.
     pub logs: [LogReader; 2],
-}
-
-/// Counts a connection as open until the last thread serving it has ended, however it
-/// ends. It moves from the upgrade thread to the reader thread.
-pub struct ConnectionCount(pub Arc<Shared>);
-
-impl Drop for ConnectionCount {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
 }

@@ -7,13 +7,27 @@
 //! position of the last line it got, its cursor is placed right after that line in the log
 //! of its dialect: it gets every line it missed, once and in order, then the live ones.
 //!
+//! A session gets back only what it may have missed: never a line from before its own join,
+//! and, once a connection of it has dropped, nothing that connection had already been handed
+//! except what may still have been on its way (the socket's send buffer). Resumes are rated
+//! too ([`RESUMES_PER_SECOND`]), since each one may replay lines. While detached, a session
+//! holds its client's [`Seat`], so sessions count against `--max-clients` and the address's
+//! share exactly as connections do.
+//!
 //! The room owns the table. This module keeps the sessions and the positions of the lines
 //! still kept in that log, and answers where a position's next line starts.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::{ClientId, Position};
+use crate::rate::{RateLimit, Verdict};
+use crate::seat::Seat;
+
+/// How often one session may be resumed, on average; bursts up to twice that. A page comes
+/// back after a random wait of up to half a second and more, so it never needs more.
+pub const RESUMES_PER_SECOND: u32 = 1;
 
 /// A session's secret, as the client presents it: 32 hexadecimal digits.
 pub type Token = String;
@@ -28,12 +42,33 @@ pub struct Session {
     pub holder: ClientId,
     /// While detached: when the client is taken to have left.
     deadline: Option<Instant>,
+    /// Where, in the log of its dialect, the lines it may get back begin.
+    floor: u64,
+    /// While detached: its client's place in the server, kept as its connection kept it.
+    seat: Option<Arc<Seat>>,
+    resumes: RateLimit,
+}
+
+/// What a client presenting a token finds.
+pub enum Attach<'a> {
+    /// No session has that token (never had, or it ended).
+    Unknown,
+    /// The session is resumed more often than [`RESUMES_PER_SECOND`]: it stays as it was.
+    TooOften,
+    /// Attached to the client from now on; `before` is the connection that had it until
+    /// now, if it was still attached to one.
+    Back {
+        session: &'a Session,
+        before: Option<ClientId>,
+    },
 }
 
 /// Where a returning client is placed.
 pub enum Return {
-    /// Right after its last line: `missed` lines follow from log offset `at`.
-    After { at: u64, missed: u64 },
+    /// Right after its last line: `missed` lines follow from log offset `at`. `cut`: it
+    /// asked for more than it may have (lines before its join, or ones it was already
+    /// handed), so these start later than it asked, after the mark that lines were missed.
+    After { at: u64, missed: u64, cut: bool },
     /// Its position is no longer kept (or never was): from the head, with the mark that
     /// lines may have been missed.
     Lost,
@@ -47,6 +82,14 @@ pub struct Sessions {
     /// The position the next line gets when this instance numbers its own lines.
     next: u64,
     window: Duration,
+}
+
+impl Session {
+    /// The lines before log offset `owed_from` reached a connection of this session: they
+    /// are no longer owed to it.
+    fn owes_from(&mut self, owed_from: u64) {
+        self.floor = self.floor.max(owed_from);
+    }
 }
 
 impl Sessions {
@@ -73,8 +116,16 @@ impl Sessions {
         format!("{:032x}", rand::random::<u128>())
     }
 
-    /// A new session for `client` under `token`.
-    pub fn open(&mut self, token: &str, client: ClientId, nickname: &str, number: u32) {
+    /// A new session for `client` under `token`, whose join line is appended at log offset
+    /// `joins_at`: it never gets back a line from before it.
+    pub fn open(
+        &mut self,
+        token: &str,
+        client: ClientId,
+        nickname: &str,
+        number: u32,
+        joins_at: u64,
+    ) {
         self.by_token.insert(
             token.to_owned(),
             Session {
@@ -83,29 +134,68 @@ impl Sessions {
                 number,
                 holder: client,
                 deadline: None,
+                floor: joins_at,
+                seat: None,
+                resumes: RateLimit::new(RESUMES_PER_SECOND, Duration::MAX),
             },
         );
     }
 
-    /// The session comes back on `client`: attached to it from now on. Returns the session,
-    /// with the connection that had it until now, if it was still attached to one.
-    pub fn attach(
-        &mut self,
-        token: &str,
-        client: ClientId,
-    ) -> Option<(&Session, Option<ClientId>)> {
-        let session = self.by_token.get_mut(token)?;
+    /// The session comes back on `client`, unless it is resumed too often.
+    pub fn attach(&mut self, token: &str, client: ClientId, now: Instant) -> Attach<'_> {
+        let Some(session) = self.by_token.get_mut(token) else {
+            return Attach::Unknown;
+        };
+        if session.resumes.check(now) != Verdict::Send {
+            return Attach::TooOften;
+        }
         let before = session.client.replace(client);
         session.deadline = None;
-        Some((session, before))
+        // The new connection holds a seat of its own.
+        session.seat = None;
+        Attach::Back { session, before }
     }
 
-    /// The connection of `token`'s session dropped: detached, it waits `wait` for the client.
-    pub fn detach(&mut self, token: &str, now: Instant, wait: Duration) {
+    /// The connection of `token`'s session dropped: detached, it waits `wait` for the client,
+    /// holding the client's `seat`. The lines before log offset `owed_from` reached it.
+    pub fn detach(
+        &mut self,
+        token: &str,
+        now: Instant,
+        wait: Duration,
+        seat: Arc<Seat>,
+        owed_from: u64,
+    ) {
         if let Some(session) = self.by_token.get_mut(token) {
             session.client = None;
             session.deadline = Some(now + wait);
+            session.seat = Some(seat);
+            session.owes_from(owed_from);
         }
+    }
+
+    /// Another connection takes the session over; the lines before log offset `owed_from`
+    /// reached the one that had it.
+    pub fn taken_over(&mut self, token: &str, owed_from: u64) {
+        if let Some(session) = self.by_token.get_mut(token) {
+            session.owes_from(owed_from);
+        }
+    }
+
+    /// Where, in the log of its dialect, the lines `token`'s session may get back begin.
+    pub fn floor(&self, token: &str) -> u64 {
+        self.by_token.get(token).map_or(0, |session| session.floor)
+    }
+
+    /// How many sessions there are, attached or not.
+    pub fn len(&self) -> usize {
+        self.by_token.len()
+    }
+
+    /// Gives back the table's spare room once many sessions have ended.
+    pub fn shrink(&mut self) {
+        self.by_token.shrink_to_fit();
+        self.lines.shrink_to_fit();
     }
 
     /// The session ended for good: a close, or the room gave up on it.
@@ -166,8 +256,9 @@ impl Sessions {
     }
 
     /// Where a client whose last line was at `position` comes back: right after that line
-    /// if the log still keeps it, with the head at `head`.
-    pub fn back_to(&self, position: Position, head: u64, oldest: u64) -> Return {
+    /// if the log still keeps it, with the head at `head`, but never before `floor`, where
+    /// the lines its session may get back begin.
+    pub fn back_to(&self, position: Position, head: u64, oldest: u64, floor: u64) -> Return {
         let Some(&(last, _)) = self.lines.back() else {
             return Return::Lost;
         };
@@ -175,16 +266,21 @@ impl Sessions {
             return Return::After {
                 at: head,
                 missed: 0,
+                cut: false,
             };
         }
         let after = self.lines.partition_point(|&(p, _)| p <= position);
         // Its own line must be known, and the next one still kept.
         let known = after > 0 && self.lines[after - 1].0 == position;
         match self.lines.get(after) {
-            Some(&(_, at)) if known && at >= oldest => Return::After {
-                at,
-                missed: (self.lines.len() - after) as u64,
-            },
+            Some(&(_, at)) if known && at >= oldest => {
+                let from = after.max(self.lines.partition_point(|&(_, at)| at < floor));
+                Return::After {
+                    at: self.lines.get(from).map_or(head, |&(_, at)| at),
+                    missed: (self.lines.len() - from) as u64,
+                    cut: from > after,
+                }
+            }
             _ => Return::Lost,
         }
     }
@@ -193,6 +289,8 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seat::ConnectionCount;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn numbered(lines: u64) -> Sessions {
         let mut sessions = Sessions::new(Duration::from_secs(120));
@@ -203,16 +301,71 @@ mod tests {
         sessions
     }
 
+    fn seat(held: &Arc<AtomicUsize>) -> Arc<Seat> {
+        held.fetch_add(1, Ordering::AcqRel);
+        Seat::new(ConnectionCount(held.clone()), None)
+    }
+
     #[test]
     fn a_client_comes_back_right_after_its_last_line() {
         let sessions = numbered(5); // positions 1..=5 at offsets 0, 10, ..., 40
         assert!(matches!(
-            sessions.back_to(Position(0, 2), 50, 0),
-            Return::After { at: 20, missed: 3 }
+            sessions.back_to(Position(0, 2), 50, 0, 0),
+            Return::After {
+                at: 20,
+                missed: 3,
+                cut: false
+            }
         ));
         assert!(matches!(
-            sessions.back_to(Position(0, 5), 50, 0),
-            Return::After { at: 50, missed: 0 }
+            sessions.back_to(Position(0, 5), 50, 0, 0),
+            Return::After {
+                at: 50,
+                missed: 0,
+                cut: false
+            }
+        ));
+    }
+
+    #[test]
+    fn a_client_never_gets_back_a_line_before_its_floor() {
+        let sessions = numbered(5); // positions 1..=5 at offsets 0, 10, ..., 40
+                                    // Its session began with the line at offset 30 (position 4): asking from position 1
+                                    // gets positions 4 and 5, marked as cut.
+        assert!(matches!(
+            sessions.back_to(Position(0, 1), 50, 0, 30),
+            Return::After {
+                at: 30,
+                missed: 2,
+                cut: true
+            }
+        ));
+        // A floor between lines starts at the next line.
+        assert!(matches!(
+            sessions.back_to(Position(0, 1), 50, 0, 31),
+            Return::After {
+                at: 40,
+                missed: 1,
+                cut: true
+            }
+        ));
+        // A floor past every line: nothing but the live ones, still marked.
+        assert!(matches!(
+            sessions.back_to(Position(0, 1), 50, 0, 50),
+            Return::After {
+                at: 50,
+                missed: 0,
+                cut: true
+            }
+        ));
+        // Asking from at or after the floor is not cut.
+        assert!(matches!(
+            sessions.back_to(Position(0, 3), 50, 0, 30),
+            Return::After {
+                at: 30,
+                missed: 2,
+                cut: false
+            }
         ));
     }
 
@@ -223,41 +376,88 @@ mod tests {
         let position = sessions.next_position();
         sessions.line(position, 50, 25);
         assert!(matches!(
-            sessions.back_to(Position(0, 2), 60, 25),
+            sessions.back_to(Position(0, 2), 60, 25, 0),
             Return::Lost
         ));
         assert!(matches!(
-            sessions.back_to(Position(0, 4), 60, 25),
-            Return::After { at: 40, missed: 2 }
+            sessions.back_to(Position(0, 4), 60, 25, 0),
+            Return::After {
+                at: 40,
+                missed: 2,
+                cut: false
+            }
         ));
         assert!(matches!(
-            sessions.back_to(Position(0, 99), 60, 25),
+            sessions.back_to(Position(0, 99), 60, 25, 0),
             Return::Lost
         ));
         assert!(matches!(
-            Sessions::new(Duration::ZERO).back_to(Position(0, 1), 0, 0),
+            Sessions::new(Duration::ZERO).back_to(Position(0, 1), 0, 0, 0),
             Return::Lost
         ));
     }
 
     #[test]
     fn a_detached_session_waits_for_the_window_then_expires_once() {
+        let held = Arc::new(AtomicUsize::new(0));
         let mut sessions = Sessions::new(Duration::from_secs(120));
         let token = Sessions::new_token();
-        sessions.open(&token, 1, "user-7", 7);
+        sessions.open(&token, 1, "user-7", 7, 0);
         assert_eq!(token.len(), 32);
         let t0 = Instant::now();
-        sessions.detach(&token, t0, sessions.window());
+        sessions.detach(&token, t0, sessions.window(), seat(&held), 0);
         assert!(sessions.any_detached());
+        assert_eq!(held.load(Ordering::Acquire), 1, "its seat is held");
         assert!(sessions.expired(t0 + Duration::from_secs(119)).is_empty());
-        let (session, before) = sessions.attach(&token, 2).unwrap();
+        let Attach::Back { session, before } = sessions.attach(&token, 2, t0) else {
+            panic!("not back")
+        };
         assert_eq!((session.nickname.as_str(), before), ("user-7", None));
+        assert_eq!(
+            held.load(Ordering::Acquire),
+            0,
+            "the new connection has its own"
+        );
         assert!(sessions.expired(t0 + Duration::from_secs(500)).is_empty());
-        sessions.detach(&token, t0, sessions.window());
+        sessions.detach(&token, t0, sessions.window(), seat(&held), 0);
         let gone = sessions.expired(t0 + Duration::from_secs(120));
         assert_eq!(gone.len(), 1);
-        assert!(sessions.attach(&token, 3).is_none(), "expired for good");
+        drop(gone);
+        assert_eq!(
+            held.load(Ordering::Acquire),
+            0,
+            "given back with the session"
+        );
+        assert!(matches!(sessions.attach(&token, 3, t0), Attach::Unknown));
         assert!(sessions.expired(t0 + Duration::from_secs(999)).is_empty());
+    }
+
+    #[test]
+    fn a_dropped_connection_raises_the_floor_and_resumes_are_rated() {
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut sessions = Sessions::new(Duration::from_secs(120));
+        let token = Sessions::new_token();
+        sessions.open(&token, 1, "user-7", 7, 100);
+        assert_eq!(sessions.floor(&token), 100);
+        let t0 = Instant::now();
+        sessions.detach(&token, t0, sessions.window(), seat(&held), 40);
+        assert_eq!(sessions.floor(&token), 100, "never below its join");
+        sessions.detach(&token, t0, sessions.window(), seat(&held), 500);
+        assert_eq!(sessions.floor(&token), 500);
+        sessions.taken_over(&token, 300);
+        assert_eq!(sessions.floor(&token), 500, "it only rises");
+        // A burst of twice the rate, then one a second.
+        let burst = 2 * RESUMES_PER_SECOND as usize;
+        for i in 0..burst {
+            let back = sessions.attach(&token, 10 + i as u64, t0);
+            assert!(matches!(back, Attach::Back { .. }), "resume {i}");
+        }
+        assert!(matches!(sessions.attach(&token, 20, t0), Attach::TooOften));
+        let later = t0 + Duration::from_secs(1);
+        assert!(matches!(
+            sessions.attach(&token, 21, later),
+            Attach::Back { .. }
+        ));
     }
 
     #[test]
@@ -265,9 +465,10 @@ mod tests {
         let mut sessions = Sessions::new(Duration::from_secs(1));
         let (a, b) = (Sessions::new_token(), Sessions::new_token());
         assert_ne!(a, b);
-        sessions.open(&a, 1, "a", 1);
-        assert!(sessions
-            .attach("00000000000000000000000000000000", 3)
-            .is_none());
+        sessions.open(&a, 1, "a", 1, 0);
+        assert!(matches!(
+            sessions.attach("00000000000000000000000000000000", 3, Instant::now()),
+            Attach::Unknown
+        ));
     }
 }

@@ -164,6 +164,28 @@ pub fn unsent_bytes(socket: &TcpStream) -> usize {
     }
 }
 
+/// The socket's send buffer size (`SO_SNDBUF`): at most this much of what was handed to the
+/// kernel can still have been on its way to the peer when the connection dropped.
+pub fn send_buffer_bytes(socket: &TcpStream) -> u64 {
+    let mut size: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_SNDBUF writes one int to a live local, whose size is passed.
+    let got = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut size as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if got == 0 {
+        u64::try_from(size).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// For tests: closes `socket` with a reset (linger on, with no time to linger), as a peer
 /// that vanishes in the middle of a conversation does.
 #[cfg(test)]
