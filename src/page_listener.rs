@@ -137,6 +137,10 @@ fn serve(server: &PageServer, socket: &TcpStream, peer: IpAddr, accepted_at: Ins
                 let line = format!("the request head is longer than {HEAD_MAX_BYTES} bytes");
                 return close_with(socket, &page::refusal_bytes(431, &line));
             }
+            HeadRead::BadLineEnd => {
+                let line = "the request head's lines do not end with CRLF";
+                return close_with(socket, &page::refusal_bytes(400, line));
+            }
             HeadRead::Gone => return,
         };
         let parsed = parse_head(&buffer[..end]);
@@ -209,6 +213,9 @@ enum HeadRead {
     /// The head is `buffer[..end]`, its blank line included.
     Complete(usize),
     TooLarge,
+    /// A line ends in a lone LF or CR. No blank line of ours will ever come, so waiting for
+    /// the deadline would only hold the connection's place: it is answered at once.
+    BadLineEnd,
     /// Closed, failed, or out of time: nobody to answer.
     Gone,
 }
@@ -237,7 +244,13 @@ fn read_head(
             .count();
         buffer.drain(..blank);
         scanned = scanned.saturating_sub(blank);
-        if let Some(at) = find_blank_line(buffer, scanned) {
+        let end = find_blank_line(buffer, scanned);
+        // Bytes past the head belong to the next request and are checked with it.
+        let head = &buffer[..end.unwrap_or(buffer.len())];
+        if has_bare_line_end(head, scanned.saturating_sub(1)) {
+            return HeadRead::BadLineEnd;
+        }
+        if let Some(at) = end {
             return if at > HEAD_MAX_BYTES {
                 HeadRead::TooLarge
             } else {
@@ -286,6 +299,29 @@ fn find_blank_line(buffer: &[u8], from: usize) -> Option<usize> {
         .map(|at| from + at + 4)
 }
 
+/// Whether `head` has, at or after `from`, an LF without a CR before it or a CR followed by
+/// anything but LF (RFC 9112 section 2.2 lets a server reject both). A CR that ends `head`
+/// is undecided until its next byte arrives.
+fn has_bare_line_end(head: &[u8], from: usize) -> bool {
+    let Some(tail) = head.get(from..) else {
+        return false;
+    };
+    tail.iter().enumerate().any(|(i, &byte)| {
+        let at = from + i;
+        match byte {
+            b'\n' => at == 0 || head[at - 1] != b'\r',
+            b'\r' => head.get(at + 1).is_some_and(|&next| next != b'\n'),
+            _ => false,
+        }
+    })
+}
+
+/// A control byte other than HTAB (RFC 9110 section 5.5: field values hold none; nor do
+/// names or the request line). A NUL that reached a file name or a log would end it early.
+fn is_control(byte: u8) -> bool {
+    byte.is_ascii_control() && byte != b'\t'
+}
+
 /// One request head, in tiny_http's types.
 struct PageRequest {
     method: Method,
@@ -326,6 +362,10 @@ fn parse_head(head: &[u8]) -> Result<PageRequest, (u16, &'static str)> {
         .filter(|t| t.is_ascii())
         .ok_or((400, "the request head is not ASCII"))?;
     let mut lines = text.split("\r\n");
+    // The CRLFs are the separators split on; any other control byte is refused.
+    if text.split("\r\n").any(|line| line.bytes().any(is_control)) {
+        return Err((400, "the request head holds a control byte"));
+    }
     let request_line = lines.next().unwrap_or("");
     let mut parts = request_line.split(' ');
     let (Some(method), Some(url), Some(version), None) =
@@ -395,6 +435,12 @@ mod tests {
             "GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n",
             "GET /é HTTP/1.1\r\n\r\n",
             "GET / HTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: b\0c\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: \x01\r\n\r\n",
+            "GET / HTTP/1.1\r\nA\x1b: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: b\x7f\r\n\r\n",
+            "GET /\0 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\nA: b\r\n\r\n",
         ] {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(400), "{bad:?}");
         }
@@ -402,6 +448,24 @@ mod tests {
             parse("GET / HTTP/2.0\r\n\r\n").err().map(|e| e.0),
             Some(505)
         );
+    }
+
+    #[test]
+    fn a_tab_in_a_header_value_is_accepted() {
+        let request = parse("GET / HTTP/1.1\r\nA: b\tc\r\n\r\n").unwrap();
+        assert_eq!(request.header("A").next(), Some("b\tc"));
+    }
+
+    #[test]
+    fn a_line_must_end_with_crlf_and_a_final_cr_waits_for_its_lf() {
+        assert!(has_bare_line_end(b"GET / HTTP/1.1\nHost", 0));
+        assert!(has_bare_line_end(b"GET / HTTP/1.1\rHost", 0));
+        assert!(has_bare_line_end(b"\n", 0));
+        assert!(!has_bare_line_end(b"GET / HTTP/1.1\r\nHost: x\r", 0));
+        // Scanning from just before a CRLF sees the CR.
+        assert!(!has_bare_line_end(b"GET / HTTP/1.1\r\n", 15));
+        assert!(has_bare_line_end(b"GET / HTTP/1.1\r\nA\n", 15));
+        assert!(!has_bare_line_end(b"GET", 10));
     }
 
     #[test]

@@ -270,3 +270,45 @@ fn a_page_connection_lives_at_most_a_head_and_a_response_however_it_trickles() {
     // A head's time and a response's time: 2 s; a second more for a loaded machine.
     assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
 }
+
+#[test]
+fn a_page_request_head_with_bare_lf_line_ends_gets_400_at_once() {
+    // A deadline far beyond the test: only an answer at once passes.
+    let server = Server::start(&["--handshake-timeout", "30"]);
+    for head in [
+        "GET / HTTP/1.1\nHost: x\n\n",
+        "GET / HTTP/1.1\r\nHost: x\n\r\n",
+        "GET / HTTP/1.1\rHost: x\r\r",
+    ] {
+        let asked = Instant::now();
+        let (status, _, body) = http(server.http, head);
+        let took = asked.elapsed();
+        assert_eq!(status, 400, "{head:?}");
+        assert_eq!(body.lines().count(), 1, "{body:?}");
+        // At once: a loaded machine's margin, far from the 30 s deadline.
+        assert!(
+            took < Duration::from_secs(1),
+            "{head:?} answered after {took:?}"
+        );
+    }
+    assert_eq!(get(server.http, "/").0, 200, "the page is still served");
+}
+
+#[test]
+fn a_control_byte_in_a_page_request_header_gets_400() {
+    let server = Server::start(&["--handshake-timeout", "30"]);
+    for (what, header) in [
+        ("NUL in a value", "X-Test: a\0b"),
+        ("ESC in a value", "X-Test: a\x1bb"),
+        ("DEL in a value", "X-Test: a\x7f"),
+        ("SOH in a name", "X-T\x01est: a"),
+    ] {
+        let request = format!("GET / HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = http(server.http, &request);
+        assert_eq!(status, 400, "{what}");
+        assert_eq!(body.lines().count(), 1, "{what}: {body:?}");
+    }
+    // A tab is no control byte to refuse.
+    let with_tab = "GET / HTTP/1.1\r\nHost: x\r\nX-Test: a\tb\r\nConnection: close\r\n\r\n";
+    assert_eq!(http(server.http, with_tab).0, 200);
+}
