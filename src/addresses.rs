@@ -144,7 +144,7 @@ impl Drop for AddressSlot {
 
 /// What is counted for `ip`: an IPv4 address (also when it arrives IPv4-mapped), or the
 /// /64 an IPv6 address belongs to.
-fn address_key(ip: IpAddr) -> IpAddr {
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let host_bits = 128 - IPV6_HOST_PREFIX_BITS;

@@ -135,8 +135,9 @@ Limits (times in seconds, fractions allowed):
   --max-clients-per-address N
                              connections one address may hold on each port, 0 for no limit;
                              more get HTTP 429 [default: {DEFAULT_MAX_CLIENTS_PER_ADDRESS}]
-  --max-page-connections N   page connections at once; more get HTTP 503 [default: {DEFAULT_MAX_PAGE_CONNECTIONS},
-                             or an eighth of the open-file limit if less]
+  --max-page-connections N   page connections at once; when full, the one waiting longest
+                             makes room, and HTTP 503 only if all are being answered
+                             [default: {DEFAULT_MAX_PAGE_CONNECTIONS}, or an eighth of the open-file limit if less]
   --handshake-timeout S      time to send a whole request head, on both ports [default: {}]
   --write-timeout S          drop a client whose socket takes nothing for this long [default: {}]
   --max-lag-bytes N          close (1008) a client this far behind the room [default: {DEFAULT_MAX_LAG_BYTES}]

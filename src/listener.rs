@@ -109,7 +109,7 @@ pub fn accept_each(
                 Ok(slot) => Some(slot),
                 Err(refused) => {
                     refused.report(door.port);
-                    refuse_at_once(socket, 429, &refused.reason());
+                    refuse_at_once(&socket, 429, &refused.reason());
                     continue;
                 }
             }
@@ -122,12 +122,12 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// Answers a connection with a one-line HTTP error and closes it, on the accepting thread:
-/// no thread is started and nothing waits for the client.
-pub fn refuse_at_once(socket: TcpStream, status: u16, line: &str) {
-    discard_arrived(&socket);
+/// Answers a connection with a one-line HTTP error and ends its stream, on the accepting
+/// thread, which then drops it: no thread is started and nothing waits for the client.
+pub fn refuse_at_once(socket: &TcpStream, status: u16, line: &str) {
+    discard_arrived(socket);
     // A fresh socket's send buffer takes these few hundred bytes whole, at once.
-    let _ = (&socket).write_all(&page::refusal_bytes(status, line));
+    let _ = (&*socket).write_all(&page::refusal_bytes(status, line));
     let _ = socket.shutdown(Shutdown::Write);
 }
 

@@ -233,7 +233,7 @@ fn run(config: Config) -> Result<(), String> {
         head_timeout: config.handshake_timeout,
         write_timeout: config.write_timeout,
         trust_proxy: config.trust_proxy,
-        open: AtomicUsize::new(0),
+        places: Default::default(),
     });
     spawn("page", move || {
         page_listener::run(page_listener, page_server)

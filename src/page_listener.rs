@@ -4,9 +4,17 @@
 //! descriptor per connection. The head of each request must arrive within
 //! `--handshake-timeout`, and a kept-alive connection may then sit idle only for
 //! [`KEEP_ALIVE_IDLE`]. The page server holds at most `--max-page-connections` at once, and
-//! one address at most its share of them; past either the connection is answered (503 or
-//! 429) and closed by the accepting thread itself, so the page server can never take the
+//! one address at most its share of them; past that share the connection is answered (429)
+//! and closed by the accepting thread itself, so the page server can never take the
 //! descriptors and threads the chat's clients need.
+//!
+//! A full page server makes room rather than turn a visitor away: the accepting thread closes
+//! the connection that has waited longest for a request head (or sat idle longest between
+//! kept-alive requests), from the address that holds the most, and admits the newcomer once
+//! that connection's thread has let go of its place ([`Places`]). Otherwise a few addresses,
+//! each holding its share of idle connections and reopening them as the deadline closes
+//! them, would keep the page from everybody else. Only when every connection is being
+//! answered is the newcomer refused (503).
 //!
 //! tiny_http's own server cannot be held to this: it reads each connection on a thread of
 //! its pool with no deadline, holds two descriptors per connection, accepts without bound,
@@ -15,10 +23,11 @@
 //! reading of request heads are ours; tiny_http's types carry the request, and its
 //! `Response` prints the answer ([`page::response_bytes`]).
 
+use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -50,6 +59,15 @@ const PAGE_STACK_BYTES: usize = 256 * 1024;
 /// and one address must not take them all.
 pub const PAGE_SHARE_DIVISOR: usize = 4;
 
+/// The longest the accepting thread waits for a shed connection's thread to give its place
+/// back. Woken from its read by the shutdown, that thread ends within microseconds; the
+/// bound only keeps a thread the scheduler is slow to run from stalling every accept.
+const SHED_WAIT: Duration = Duration::from_millis(500);
+
+/// A full page server says so in the log at most this often: under a flood of connections
+/// it makes room many times a second.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// What every page connection needs.
 pub struct PageServer {
     pub site: Site,
@@ -62,8 +80,8 @@ pub struct PageServer {
     /// `--write-timeout`: the time the socket may take nothing of a response.
     pub write_timeout: Duration,
     pub trust_proxy: bool,
-    /// Connections open now; only the accepting thread adds to it.
-    pub open: AtomicUsize,
+    /// The connections open now, at most `max_connections`; only the accepting thread adds.
+    pub places: Places,
 }
 
 /// One address's share of the page port, from its share of the WebSocket port (0: none).
@@ -75,12 +93,166 @@ pub fn page_share(per_address: usize, max_connections: usize) -> usize {
     }
 }
 
-/// Counts a page connection as open until its thread ends, however it ends.
-struct PageCount(Arc<PageServer>);
+/// The page server's open connections and what each is doing, so that a full server can
+/// tell which one to close to make room. Bounded by `--max-page-connections`; it is looked
+/// through only when the server is full.
+#[derive(Default)]
+pub struct Places {
+    registry: Mutex<Registry>,
+    /// Signalled each time a connection gives its place back.
+    freed: Condvar,
+}
 
-impl Drop for PageCount {
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    held: HashMap<u64, Held>,
+    last_logged: Option<Instant>,
+}
+
+/// One open page connection.
+struct Held {
+    /// The connection's own socket, shared with its thread (one descriptor, not a
+    /// duplicate): shutting it down wakes that thread from its read.
+    socket: Arc<TcpStream>,
+    seen: Seen,
+}
+
+/// What the choice of a connection to shed looks at.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// The peer, as the address table counts it. Behind a trusted proxy, the proxy.
+    address: IpAddr,
+    doing: Doing,
+    /// Shut down to make room; its thread has yet to end.
+    shed: bool,
+}
+
+/// What a page connection is doing, as far as making room is concerned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Doing {
+    /// Waiting for a request head since then: since it was accepted, or since its last
+    /// answer was written (kept alive). It holds a place and is owed nothing yet.
+    Waiting(Instant),
+    /// A head has arrived, and its answer is being made or written: closing it would throw
+    /// away what a client is receiving, so it is never the one to make room.
+    Answering,
+}
+
+impl Places {
+    /// A panic elsewhere while the lock was held leaves the registry whole: every change
+    /// under the lock is a single step.
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Which waiting connection makes room: one of the address that holds the most page
+/// connections, the one of those that has waited longest. Among a few addresses that churn
+/// their own connections, they then shed each other, and a lone visitor's connection, which
+/// is also the newest, is the last of all to go. None when every connection is answering or
+/// already shed.
+fn choose_shed<'a>(held: impl Iterator<Item = (u64, &'a Seen)> + Clone) -> Option<u64> {
+    let mut per_address: HashMap<IpAddr, usize> = HashMap::new();
+    for (_, seen) in held.clone() {
+        *per_address.entry(seen.address).or_insert(0) += 1;
+    }
+    held.filter(|(_, seen)| !seen.shed)
+        .filter_map(|(id, seen)| match seen.doing {
+            Doing::Waiting(since) => {
+                let holds = per_address.get(&seen.address).copied().unwrap_or(0);
+                Some((id, (holds, Reverse(since))))
+            }
+            Doing::Answering => None,
+        })
+        .max_by_key(|&(_, rank)| rank)
+        .map(|(id, _)| id)
+}
+
+/// A page connection's place, held until its thread ends, however it ends.
+struct Place {
+    server: Arc<PageServer>,
+    id: u64,
+}
+
+impl Place {
+    /// A place for a connection just accepted: a free one, or one made by shedding a waiting
+    /// connection. None when every place is taken by a connection being answered, or when
+    /// the shed one has not let go within [`SHED_WAIT`].
+    fn take(server: &Arc<PageServer>, socket: &Arc<TcpStream>, peer: IpAddr) -> Option<Place> {
+        let places = &server.places;
+        let max = server.max_connections;
+        let mut registry = places.lock();
+        let full = registry.held.len() >= max;
+        // One shed connection on its way out is room enough for one newcomer.
+        if full && !registry.held.values().any(|held| held.seen.shed) {
+            let shed = choose_shed(registry.held.iter().map(|(&id, held)| (id, &held.seen)))?;
+            if let Some(held) = registry.held.get_mut(&shed) {
+                held.seen.shed = true;
+                // Its thread, asleep in a read, wakes to the end of the stream and ends.
+                let _ = held.socket.shutdown(Shutdown::Both);
+            }
+            let now = Instant::now();
+            if registry
+                .last_logged
+                .is_none_or(|at| now.saturating_duration_since(at) >= SHED_LOG_EVERY)
+            {
+                registry.last_logged = Some(now);
+                eprintln!(
+                    "threadchat: the page server holds {max} connections, its limit; closing \
+                     the longest waiting ones to make room (logged once a minute)"
+                );
+            }
+        }
+        let (mut registry, _) = places
+            .freed
+            .wait_timeout_while(registry, SHED_WAIT, |registry| registry.held.len() >= max)
+            .unwrap_or_else(PoisonError::into_inner);
+        if registry.held.len() >= max {
+            return None;
+        }
+        registry.next_id += 1;
+        let id = registry.next_id;
+        let seen = Seen {
+            address: addresses::address_key(peer),
+            doing: Doing::Waiting(Instant::now()),
+            shed: false,
+        };
+        let socket = socket.clone();
+        registry.held.insert(id, Held { socket, seen });
+        Some(Place {
+            server: server.clone(),
+            id,
+        })
+    }
+
+    fn set(&self, doing: Doing) {
+        if let Some(held) = self.server.places.lock().held.get_mut(&self.id) {
+            held.seen.doing = doing;
+        }
+    }
+
+    /// Marks the connection as being answered. False if it was shed meanwhile: its socket
+    /// is shut down, and the place is promised to another.
+    fn answering(&self) -> bool {
+        let mut registry = self.server.places.lock();
+        match registry.held.get_mut(&self.id) {
+            Some(held) if !held.seen.shed => {
+                held.seen.doing = Doing::Answering;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Place {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        let places = &self.server.places;
+        // The socket's last handle is dropped under the lock, so the descriptor is closed
+        // before anyone is told the place is free.
+        places.lock().held.remove(&self.id);
+        places.freed.notify_all();
     }
 }
 
@@ -93,27 +265,27 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
         trust_proxy: server.trust_proxy,
     };
     accept_each(&listener, &door, |socket, peer, address| {
-        if server.open.load(Ordering::Acquire) >= server.max_connections {
+        let socket = Arc::new(socket);
+        let Some(place) = Place::take(&server, &socket, peer.ip()) else {
             let line = format!(
                 "the page server is busy: {} connections at once, try again in a moment",
                 server.max_connections
             );
-            return refuse_at_once(socket, 503, &line);
-        }
-        server.open.fetch_add(1, Ordering::AcqRel);
-        let count = PageCount(server.clone());
+            return refuse_at_once(&socket, 503, &line);
+        };
         let accepted_at = Instant::now();
         next_id += 1;
         let spawned = thread::Builder::new()
             .name(format!("page-{next_id}"))
             .stack_size(PAGE_STACK_BYTES)
             .spawn(move || {
-                serve(&count.0, &socket, peer.ip(), accepted_at);
-                // The descriptor goes first, so that the count never says less than is held.
-                drop((socket, address, count));
+                serve(&place.server, &socket, peer.ip(), accepted_at, &place);
+                // The place goes last: it holds the socket's last handle, and the count of
+                // places must never say less than is held.
+                drop((socket, address, place));
                 sys::release_unused_stack();
             });
-        // On failure the closure is dropped, and the connection and its counts with it.
+        // On failure the closure is dropped, and the connection and its place with it.
         if let Err(err) = spawned {
             eprintln!("threadchat: no thread for page connection {peer}: {err}");
         }
@@ -124,18 +296,32 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
 /// connection lives at most a head's time and a response's time in all, however it trickles
 /// its requests or reads its answers: a page and its few follow-ups fit easily, and no client
 /// keeps one of the page server's few places for long.
-fn serve(server: &PageServer, socket: &TcpStream, peer: IpAddr, accepted_at: Instant) {
+fn serve(
+    server: &PageServer,
+    socket: &TcpStream,
+    peer: IpAddr,
+    accepted_at: Instant,
+    place: &Place,
+) {
     let ends_by = accepted_at + server.head_timeout + server.write_timeout;
     let mut buffer = Vec::new();
     let mut wait = Wait::Head(accepted_at + server.head_timeout);
     // Behind a trusted proxy, the forwarded address holds a place for the connection's life.
     let mut _address = None;
     loop {
-        let end = match read_head(socket, &mut buffer, wait, server.head_timeout, ends_by) {
+        let read = read_head(socket, &mut buffer, wait, server.head_timeout, ends_by);
+        if matches!(read, HeadRead::Gone) || !place.answering() {
+            return;
+        }
+        let end = match read {
             HeadRead::Complete(end) => end,
             HeadRead::TooLarge => {
                 let line = format!("the request head is longer than {HEAD_MAX_BYTES} bytes");
                 return close_with(socket, &page::refusal_bytes(431, &line));
+            }
+            HeadRead::BadLineEnd => {
+                let line = "the request head's lines do not end with CRLF";
+                return close_with(socket, &page::refusal_bytes(400, line));
             }
             HeadRead::Gone => return,
         };
@@ -183,7 +369,9 @@ fn serve(server: &PageServer, socket: &TcpStream, peer: IpAddr, accepted_at: Ins
         if (&*socket).write_all(&response).is_err() {
             return;
         }
-        wait = Wait::Idle(Instant::now() + KEEP_ALIVE_IDLE);
+        let answered = Instant::now();
+        place.set(Doing::Waiting(answered));
+        wait = Wait::Idle(answered + KEEP_ALIVE_IDLE);
     }
 }
 
@@ -209,6 +397,9 @@ enum HeadRead {
     /// The head is `buffer[..end]`, its blank line included.
     Complete(usize),
     TooLarge,
+    /// A line ends in a lone LF or CR. No blank line of ours will ever come, so waiting for
+    /// the deadline would only hold the connection's place: it is answered at once.
+    BadLineEnd,
     /// Closed, failed, or out of time: nobody to answer.
     Gone,
 }
@@ -237,7 +428,13 @@ fn read_head(
             .count();
         buffer.drain(..blank);
         scanned = scanned.saturating_sub(blank);
-        if let Some(at) = find_blank_line(buffer, scanned) {
+        let end = find_blank_line(buffer, scanned);
+        // Bytes past the head belong to the next request and are checked with it.
+        let head = &buffer[..end.unwrap_or(buffer.len())];
+        if has_bare_line_end(head, scanned.saturating_sub(1)) {
+            return HeadRead::BadLineEnd;
+        }
+        if let Some(at) = end {
             return if at > HEAD_MAX_BYTES {
                 HeadRead::TooLarge
             } else {
@@ -286,6 +483,29 @@ fn find_blank_line(buffer: &[u8], from: usize) -> Option<usize> {
         .map(|at| from + at + 4)
 }
 
+/// Whether `head` has, at or after `from`, an LF without a CR before it or a CR followed by
+/// anything but LF (RFC 9112 section 2.2 lets a server reject both). A CR that ends `head`
+/// is undecided until its next byte arrives.
+fn has_bare_line_end(head: &[u8], from: usize) -> bool {
+    let Some(tail) = head.get(from..) else {
+        return false;
+    };
+    tail.iter().enumerate().any(|(i, &byte)| {
+        let at = from + i;
+        match byte {
+            b'\n' => at == 0 || head[at - 1] != b'\r',
+            b'\r' => head.get(at + 1).is_some_and(|&next| next != b'\n'),
+            _ => false,
+        }
+    })
+}
+
+/// A control byte other than HTAB (RFC 9110 section 5.5: field values hold none; nor do
+/// names or the request line). A NUL that reached a file name or a log would end it early.
+fn is_control(byte: u8) -> bool {
+    byte.is_ascii_control() && byte != b'\t'
+}
+
 /// One request head, in tiny_http's types.
 struct PageRequest {
     method: Method,
@@ -326,6 +546,10 @@ fn parse_head(head: &[u8]) -> Result<PageRequest, (u16, &'static str)> {
         .filter(|t| t.is_ascii())
         .ok_or((400, "the request head is not ASCII"))?;
     let mut lines = text.split("\r\n");
+    // The CRLFs are the separators split on; any other control byte is refused.
+    if text.split("\r\n").any(|line| line.bytes().any(is_control)) {
+        return Err((400, "the request head holds a control byte"));
+    }
     let request_line = lines.next().unwrap_or("");
     let mut parts = request_line.split(' ');
     let (Some(method), Some(url), Some(version), None) =
@@ -395,6 +619,12 @@ mod tests {
             "GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n",
             "GET /é HTTP/1.1\r\n\r\n",
             "GET / HTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: b\0c\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: \x01\r\n\r\n",
+            "GET / HTTP/1.1\r\nA\x1b: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: b\x7f\r\n\r\n",
+            "GET /\0 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\nA: b\r\n\r\n",
         ] {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(400), "{bad:?}");
         }
@@ -402,6 +632,24 @@ mod tests {
             parse("GET / HTTP/2.0\r\n\r\n").err().map(|e| e.0),
             Some(505)
         );
+    }
+
+    #[test]
+    fn a_tab_in_a_header_value_is_accepted() {
+        let request = parse("GET / HTTP/1.1\r\nA: b\tc\r\n\r\n").unwrap();
+        assert_eq!(request.header("A").next(), Some("b\tc"));
+    }
+
+    #[test]
+    fn a_line_must_end_with_crlf_and_a_final_cr_waits_for_its_lf() {
+        assert!(has_bare_line_end(b"GET / HTTP/1.1\nHost", 0));
+        assert!(has_bare_line_end(b"GET / HTTP/1.1\rHost", 0));
+        assert!(has_bare_line_end(b"\n", 0));
+        assert!(!has_bare_line_end(b"GET / HTTP/1.1\r\nHost: x\r", 0));
+        // Scanning from just before a CRLF sees the CR.
+        assert!(!has_bare_line_end(b"GET / HTTP/1.1\r\n", 15));
+        assert!(has_bare_line_end(b"GET / HTTP/1.1\r\nA\n", 15));
+        assert!(!has_bare_line_end(b"GET", 10));
     }
 
     #[test]
@@ -420,6 +668,37 @@ mod tests {
         assert_eq!(find_blank_line(bytes, 0), Some(24));
         assert_eq!(find_blank_line(bytes, 22), None);
         assert_eq!(find_blank_line(b"GET", 10), None);
+    }
+
+    #[test]
+    fn the_longest_waiting_connection_of_the_address_holding_most_is_shed() {
+        let start = Instant::now();
+        let at = |secs: u64| Doing::Waiting(start + Duration::from_secs(secs));
+        let seen = |address: &str, doing: Doing| Seen {
+            address: address.parse().unwrap(),
+            doing,
+            shed: false,
+        };
+        let held = [
+            (1, seen("192.0.2.9", at(0))),
+            (2, seen("192.0.2.1", at(3))),
+            (3, seen("192.0.2.1", at(2))),
+            (4, seen("192.0.2.1", Doing::Answering)),
+            (5, seen("192.0.2.2", at(1))),
+            (6, seen("192.0.2.2", at(5))),
+        ];
+        let choose = |held: &[(u64, Seen)]| choose_shed(held.iter().map(|(id, s)| (*id, s)));
+        // 192.0.2.1 holds three (one answering): its longest waiting goes, not the lone
+        // visitor's older one, nor 192.0.2.2's.
+        assert_eq!(choose(&held), Some(3));
+        let mut shed = held;
+        shed[2].1.shed = true;
+        assert_eq!(choose(&shed), Some(2), "a shed one is not shed twice");
+        // All from one address: the longest waiting.
+        let one = [(7, seen("192.0.2.1", at(4))), (8, seen("192.0.2.1", at(1)))];
+        assert_eq!(choose(&one), Some(8));
+        let answering = [(9, seen("192.0.2.1", Doing::Answering))];
+        assert_eq!(choose(&answering), None, "an answer is never cut short");
     }
 
     #[test]

@@ -6,9 +6,16 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Far more than a socket's send buffer (4 MiB at most here) and a small receive window.
+const BIG_FILE_BYTES: usize = 8 * 1024 * 1024;
 
 fn loopback(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
@@ -104,14 +111,97 @@ fn two_thousand_slow_page_connections_are_closed_by_the_deadline_and_all_is_give
 }
 
 #[test]
-fn past_the_page_servers_limit_503_at_once_and_a_client_still_joins() {
-    // A deadline far beyond the test: only the limit can turn the fifth away.
+fn a_full_page_server_closes_its_longest_waiting_connection_to_serve_a_newcomer() {
+    // A deadline far beyond the test: only making room can let the fifth in.
     let server = Server::start(&["--max-page-connections", "4", "--handshake-timeout", "60"]);
-    // With 4 page connections, one address may hold one: the four come from four.
-    let hanging: Vec<TcpStream> = (2..6)
+    // With 4 page connections, one address may hold one: the four come from four, and
+    // the first, accepted first, waits longest.
+    let mut hanging: Vec<TcpStream> = (2..6)
         .map(|n| slow_page_connection(connect_from(loopback(n), server.http)))
         .collect();
-    let (status, head, body) = http_over(connect_from(loopback(6), server.http), get_request());
+    let (status, head, _) = http_over(connect_from(loopback(6), server.http), get_request());
+    assert_eq!(status, 200, "{head}");
+
+    // The oldest was closed, unanswered; the others still wait.
+    let mut oldest = hanging.remove(0);
+    oldest.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut rest = Vec::new();
+    match oldest.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "the closed one was answered"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    for (i, socket) in hanging.iter_mut().enumerate() {
+        assert!(
+            held_open(socket, Duration::from_millis(100)),
+            "{i} was closed"
+        );
+    }
+    eventually("the full server is logged", || {
+        count_lines(&server.stderr(), "closing the longest waiting") == 1
+    });
+}
+
+#[test]
+fn a_full_page_server_closes_an_idle_kept_alive_connection_to_serve_a_newcomer() {
+    let server = Server::start(&["--max-page-connections", "1"]);
+    let mut idle = hold_a_page_place(loopback(2), server.http, true).expect("answered");
+    let answered = Instant::now();
+    // Well before the 3 s idle deadline could free the place. Its thread marks it idle a
+    // moment after its answer is written, so a newcomer that came sooner may get 503.
+    let served = Instant::now() + Duration::from_secs(1);
+    loop {
+        let socket = connect_from(loopback(3), server.http);
+        match status_within(socket, PATIENCE) {
+            Some(200) => break,
+            Some(503) if Instant::now() < served => {}
+            other => panic!("a newcomer got {other:?} after {:?}", answered.elapsed()),
+        }
+    }
+    // Closed, and not by the idle deadline.
+    let mut rest = Vec::new();
+    match idle.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    let closed = answered.elapsed();
+    assert!(
+        closed < Duration::from_secs(2),
+        "closed after {closed:?} idle"
+    );
+}
+
+#[test]
+fn a_full_page_server_answers_503_only_when_every_connection_is_being_answered() {
+    // A file far larger than what the sockets buffer, to clients whose window stays small:
+    // the server is still writing it when the third comes.
+    let www = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fair_share_big_www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("big.bin"), vec![b'b'; BIG_FILE_BYTES]).unwrap();
+    std::fs::write(www.join("index.html"), "<title>small</title>\n").unwrap();
+    let server = Server::start(&[
+        "--www",
+        www.to_str().unwrap(),
+        "--max-page-connections",
+        "2",
+        "--handshake-timeout",
+        "60",
+        "--write-timeout",
+        "60",
+    ]);
+    let answering: Vec<TcpStream> = (2..4)
+        .map(|n| {
+            let mut socket = connect_from_with_receive_buffer(loopback(n), server.http, Some(4096));
+            socket.set_read_timeout(Some(PATIENCE)).unwrap();
+            socket
+                .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut status = [0u8; 12];
+            socket.read_exact(&mut status).unwrap();
+            assert_eq!(&status, b"HTTP/1.1 200");
+            socket
+        })
+        .collect();
+    let (status, head, body) = http_over(connect_from(loopback(4), server.http), get_request());
     assert_eq!(status, 503, "{head}");
     assert_eq!(body.lines().count(), 1, "{body:?}");
     assert!(body.contains("busy"), "{body:?}");
@@ -120,10 +210,155 @@ fn past_the_page_servers_limit_503_at_once_and_a_client_still_joins() {
     client.say("in anyway");
     assert_eq!(client.line(), format!("{}: in anyway", client.nickname));
 
-    drop(hanging);
+    drop(answering);
     eventually("the page is served again once they are gone", || {
         get(server.http, "/").0 == 200
     });
+}
+
+#[test]
+fn four_addresses_reopening_their_share_of_slow_page_connections_keep_nobody_from_the_page() {
+    const MAX: usize = 16;
+    const SHARE: usize = MAX / 4;
+    const VISITS: usize = 50;
+    let server = Server::start(&[
+        "--max-page-connections",
+        &MAX.to_string(),
+        "--handshake-timeout",
+        "30",
+    ]);
+    let to = server.http;
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let reopened = Arc::new(AtomicUsize::new(0));
+    // Each address holds its share, half of it half-sent heads, half kept-alive and idle,
+    // and opens each again as soon as it is closed.
+    let attackers: Vec<_> = (2..6)
+        .flat_map(|n| (0..SHARE).map(move |i| (loopback(n), i % 2 == 0)))
+        .map(|(from, idle)| {
+            let (stop, held, reopened) = (stop.clone(), held.clone(), reopened.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if let Some(socket) = hold_a_page_place(from, to, idle) {
+                        held.fetch_add(1, Ordering::AcqRel);
+                        let refused = wait_until_closed(socket, &stop);
+                        held.fetch_sub(1, Ordering::AcqRel);
+                        if refused {
+                            // Its address's place not yet given back: the pace of the attack.
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    reopened.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        })
+        .collect();
+    eventually("the four addresses hold every place", || {
+        held.load(Ordering::Acquire) == MAX
+    });
+
+    for visit in 0..VISITS {
+        let asked = Instant::now();
+        let socket = connect_from(loopback(6), to);
+        let status = status_within(socket, Duration::from_secs(1));
+        assert_eq!(
+            status,
+            Some(200),
+            "visit {visit} after {:?}: the page was kept away",
+            asked.elapsed()
+        );
+    }
+    stop.store(true, Ordering::Release);
+    for attacker in attackers {
+        attacker.join().expect("an attacking connection failed");
+    }
+    // The server was full, and made room.
+    assert!(reopened.load(Ordering::Acquire) > 0);
+    assert_eq!(
+        count_lines(&server.stderr(), "closing the longest waiting"),
+        1,
+        "{}",
+        server.stderr()
+    );
+}
+
+/// One connection that takes a page place and holds it: half a head, or a whole HEAD
+/// request answered and then nothing (kept alive, idle). None if it was refused or closed.
+fn hold_a_page_place(from: IpAddr, to: std::net::SocketAddr, idle: bool) -> Option<TcpStream> {
+    let mut socket = connect_from(from, to);
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    if !idle {
+        socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").ok()?;
+        return Some(socket);
+    }
+    socket
+        .write_all(b"HEAD /config.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match socket.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    if head.starts_with(b"HTTP/1.1 200") {
+        Some(socket)
+    } else {
+        // Refused: its address's place not yet given back. The pace of the attack.
+        thread::sleep(Duration::from_millis(10));
+        None
+    }
+}
+
+/// Blocks until the server closes `socket`, or the test stops. True if it was answered
+/// (a 429 or a 503) rather than closed unanswered.
+fn wait_until_closed(mut socket: TcpStream, stop: &AtomicBool) -> bool {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut answered = false;
+    let mut unread = [0u8; 1024];
+    while !stop.load(Ordering::Acquire) {
+        match socket.read(&mut unread) {
+            Ok(0) => break,
+            Ok(_) => answered = true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    answered
+}
+
+/// The status of a GET on `socket` if its whole answer arrives `within`, else None.
+fn status_within(mut socket: TcpStream, within: Duration) -> Option<u16> {
+    let by = Instant::now() + within;
+    socket.write_all(get_request().as_bytes()).ok()?;
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        socket.set_read_timeout(Some(left)).unwrap();
+        match socket.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&all);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `socket` is still open and unanswered after `quiet`: used only to show that a
+/// close does NOT come.
+fn held_open(socket: &mut TcpStream, quiet: Duration) -> bool {
+    socket.set_read_timeout(Some(quiet)).unwrap();
+    let mut byte = [0u8; 1];
+    matches!(socket.read(&mut byte), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
 }
 
 #[test]
@@ -269,4 +504,46 @@ fn a_page_connection_lives_at_most_a_head_and_a_response_however_it_trickles() {
     assert!(answered >= 2, "the connection was kept alive for a while");
     // A head's time and a response's time: 2 s; a second more for a loaded machine.
     assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+}
+
+#[test]
+fn a_page_request_head_with_bare_lf_line_ends_gets_400_at_once() {
+    // A deadline far beyond the test: only an answer at once passes.
+    let server = Server::start(&["--handshake-timeout", "30"]);
+    for head in [
+        "GET / HTTP/1.1\nHost: x\n\n",
+        "GET / HTTP/1.1\r\nHost: x\n\r\n",
+        "GET / HTTP/1.1\rHost: x\r\r",
+    ] {
+        let asked = Instant::now();
+        let (status, _, body) = http(server.http, head);
+        let took = asked.elapsed();
+        assert_eq!(status, 400, "{head:?}");
+        assert_eq!(body.lines().count(), 1, "{body:?}");
+        // At once: a loaded machine's margin, far from the 30 s deadline.
+        assert!(
+            took < Duration::from_secs(1),
+            "{head:?} answered after {took:?}"
+        );
+    }
+    assert_eq!(get(server.http, "/").0, 200, "the page is still served");
+}
+
+#[test]
+fn a_control_byte_in_a_page_request_header_gets_400() {
+    let server = Server::start(&["--handshake-timeout", "30"]);
+    for (what, header) in [
+        ("NUL in a value", "X-Test: a\0b"),
+        ("ESC in a value", "X-Test: a\x1bb"),
+        ("DEL in a value", "X-Test: a\x7f"),
+        ("SOH in a name", "X-T\x01est: a"),
+    ] {
+        let request = format!("GET / HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = http(server.http, &request);
+        assert_eq!(status, 400, "{what}");
+        assert_eq!(body.lines().count(), 1, "{what}: {body:?}");
+    }
+    // A tab is no control byte to refuse.
+    let with_tab = "GET / HTTP/1.1\r\nHost: x\r\nX-Test: a\tb\r\nConnection: close\r\n\r\n";
+    assert_eq!(http(server.http, with_tab).0, 200);
 }

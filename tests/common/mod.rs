@@ -440,6 +440,17 @@ pub const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
 /// A TCP connection to `to` from the local address `from`, e.g. 127.0.0.2, so that one
 /// machine can play clients at several addresses (all of 127.0.0.0/8 is loopback).
 pub fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    connect_from_with_receive_buffer(from, to, None)
+}
+
+/// [`connect_from`], with the socket's receive buffer set to `receive_bytes` before it
+/// connects, so that the window it offers stays that small: the server's writes to it then
+/// stop once its own send buffer is full.
+pub fn connect_from_with_receive_buffer(
+    from: IpAddr,
+    to: SocketAddr,
+    receive_bytes: Option<usize>,
+) -> TcpStream {
     let (IpAddr::V4(from), IpAddr::V4(to_ip)) = (from, to.ip()) else {
         panic!("connect_from speaks IPv4 only");
     };
@@ -454,11 +465,22 @@ pub fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
     let (local, remote) = (sockaddr(from, 0), sockaddr(to_ip, to.port()));
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: a fresh socket, owned by the TcpStream as soon as it exists; the addresses
-    // are live locals of the length passed.
+    // and the buffer size are live locals of the length passed.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let socket = TcpStream::from_raw_fd(fd);
+        if let Some(bytes) = receive_bytes {
+            let bytes = libc::c_int::try_from(bytes).expect("a receive buffer size");
+            let set = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        }
         let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
         assert_eq!(bound, 0, "bind {from}: {}", std::io::Error::last_os_error());
         let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
