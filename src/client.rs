@@ -297,7 +297,8 @@ fn ending_for(err: Error) -> Ending {
 }
 
 /// The first message of the resume dialect, `new` or `resume <token> <position>`, within the
-/// handshake's deadline. Anything else is answered with close 1008 saying what was expected.
+/// handshake's deadline. Other text is answered with close 1008 saying what was expected, a
+/// binary message with 1003, as it would be later in the connection.
 fn first_message(
     ws: &mut WebSocket<ClientStream>,
     trace: Trace,
@@ -324,6 +325,16 @@ fn first_message(
                     let _ = ws.flush();
                 }
                 return resume;
+            }
+            Ok(Message::Binary(_)) => {
+                trace.decision(peer, "first message: binary");
+                let refused = CloseFrame {
+                    code: CloseCode::Unsupported,
+                    reason: "text messages only".into(),
+                };
+                let _ = ws.close(Some(refused));
+                let _ = ws.flush();
+                return None;
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
             _ => return None,

@@ -151,6 +151,17 @@ fn a_first_message_that_is_neither_new_nor_resume_is_closed_with_1008() {
 }
 
 #[test]
+fn a_binary_first_message_is_closed_with_1003_text_only() {
+    let server = Server::start(&[]);
+    let mut ws = handshake(&server.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
+    ws.send(Message::binary(b"new".to_vec())).unwrap();
+    assert_eq!(
+        expect_close(&mut ws),
+        (1003, "text messages only".to_owned())
+    );
+}
+
+#[test]
 fn tokens_never_reach_the_logs_or_the_trace() {
     let server = Server::start(&["--trace"]);
     let page = Resumable::new_session(&server);
