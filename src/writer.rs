@@ -39,7 +39,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::delivery::{Delivery, Sent};
 use crate::event::{ClientId, Departure, Event};
 use crate::log::{Cursor, LogReader, Segment};
-use crate::outbox::{Outbox, Refused, Wake};
+use crate::outbox::{Outbox, Phase, Refused, Wake};
 use crate::sys::{self, Poller};
 use crate::trace::Trace;
 use crate::wire::Frame;
@@ -404,7 +404,12 @@ impl Pump {
         let dialect = client.delivery.outbox.dialect as usize;
         let (head, retention) = (self.heads[dialect], self.logs[dialect].retention());
         let delivery = &mut client.delivery;
-        delivery.collect();
+        // While its socket is full, a client's private frames wait in its outbox, which holds
+        // only so many: taken here, the notices of a sender that never reads would grow
+        // without bound, and each refusal would wake the writer.
+        if !client.blocked || delivery.outbox.phase() != Phase::Open {
+            delivery.collect();
+        }
         if delivery.is_open() && delivery.behind(head) > retention {
             self.evict(slot);
             return false;
@@ -605,7 +610,6 @@ fn after_pause(since: Instant, gap: Duration, now: Instant) -> Instant {
 mod tests {
     use super::*;
     use crate::log::Log;
-    use crate::outbox::Phase;
     use crate::wire::{self, Dialect};
     use std::net::TcpStream;
 
