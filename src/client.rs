@@ -185,9 +185,11 @@ fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
         }
     };
     end.close(last, how);
-    // The writer ends the drain once the client has everything and the grace has passed,
-    // or once the write timeout has; this bound holds should no writer ever get the client.
-    drain(end.outbox, shared.config.write_timeout + CLOSE_GRACE);
+    // The writer ends the drain once the client has everything and the grace has passed, or
+    // a write timeout after the close frame went into the socket, which may itself wait for a
+    // write timeout; this bound holds should no writer ever get the client. Ending it sooner
+    // would close the socket with input unread, a reset that overtakes the close frame.
+    drain(end.outbox, 2 * shared.config.write_timeout + CLOSE_GRACE);
 }
 
 /// The reader's end of the connection, however the reader stops (a close, an error, a

@@ -333,7 +333,7 @@ fn a_client_dropped_for_the_write_timeout_keeps_its_session() {
     let page = Resumable::new_session(&server);
     witness.until(&format!(" .... {} has joined.", page.nickname));
     // 16 MiB while the page reads nothing: its socket fills, and after a second it is
-    // dropped, the way a lost network drops it: no close frame, so its session waits.
+    // dropped. The room takes it for lost, as a lost network, so its session waits.
     echoed_flood(&mut witness, 256);
     let dropped = format!("drop  {} from", page.nickname);
     eventually("the write timeout to drop the page", || {
