@@ -207,9 +207,11 @@ fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
         }
     };
     end.close(last, how);
-    // The writer ends the drain once the client has everything and the grace has passed,
-    // or once the write timeout has; this bound holds should no writer ever get the client.
-    drain(end.outbox, shared.config.write_timeout + CLOSE_GRACE);
+    // The writer ends the drain once the client has everything and the grace has passed, or
+    // a write timeout after the close frame went into the socket, which may itself wait for a
+    // write timeout; this bound holds should no writer ever get the client. Ending it sooner
+    // would close the socket with input unread, a reset that overtakes the close frame.
+    drain(end.outbox, 2 * shared.config.write_timeout + CLOSE_GRACE);
 }
 
 /// The reader's end of the connection, however the reader stops (a close, an error, a
@@ -319,7 +321,8 @@ fn ending_for(err: Error) -> Ending {
 }
 
 /// The first message of the resume dialect, `new` or `resume <token> <position>`, within the
-/// handshake's deadline. Anything else is answered with close 1008 saying what was expected.
+/// handshake's deadline. Other text is answered with close 1008 saying what was expected, a
+/// binary message with 1003, as it would be later in the connection.
 fn first_message(
     ws: &mut WebSocket<ClientStream>,
     trace: Trace,
@@ -346,6 +349,16 @@ fn first_message(
                     let _ = ws.flush();
                 }
                 return resume;
+            }
+            Ok(Message::Binary(_)) => {
+                trace.decision(peer, "first message: binary");
+                let refused = CloseFrame {
+                    code: CloseCode::Unsupported,
+                    reason: "text messages only".into(),
+                };
+                let _ = ws.close(Some(refused));
+                let _ = ws.flush();
+                return None;
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
             _ => return None,

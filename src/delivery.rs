@@ -16,6 +16,9 @@ use crate::sys::send_nonblocking;
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
 
+/// Why a client whose socket took nothing for the write timeout is closed.
+pub const NOT_READING: &str = "not reading";
+
 /// Linux takes at most 1024 pieces in one `sendmsg`.
 const MAX_SLICES_PER_SEND: usize = 1024;
 
@@ -101,6 +104,47 @@ impl Delivery {
         let close = wire::close_frame(wire::CLOSE_POLICY, "too slow");
         self.private.push_back((limit, close));
         true
+    }
+
+    /// The socket has taken nothing for the write timeout: what the client has not started is
+    /// dropped, and after the frame it is in comes only a close frame, the one already queued
+    /// (a reply, "flooding"...) if there is one, else 1008 "not reading". Returns whether the
+    /// connection was still open until now.
+    pub fn time_out(&mut self) -> bool {
+        // Bounded: frames wait in the outbox only up to its limit, and the close after them.
+        self.collect();
+        let was_open = self.outbox.evict();
+        let mid_private = self.private_sent > 0;
+        let closing = mid_private && self.private.front().is_some_and(|(_, f)| wire::is_close(f));
+        let queued_close = self
+            .private
+            .iter()
+            .skip(usize::from(mid_private))
+            .rev()
+            .find(|(_, frame)| wire::is_close(frame))
+            .map(|(_, frame)| frame.clone());
+        self.private.truncate(usize::from(mid_private));
+        let limit = if mid_private {
+            self.cursor.at()
+        } else {
+            self.cursor.frame_end()
+        };
+        self.limit = Some(limit);
+        if !closing {
+            let close =
+                queued_close.unwrap_or_else(|| wire::close_frame(wire::CLOSE_POLICY, NOT_READING));
+            self.private.push_back((limit, close));
+        }
+        was_open
+    }
+
+    /// Bytes still to send up to the limit, private frames included; for an open connection,
+    /// up to `head`.
+    pub fn left(&self, head: u64) -> usize {
+        let to = self.limit.map_or(head, |limit| head.min(limit));
+        let log = usize::try_from(to.saturating_sub(self.cursor.at())).unwrap_or(usize::MAX);
+        let private: usize = self.private.iter().map(|(_, frame)| frame.len()).sum();
+        log.saturating_add(private.saturating_sub(self.private_sent))
     }
 
     /// Builds the slices from the cursor to `head` (or the client's limit), with private frames

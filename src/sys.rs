@@ -152,6 +152,42 @@ pub fn deepen_accept_queue(listener: &TcpListener, connections: i32) -> io::Resu
     }
 }
 
+/// Lets a full socket's send buffer take `bytes` more, if the system allows a buffer that size
+/// (`net.core.wmem_max`). Linux counts the buffer at twice the size asked, for its own
+/// bookkeeping, and charges each piece of data more than its length; hence the slack.
+pub fn grow_send_buffer(socket: &TcpStream, bytes: usize) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let mut now: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a live local of the type the option returns, and its length.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut now as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    let wanted = usize::try_from(now)
+        .unwrap_or(0)
+        .saturating_add(2 * bytes)
+        .saturating_add(64 * 1024)
+        / 2;
+    let wanted = libc::c_int::try_from(wanted).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a live local of the type the option expects.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&wanted as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// Bytes handed to the socket that the peer has not yet acknowledged.
 pub fn unsent_bytes(socket: &TcpStream) -> usize {
     let mut count: libc::c_int = 0;

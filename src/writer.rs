@@ -9,7 +9,8 @@
 //!
 //! A client whose socket is full is left alone until epoll says it is writable again, so it
 //! never delays anyone else. One that falls more than the log's retention behind is evicted
-//! (close 1008 "too slow"); one whose socket takes nothing for `--write-timeout` is dropped.
+//! (close 1008 "too slow"); one whose socket takes nothing for `--write-timeout` is closed
+//! (1008 "not reading"), its socket given room for the close frame.
 //! Either way the writer tells the room that it left, since the client's reader may be asleep.
 //!
 //! Ending a connection the way RFC 6455 (7.1.1) asks: after the last frame (a close frame)
@@ -39,7 +40,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::delivery::{Delivery, Sent};
 use crate::event::{ClientId, Departure, Event};
 use crate::log::{Cursor, LogReader, Segment};
-use crate::outbox::{Outbox, Refused, Wake};
+use crate::outbox::{Outbox, Phase, Refused, Wake};
 use crate::sys::{self, Poller};
 use crate::trace::Trace;
 use crate::wire::Frame;
@@ -404,7 +405,12 @@ impl Pump {
         let dialect = client.delivery.outbox.dialect as usize;
         let (head, retention) = (self.heads[dialect], self.logs[dialect].retention());
         let delivery = &mut client.delivery;
-        delivery.collect();
+        // While its socket is full, a client's private frames wait in its outbox, which holds
+        // only so many: taken here, the notices of a sender that never reads would grow
+        // without bound, and each refusal would wake the writer.
+        if !client.blocked || delivery.outbox.phase() != Phase::Open {
+            delivery.collect();
+        }
         if delivery.is_open() && delivery.behind(head) > retention {
             self.evict(slot);
             return false;
@@ -486,7 +492,7 @@ impl Pump {
         }
     }
 
-    /// Drops blocked clients whose socket has taken nothing for the write timeout, and shuts
+    /// Closes blocked clients whose socket has taken nothing for the write timeout, and shuts
     /// the sockets of closed clients whose reader is still there after the grace.
     fn check_timers(&mut self, now: Instant) {
         let timed_out: Vec<usize> = (0..self.clients.len())
@@ -497,7 +503,7 @@ impl Pump {
             })
             .collect();
         for slot in timed_out {
-            self.drop_client(slot, "write timed out; dropped");
+            self.time_out(slot, now);
         }
         let write_timeout = self.write_timeout;
         self.draining.retain(|(outbox, since)| {
@@ -516,6 +522,41 @@ impl Pump {
         self.hand_over_leaves();
         if mem::take(&mut self.trim_due) {
             self.logs.iter().for_each(LogReader::trim);
+        }
+    }
+
+    /// The client's socket has taken nothing for the write timeout. It gets the rest of the
+    /// frame it is in and a close frame, for which its socket is given room, then an orderly
+    /// end, so that it reads them if it ever reads again; its reader drains what it still
+    /// sends. The room hears that it was lost, so a resumable session waits for it. Only if
+    /// the system refuses the room is the socket simply shut, without a close frame.
+    fn time_out(&mut self, slot: usize, now: Instant) {
+        let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let id = client.id;
+        let delivery = &mut client.delivery;
+        let was_open = delivery.time_out();
+        let dialect = delivery.outbox.dialect as usize;
+        let head = self.logs[dialect].head();
+        let left = delivery.left(head);
+        let grown = sys::grow_send_buffer(&delivery.outbox.socket, left).is_ok();
+        let mut snapshot = Vec::new();
+        self.logs[dialect].snapshot(&mut snapshot);
+        let sent = grown
+            && matches!(
+                delivery.send(&snapshot, head, self.trace),
+                Sent::Bytes { .. }
+            );
+        let finished = sent && delivery.finished();
+        drop(snapshot);
+        self.trace
+            .decision(delivery.outbox.label(), "write timed out");
+        self.tell_room_if_ended(id, was_open, true);
+        if finished {
+            self.finish(slot, now);
+        } else {
+            self.drop_client(slot, "no room for the close frame; dropped");
         }
     }
 
@@ -605,7 +646,6 @@ fn after_pause(since: Instant, gap: Duration, now: Instant) -> Instant {
 mod tests {
     use super::*;
     use crate::log::Log;
-    use crate::outbox::Phase;
     use crate::wire::{self, Dialect};
     use std::net::TcpStream;
 

@@ -371,18 +371,8 @@ fn a_write_blocked_past_the_write_timeout_drops_the_client() {
         "dropped {:?} after the flood ended",
         flood.leave_at.saturating_duration_since(flood.last_echo_at)
     );
-    // Its connection ends; it is not closed as too slow (it is not behind by the limit).
-    loop {
-        match stalled.read() {
-            Ok(Message::Close(frame)) => {
-                let code = frame.map(|f| u16::from(f.code));
-                assert_ne!(code, Some(1008), "closed as too slow, not timed out");
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
+    // It reads at last: its close says it was not reading, not that it was too far behind.
+    assert_eq!(expect_close(&mut stalled), (1008, "not reading".to_owned()));
 }
 
 #[test]
@@ -641,4 +631,156 @@ fn a_long_burst_does_not_evict_clients_that_read() {
         assert_eq!(sender.line(), format!("{}: burst {i}", sender.nickname));
     }
     reading.join().expect("the reading client lost lines");
+}
+
+/// A TCP connection whose receive buffer is 4 KiB, set before it connects as a hostile
+/// client sets it: the window it offers stays tiny, so the server's socket to it is full
+/// after a few KiB.
+fn tiny_window_connect(to: std::net::SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let remote = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let size: libc::c_int = 4096;
+    // SAFETY: a fresh socket, owned by the TcpStream as soon as it exists; the option and
+    // the address are live locals of the lengths passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        let socket = TcpStream::from_raw_fd(fd);
+        let set = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(set, 0, "SO_RCVBUF: {}", io::Error::last_os_error());
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(connected, 0, "connect: {}", io::Error::last_os_error());
+        socket
+    }
+}
+
+/// The bytes the server's end of `client` holds that the client has not acknowledged, from
+/// /proc/net/tcp: while it does not change, that socket takes nothing.
+fn server_side_unacked(server: &Server, client: &TcpStream) -> Option<u64> {
+    let ours = client.local_addr().ok()?.port();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+        if port(local)? != server.ws.port() || port(remote)? != ours {
+            return None;
+        }
+        u64::from_str_radix(queues.split(':').next()?, 16).ok()
+    })
+}
+
+#[test]
+fn a_sender_that_never_reads_is_closed_after_the_write_timeout_and_can_read_its_close() {
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// The promise: dropped within a second of the write timeout.
+    const PROMISED: Duration = Duration::from_secs(1);
+    const MESSAGES: usize = 8000;
+    // No rate or lag limit to act first: only the write timeout may end it.
+    let server = Server::start(&[
+        "--rate-limit",
+        "0",
+        "--write-timeout",
+        "2",
+        "--max-lag-bytes",
+        "1073741824",
+    ]);
+    let mut witness = server.join();
+    let socket = tiny_window_connect(server.ws);
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    socket.set_write_timeout(Some(PATIENCE)).unwrap();
+    let (mut flooder, _) =
+        tungstenite::client(server.ws_url("/"), socket.try_clone().unwrap()).expect("handshake");
+    let offender = offender_joined(&mut witness);
+
+    // The witness reads on its own thread, as every line comes, until the offender's leave.
+    let (left_tx, left_rx) = std::sync::mpsc::channel();
+    let leave = format!(" .... {offender} has left.");
+    let from_offender = format!("{offender}: ");
+    let watching = std::thread::spawn(move || {
+        let mut heard = 0;
+        loop {
+            let line = witness.line();
+            if line == leave {
+                let _ = left_tx.send(Instant::now());
+                break;
+            }
+            assert!(line.starts_with(&from_offender), "{line:.80}");
+            heard += 1;
+        }
+        witness.say("after it");
+        assert_eq!(witness.line(), format!("{}: after it", witness.nickname));
+        heard
+    });
+
+    // 8 MB of 1000-byte messages, as fast as the socket takes them; never a read.
+    let mut frame = vec![0x81, 0x80 | 126];
+    frame.extend_from_slice(&1000u16.to_be_bytes());
+    frame.extend_from_slice(&[0; 4]); // a zero mask: the payload goes as it is
+    frame.extend_from_slice(&[b'x'; 1000]);
+    let mut out = socket.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        for _ in 0..MESSAGES {
+            out.write_all(&frame).map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    });
+
+    // When the server's socket to it last took anything before it was let go.
+    let mut changes = Vec::new();
+    let mut last = None;
+    let deadline = Instant::now() + PATIENCE * 3;
+    let left_at = loop {
+        let unacked = server_side_unacked(&server, &socket);
+        if unacked != last {
+            changes.push(Instant::now());
+            last = unacked;
+        }
+        if let Ok(at) = left_rx.try_recv() {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "never dropped; unacked {last:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Its close frame goes into the socket as it is dropped: the stall ended before that.
+    let stalled_from = changes
+        .iter()
+        .rev()
+        .find(|&&at| at + Duration::from_millis(200) < left_at)
+        .copied()
+        .expect("the server's socket never took anything");
+    // Acknowledgements may move it after the writer's last send: no lower bound here; the
+    // close reason says that the write timeout, and nothing else, ended it.
+    let waited = left_at - stalled_from;
+    assert!(
+        waited <= WRITE_TIMEOUT + PROMISED,
+        "dropped {waited:?} after its socket last took something"
+    );
+    assert_eq!(
+        sending.join().unwrap(),
+        Ok(()),
+        "the server stopped reading it"
+    );
+    let heard = watching.join().expect("the witness lost lines");
+    assert!(heard > 0, "the witness heard none of its lines");
+
+    // It reads at last: whole lines, then its close frame and reason.
+    assert_eq!(expect_close(&mut flooder), (1008, "not reading".to_owned()));
 }

@@ -151,6 +151,17 @@ fn a_first_message_that_is_neither_new_nor_resume_is_closed_with_1008() {
 }
 
 #[test]
+fn a_binary_first_message_is_closed_with_1003_text_only() {
+    let server = Server::start(&[]);
+    let mut ws = handshake(&server.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
+    ws.send(Message::binary(b"new".to_vec())).unwrap();
+    assert_eq!(
+        expect_close(&mut ws),
+        (1003, "text messages only".to_owned())
+    );
+}
+
+#[test]
 fn tokens_never_reach_the_logs_or_the_trace() {
     let server = Server::start(&["--trace"]);
     let page = Resumable::new_session(&server);
@@ -322,7 +333,7 @@ fn a_client_dropped_for_the_write_timeout_keeps_its_session() {
     let page = Resumable::new_session(&server);
     witness.until(&format!(" .... {} has joined.", page.nickname));
     // 16 MiB while the page reads nothing: its socket fills, and after a second it is
-    // dropped, the way a lost network drops it: no close frame, so its session waits.
+    // dropped. The room takes it for lost, as a lost network, so its session waits.
     echoed_flood(&mut witness, 256);
     let dropped = format!("drop  {} from", page.nickname);
     eventually("the write timeout to drop the page", || {
