@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
@@ -277,4 +277,40 @@ fn help_lists_every_flag() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--ws-port"));
+}
+
+#[test]
+fn a_line_sent_the_moment_the_upgrade_is_answered_is_delivered() {
+    let server = Server::start(&[]);
+    for i in 0..30 {
+        let said = say_at_once(&server.ws_url("/"), &format!("at once {i}"));
+        assert!(said.is_ok(), "line {i}: {said:?}");
+    }
+}
+
+#[test]
+fn a_line_sent_in_the_same_write_as_the_upgrade_request_is_refused_with_400() {
+    // RFC 6455 4.1: a client waits for the server's answer before it sends a frame. One
+    // that does not is told so, never left wondering where its line went.
+    let server = Server::start(&[]);
+    for i in 0..30 {
+        let mut socket = std::net::TcpStream::connect(server.ws).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut request = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.ws
+        )
+        .into_bytes();
+        let mask = [1u8, 2, 3, 4];
+        request.extend([0x81, 0x80 | 2]);
+        request.extend(mask);
+        request.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
+        socket.write_all(&request).unwrap();
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "try {i}: {answer:?}");
+    }
+    // And the server goes on.
+    server.join();
 }

@@ -916,3 +916,14 @@ fn an_idle_instance_waits_instead_of_spinning() {
         "{used:?} of CPU in {over:?} with nothing to do"
     );
 }
+
+#[test]
+fn a_line_sent_the_moment_the_upgrade_is_answered_is_delivered_never_lost_in_silence() {
+    // The line reaches the room a Redis round trip before the client's join is placed.
+    let Some(redis) = Redis::start() else { return };
+    let server = instance(&redis);
+    for i in 0..30 {
+        let said = say_at_once(&server.ws_url("/"), &format!("at once {i}"));
+        assert!(said.is_ok(), "line {i}: {said:?}");
+    }
+}

@@ -379,3 +379,92 @@ fn a_client_away_while_many_segments_of_lines_go_by_gets_them_all() {
         assert!(got == mine, "it got {got:.80}");
     }
 }
+
+/// A page connected throughout keeps the room numbering its lines; a plain witness says
+/// `lines` lines of `bytes` bytes before anyone else comes. Returns the page, the witness and
+/// the position of the witness's first line: a position from before any later session.
+fn numbered_history(server: &Server, lines: usize, bytes: usize) -> (Resumable, Client, String) {
+    let mut other = Resumable::new_session(server);
+    let mut witness = server.join();
+    assert_eq!(
+        other.line(),
+        format!(" .... {} has joined.", witness.nickname)
+    );
+    let line = "h".repeat(bytes);
+    for _ in 0..lines {
+        witness.say(&line);
+    }
+    let mut first = None;
+    for _ in 0..lines {
+        assert_eq!(other.line(), format!("{}: {line}", witness.nickname));
+        first.get_or_insert_with(|| other.position.clone());
+    }
+    (other, witness, first.unwrap_or_default())
+}
+
+#[test]
+fn a_resume_from_before_its_join_gets_no_earlier_line() {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let (_other, mut witness, earlier) = numbered_history(&server, 3, 10);
+    let page = Resumable::new_session(&server);
+    let join = format!(" .... {} has joined.", page.nickname);
+    let (token, nickname, position) = page.cut();
+    // It asks for the lines after one said before it existed: it gets its own join on,
+    // after the mark that it asked for more than it may have.
+    let (mut ws, first) = Resumable::back(&server, &token, &earlier);
+    assert_eq!(first, "resumed 1");
+    assert_eq!(read_text(&mut ws), "missed");
+    let mut back = Resumable {
+        ws,
+        token,
+        nickname,
+        position,
+    };
+    assert_eq!(back.line(), join);
+    witness.say("now");
+    assert_eq!(back.line(), format!("{}: now", witness.nickname));
+}
+
+#[test]
+fn forty_resumes_of_one_token_replay_at_most_its_own_join_each() {
+    // Fifty lines of 1000 bytes said before the session: before, each resume from the
+    // first of them replayed all 50 KB.
+    let server = Server::start(&["--rate-limit", "0"]);
+    let (_other, _witness, earlier) = numbered_history(&server, 50, 1000);
+    let page = Resumable::new_session(&server);
+    let (token, _, _) = page.cut();
+    let started = Instant::now();
+    let (mut replayed, mut too_often) = (0, 0);
+    for i in 0..40 {
+        let mut ws = handshake(&server.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
+        ws.send(Message::text(format!("resume {token} {earlier}")))
+            .unwrap();
+        match ws.read() {
+            Ok(Message::Text(first)) => {
+                let n: u64 = first
+                    .strip_prefix("resumed ")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("resume {i}: {first:?}"));
+                assert!(n <= 1, "resume {i} replays {n} lines");
+                replayed += n;
+            }
+            Ok(Message::Close(Some(frame))) => {
+                assert_eq!(
+                    (u16::from(frame.code), frame.reason.as_str()),
+                    (1013, "resuming too often; try again later"),
+                    "resume {i}"
+                );
+                too_often += 1;
+            }
+            other => panic!("resume {i}: {other:?}"),
+        }
+        if let tungstenite::stream::MaybeTlsStream::Plain(socket) = ws.get_ref() {
+            common::resumable::reset(socket);
+        }
+    }
+    assert!(replayed <= 40);
+    // A burst of two, then one a second: forty in a row within a second meet the rate.
+    if started.elapsed() < Duration::from_secs(1) {
+        assert!(too_often >= 37, "{too_often} refused");
+    }
+}

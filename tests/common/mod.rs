@@ -578,3 +578,37 @@ pub fn reset_on_close(socket: &TcpStream) {
     };
     assert_eq!(set, 0, "SO_LINGER");
 }
+
+/// Connects and says `text` the moment the upgrade is answered, before reading anything, so
+/// that the line reaches the server right behind the handshake, before the room may have
+/// placed the client's join. Returns the client's name once its own line came back after its
+/// join, or what it heard instead (a notice, or a close).
+pub fn say_at_once(url: &str, text: &str) -> Result<String, String> {
+    let mut ws = handshake(url, &[]).expect("handshake");
+    ws.send(Message::text(text)).expect("send");
+    let mut name = None;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(line)) => {
+                let line = line.as_str();
+                match &name {
+                    None => match line
+                        .strip_prefix(" .... ")
+                        .and_then(|l| l.strip_suffix(" has joined."))
+                    {
+                        Some(joined) => name = Some(joined.to_owned()),
+                        None => return Err(line.to_owned()),
+                    },
+                    Some(me) if line == format!("{me}: {text}") => return Ok(me.clone()),
+                    Some(_) if line.starts_with(" .... ") && !line.ends_with(" has joined.") => {
+                        return Err(line.to_owned())
+                    }
+                    Some(_) => {} // someone else's line
+                }
+            }
+            Ok(Message::Close(frame)) => return Err(format!("closed: {frame:?}")),
+            Ok(_) => {}
+            Err(e) => panic!("the connection ended without a word: {e}"),
+        }
+    }
+}
