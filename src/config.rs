@@ -131,7 +131,8 @@ Behind a proxy (see docs/DEPLOY.md):
 
 Limits (times in seconds, fractions allowed):
   --max-message-bytes N      longest text message; longer closes with 1009 [default: {DEFAULT_MAX_MESSAGE_BYTES}]
-  --max-clients N            connections at once; more get HTTP 503 [default: from the open-file limit]
+  --max-clients N            clients at once, counting sessions that wait for theirs; more get
+                             HTTP 503 [default: from the open-file limit]
   --max-clients-per-address N
                              connections one address may hold on each port, 0 for no limit;
                              more get HTTP 429 [default: {DEFAULT_MAX_CLIENTS_PER_ADDRESS}]
