@@ -93,16 +93,8 @@ impl Delivery {
         if !self.outbox.evict() {
             return false;
         }
-        let mid_private = self.private_sent > 0;
-        self.private.truncate(usize::from(mid_private));
-        let limit = if mid_private {
-            self.cursor.at()
-        } else {
-            self.cursor.frame_end()
-        };
-        self.limit = Some(limit);
-        let close = wire::close_frame(wire::CLOSE_POLICY, "too slow");
-        self.private.push_back((limit, close));
+        let too_slow = wire::close_frame(wire::CLOSE_POLICY, "too slow");
+        self.end_after_current_frame(Some(too_slow));
         true
     }
 
@@ -123,6 +115,16 @@ impl Delivery {
             .rev()
             .find(|(_, frame)| wire::is_close(frame))
             .map(|(_, frame)| frame.clone());
+        let close =
+            queued_close.unwrap_or_else(|| wire::close_frame(wire::CLOSE_POLICY, NOT_READING));
+        self.end_after_current_frame((!closing).then_some(close));
+        was_open
+    }
+
+    /// Drops what the client has not started, and ends its share of the log after the frame
+    /// it is in (a private one or a line), with `close` after that.
+    fn end_after_current_frame(&mut self, close: Option<Frame>) {
+        let mid_private = self.private_sent > 0;
         self.private.truncate(usize::from(mid_private));
         let limit = if mid_private {
             self.cursor.at()
@@ -130,12 +132,9 @@ impl Delivery {
             self.cursor.frame_end()
         };
         self.limit = Some(limit);
-        if !closing {
-            let close =
-                queued_close.unwrap_or_else(|| wire::close_frame(wire::CLOSE_POLICY, NOT_READING));
+        if let Some(close) = close {
             self.private.push_back((limit, close));
         }
-        was_open
     }
 
     /// Bytes still to send up to the limit, private frames included; for an open connection,
