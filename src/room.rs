@@ -633,20 +633,18 @@ impl Room {
                 if why != Refusal::Taken {
                     return self.turn_away(id, &newcomer.member.outbox, UNREACHABLE);
                 }
-                match self.free_number() {
-                    Some(number) if newcomer.draws < MOST_DRAWS => {
-                        newcomer.member.number = number;
-                        newcomer.member.nickname = format!("user-{number}");
-                        newcomer.draws += 1;
-                        self.ask_to_join(id, newcomer);
-                    }
-                    drawn => {
-                        if let Some(number) = drawn {
-                            self.taken.remove(&number);
-                        }
-                        self.turn_away(id, &newcomer.member.outbox, NO_NAME_FREE);
-                    }
-                }
+                let drawn = if newcomer.draws < MOST_DRAWS {
+                    self.free_number()
+                } else {
+                    None
+                };
+                let Some(number) = drawn else {
+                    return self.turn_away(id, &newcomer.member.outbox, NO_NAME_FREE);
+                };
+                newcomer.member.number = number;
+                newcomer.member.nickname = format!("user-{number}");
+                newcomer.draws += 1;
+                self.ask_to_join(id, newcomer);
             }
             Item::Say { id, .. } => {
                 if let Some(sender) = self.members.get(&id) {
