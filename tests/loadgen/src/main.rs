@@ -9,6 +9,7 @@
 mod conn;
 mod probe;
 mod restart;
+mod sessions;
 mod threads;
 
 use std::cmp::Reverse;
@@ -40,6 +41,9 @@ const WINDOW_PER_SENDER: u32 = 40;
 const DRAIN_FOR: Duration = Duration::from_secs(10);
 /// Handshakes under way at once in the storm: what a restart's reconnecting pages bring.
 const STORM_HANDSHAKES_IN_FLIGHT: usize = 256;
+/// What the generator asks of the open-file limit: 10,000 clients, and the servers it starts
+/// enough seats for the most sessions a room holds.
+const OPEN_FILES_WANTED: u64 = 1 << 17;
 /// Longest wait for all clients to join.
 const JOIN_FOR: Duration = Duration::from_secs(90);
 
@@ -851,7 +855,7 @@ fn main() {
     // BENCH_ONLY=text runs only the scenarios whose name contains it.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| name.contains(only.as_str());
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
 
     let mut rows: Vec<Row> = Vec::new();
     let mut row = |scenario: &str, figure: &'static str, value: String, target: &'static str| {
@@ -1289,6 +1293,59 @@ fn main() {
         }
     }
 
+    if wanted("sessions") {
+        // The room holds at most half the names, sessions that wait for their clients
+        // included; at the bound the rest are refused, and so is a newcomer.
+        // The server's own default: half the names, or what its descriptors allow
+        // (every seat may become a connection again), less the page's share.
+        let bound = (open_files.saturating_sub(64 + 512) as usize).min(50_000);
+        let runs: &[(usize, &str)] = if quick {
+            &[(1000, "1,000")]
+        } else {
+            &[
+                (1000, "1,000"),
+                (20_000, "20,000"),
+                (bound + 2000, "past the bound"),
+            ]
+        };
+        for &(sessions, label) in runs {
+            let name = format!("sessions detached: {label}");
+            let d = sessions::detached(&binary, sessions, bound);
+            row(
+                &name,
+                "held / refused",
+                format!("{} / {}", d.held, d.refused),
+                "all up to the bound",
+            );
+            row(
+                &name,
+                "RSS per detached session (B)",
+                format!("{:.0}", d.per_session_bytes),
+                "<= 1024",
+            );
+            row(
+                &name,
+                "newcomer answered: p50 / max (ms)",
+                format!(
+                    "{:.1} / {:.1}",
+                    d.newcomer_p50.as_secs_f64() * 1000.0,
+                    d.newcomer_max.as_secs_f64() * 1000.0
+                ),
+                "< 1000",
+            );
+            row(
+                &name,
+                "newcomers joined (of 20)",
+                d.newcomers_joined.to_string(),
+                if sessions > bound {
+                    "0: refused, full"
+                } else {
+                    "20"
+                },
+            );
+        }
+    }
+
     if wanted("storm") {
         let (clients, rounds) = if quick { (2000, 2) } else { (10_000, 5) };
         let name = format!("storm C={clients} x{rounds}, late");
@@ -1406,7 +1463,9 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn raise_open_file_limit() {
+/// Raises the open-file limit as far as this process may (a privileged one past its hard
+/// limit), for itself and the servers it starts; returns the limit reached.
+fn raise_open_file_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -1414,7 +1473,16 @@ fn raise_open_file_limit() {
     // SAFETY: live locals of the expected type.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        let wanted = limit.rlim_max.max(OPEN_FILES_WANTED);
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
     }
+    limit.rlim_cur
 }
