@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use redis::{Connection, Value};
 
-use crate::event::{ClientId, Entry, Event, Item, Refusal, Resumed};
+use crate::event::{ClientId, Entry, Event, Item, Position, Refusal, Resumed};
 use crate::order::Placement;
 use crate::trace::Trace;
 
@@ -110,19 +110,21 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4])
 ";
 
 /// A join: claims the name for this instance's client (the name's value is
-/// `instance:client`), records it as held, opens its session if it has a token, and
-/// announces it; or answers 'taken'.
+/// `instance:client`), records it as held, announces it, and opens its session if it has a
+/// token, whose `floor` (the first line it may ever get back) is its own join; or answers
+/// 'taken'.
 /// KEYS: epoch, instance, stream, nicknames, held:<instance>, session names.
 /// ARGV: epoch, number, max entries, line, nickname, instance:client, token or ''.
 const JOIN: &str = "
 local refused = admit() if refused then return refused end
 if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[6]) == 0 then return 'taken' end
 redis.call('SADD', KEYS[5], ARGV[5])
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4], 'joined', ARGV[6])
 if ARGV[7] ~= '' then
-  redis.call('HSET', 'threadchat:session:' .. ARGV[7], 'nickname', ARGV[5], 'holder', ARGV[6])
+  redis.call('HSET', 'threadchat:session:' .. ARGV[7], 'nickname', ARGV[5], 'holder', ARGV[6], 'floor', id)
   redis.call('HSET', KEYS[6], ARGV[5], ARGV[7])
 end
-return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4], 'joined', ARGV[6])
+return id
 ";
 
 /// Ends the session of name `name`, if it has one. The session keys are derived from the
@@ -152,12 +154,28 @@ end_session(ARGV[4])
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'line', ARGV[3])
 ";
 
+/// Whether stream ID `a` comes after `b` (`b` may be missing). Both halves of an ID fit a
+/// Lua number exactly.
+const LATER: &str = "
+local function later(a, b)
+  if not b then return true end
+  local am, an = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bn = string.match(b, '^(%d+)-(%d+)$')
+  if not am then return false end
+  if not bm then return true end
+  am, an, bm, bn = tonumber(am), tonumber(an), tonumber(bm), tonumber(bn)
+  return am > bm or (am == bm and an > bn)
+end
+";
+
 /// A resumable client dropped without a close: if the name is still this very client's, its
 /// session waits for it until the window ends (on Redis's clock), the name still taken and
 /// nothing announced; the name is no longer this instance's to claim again. Without a
 /// session (Redis lost it), an ordinary leave.
 /// KEYS: epoch, instance, stream, nicknames, held, session names, detached.
-/// ARGV: epoch, max entries, leave line, nickname, instance:client, window (ms).
+/// The session's floor rises to the first line its connection may not have had (ARGV[7], a
+/// stream ID, or '' if unknown), so that a resume replays only what it missed.
+/// ARGV: epoch, max entries, leave line, nickname, instance:client, window (ms), owed from.
 const DETACH: &str = "
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
 if redis.call('HGET', KEYS[2], 'reaped') then return 'fenced' end
@@ -165,6 +183,10 @@ if redis.call('HGET', KEYS[4], ARGV[4]) ~= ARGV[5] then return 'gone' end
 redis.call('SREM', KEYS[5], ARGV[4])
 local token = redis.call('HGET', KEYS[6], ARGV[4])
 if token and redis.call('EXISTS', 'threadchat:session:' .. token) == 1 then
+  local key = 'threadchat:session:' .. token
+  if ARGV[7] ~= '' and later(ARGV[7], redis.call('HGET', key, 'floor')) then
+    redis.call('HSET', key, 'floor', ARGV[7])
+  end
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[7], t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[6], token)
   return 'detached'
@@ -176,21 +198,21 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'line', ARGV[3])
 
 /// A client presents a session's token: its name moves to this instance's client, unheard,
 /// and a stream entry without a line tells every instance (the one that had the session
-/// closes its connection if it still has it). 'unknown' if no session has the token, or its
+/// closes its connection if it still has it), with the session's floor. 'unknown' if no session has the token, or its
 /// name is no longer its own.
 /// KEYS: epoch, instance, stream, nicknames, held:<instance>, detached.
 /// ARGV: epoch, number, max entries, instance:client, token.
 const RESUME: &str = "
 local refused = admit() if refused then return refused end
 local key = 'threadchat:session:' .. ARGV[5]
-local s = redis.call('HMGET', key, 'nickname', 'holder')
+local s = redis.call('HMGET', key, 'nickname', 'holder', 'floor')
 if not s[1] or redis.call('HGET', KEYS[4], s[1]) ~= s[2] then return 'unknown' end
 redis.call('SREM', 'threadchat:held:' .. string.match(s[2], '^(.*):'), s[1])
 redis.call('HSET', KEYS[4], s[1], ARGV[4])
 redis.call('SADD', KEYS[5], s[1])
 redis.call('HSET', key, 'holder', ARGV[4])
 redis.call('ZREM', KEYS[6], ARGV[5])
-return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'resumed', ARGV[4], 'from', s[2], 'nickname', s[1])
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'resumed', ARGV[4], 'from', s[2], 'nickname', s[1], 'floor', s[3] or '0-0')
 ";
 
 /// Ends the sessions whose window ended (on Redis's clock) without their client: each is
@@ -375,7 +397,7 @@ impl Scripts {
             say: placing(SAY),
             join: placing(JOIN),
             leave: Script::new(&format!("{END_SESSION}{LEAVE}")),
-            detach: Script::new(&format!("{END_SESSION}{DETACH}")),
+            detach: Script::new(&format!("{END_SESSION}{LATER}{DETACH}")),
             resume: placing(RESUME),
             expire: Script::new(EXPIRE),
             settle: Script::new(SETTLE),
@@ -923,9 +945,12 @@ impl Desk {
             let (Item::Leave { id, nickname } | Item::Detach { id, nickname, .. }) = item else {
                 continue;
             };
-            let wait = match item {
-                Item::Detach { wait, .. } => wait.as_millis() as u64,
-                _ => 0,
+            let (wait, owed) = match item {
+                Item::Detach { wait, owed, .. } => (
+                    wait.as_millis() as u64,
+                    owed.map_or_else(String::new, |Position(ms, n)| format!("{ms}-{n}")),
+                ),
+                _ => (0, String::new()),
             };
             let keys = [
                 EPOCH,
@@ -948,6 +973,7 @@ impl Desk {
                     .arg(nickname)
                     .arg(holder(&who.instance, *id))
                     .arg(wait)
+                    .arg(owed)
                     .clone(),
             );
         }
@@ -1432,10 +1458,11 @@ fn placed(read: Vec<Raw>, ours: &str) -> Vec<Entry> {
             line: raw.line,
             joined: ours(raw.joined),
             position: raw.id.parse().ok(),
-            resumed: raw.resumed.map(|(nickname, by, from)| Resumed {
+            resumed: raw.resumed.map(|(nickname, by, from, floor)| Resumed {
                 nickname,
                 by: ours(by),
                 from: ours(from),
+                floor: floor.and_then(|id| id.parse().ok()),
             }),
         })
         .collect()
@@ -1444,6 +1471,10 @@ fn placed(read: Vec<Raw>, ours: &str) -> Vec<Entry> {
 /// Which instance's which client holds a name: `instance:client`, read.
 type Holder = (String, ClientId);
 
+/// A resumed session as the stream carries it: its nickname, the client that takes it, the
+/// one that had it, and its floor (a stream ID).
+type RawResume = (String, Option<Holder>, Option<Holder>, Option<String>);
+
 /// One entry as the stream carries it.
 #[derive(Debug, Default, PartialEq)]
 struct Raw {
@@ -1451,9 +1482,7 @@ struct Raw {
     line: String,
     /// For a join: the instance and the client it announces.
     joined: Option<Holder>,
-    /// For a resumed session: its nickname, the client that takes it and the one that had
-    /// it.
-    resumed: Option<(String, Option<Holder>, Option<Holder>)>,
+    resumed: Option<RawResume>,
 }
 
 /// The entries in an XREAD stream reply `[name, [[id, [field, value, ...]], ...]]`, or in an
@@ -1489,7 +1518,7 @@ fn entry_of(value: &Value) -> Option<Raw> {
         id: text(id)?,
         ..Raw::default()
     };
-    let (mut by, mut from, mut nickname) = (None, None, None);
+    let (mut by, mut from, mut nickname, mut floor) = (None, None, None, None);
     for pair in fields.chunks(2) {
         let Some(value) = pair.get(1).and_then(text) else {
             continue;
@@ -1500,11 +1529,12 @@ fn entry_of(value: &Value) -> Option<Raw> {
             Some("resumed") => by = Some(holder_of(&value)),
             Some("from") => from = Some(holder_of(&value)),
             Some("nickname") => nickname = Some(value),
+            Some("floor") => floor = Some(value),
             _ => {}
         }
     }
     if let (Some(nickname), Some(by), Some(from)) = (nickname, by, from) {
-        raw.resumed = Some((nickname, by, from));
+        raw.resumed = Some((nickname, by, from, floor));
     }
     Some(raw)
 }
@@ -1544,7 +1574,9 @@ mod tests {
                 ),
                 entry(
                     "3-0",
-                    &["resumed", "def:9", "from", "abc:8", "nickname", "user-3"],
+                    &[
+                        "resumed", "def:9", "from", "abc:8", "nickname", "user-3", "floor", "2-0",
+                    ],
                 ),
             ]),
         ]);
@@ -1557,7 +1589,12 @@ mod tests {
         let holder = |i: &str, c| Some((i.to_owned(), c));
         assert_eq!(
             entries[2].resumed,
-            Some(("user-3".to_owned(), holder("def", 9), holder("abc", 8)))
+            Some((
+                "user-3".to_owned(),
+                holder("def", 9),
+                holder("abc", 8),
+                Some("2-0".to_owned())
+            ))
         );
         assert_eq!(entries[2].line, "", "a resume is no line");
     }
@@ -1598,6 +1635,7 @@ mod tests {
             id: 3,
             nickname: "user-3".into(),
             wait: Duration::from_secs(1),
+            owed: None,
         };
         assert!(matches!(publisher.submit(detach), Placement::Later));
     }

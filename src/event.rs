@@ -144,6 +144,9 @@ pub enum Item {
         nickname: String,
         /// How long it waits for its client.
         wait: std::time::Duration,
+        /// The first line its session may be owed (its connection had been handed the
+        /// ones before, less what may still have been on its way); `None` if unknown.
+        owed: Option<Position>,
     },
     /// Shared order only: a client presents the token of a session. Placed, it comes back
     /// through the stream as an [`Entry`] with `resumed`; refused, the session is unknown.
@@ -216,6 +219,9 @@ pub struct Resumed {
     pub by: Option<ClientId>,
     /// This instance's connection that had it, if it was one of ours.
     pub from: Option<ClientId>,
+    /// The first line the session may get back: its own join, or later where a
+    /// connection of it had been handed the lines before.
+    pub floor: Option<Position>,
 }
 
 #[cfg(test)]

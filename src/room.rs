@@ -353,7 +353,12 @@ impl Room {
     /// had it, if ours, is closed without a word (or was already gone); the one that takes
     /// it, if ours, comes back under its name.
     fn resumed(&mut self, resumed: Resumed) {
-        let Resumed { nickname, by, from } = resumed;
+        let Resumed {
+            nickname,
+            by,
+            from,
+            floor,
+        } = resumed;
         if let Some(old) = from {
             self.waiting_seats.remove(&old);
         }
@@ -382,7 +387,8 @@ impl Room {
             session: Some(resumer.token),
             holder: id,
         };
-        self.take_back(id, member, resumer.position, 0);
+        let floor = floor.map_or(0, |at| self.sessions.offset_of(at, self.logs[1].head()));
+        self.take_back(id, member, resumer.position, floor);
         if let Some(how) = resumer.gone {
             self.handle_close_connection(id, how);
         }
@@ -468,10 +474,12 @@ impl Room {
                 self.waiting_seats
                     .insert(gone.holder, (until, gone.seat.clone()));
                 self.expiry = tick(EXPIRE_EVERY);
+                let owed = self.sessions.position_at(owed_from(&gone.outbox));
                 self.place(Item::Detach {
                     id: gone.holder,
                     nickname: gone.nickname,
                     wait,
+                    owed,
                 });
                 return;
             }
@@ -803,6 +811,7 @@ impl Room {
                     id,
                     nickname,
                     wait: self.sessions.window(),
+                    owed: self.sessions.position_at(owed_from(&member.outbox)),
                 },
                 _ => Item::Leave { id, nickname },
             });

@@ -329,3 +329,36 @@ fn a_client_away_for_several_heartbeats_still_resumes_unannounced() {
     );
     drop(back);
 }
+
+#[test]
+fn a_resume_on_another_instance_from_before_its_join_gets_no_earlier_line() {
+    let Some(redis) = Redis::start() else { return };
+    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    // A position from before the session existed: the first of three lines another
+    // resumable client heard.
+    let mut other = Resumable::new_session(&one);
+    let mut witness = one.join();
+    assert_eq!(other.line(), join_of(&witness.nickname));
+    for i in 0..3 {
+        witness.say(&format!("earlier {i}"));
+    }
+    assert_eq!(other.line(), format!("{}: earlier 0", witness.nickname));
+    let earlier = other.position.clone();
+    let page = Resumable::new_session(&one);
+    let join = join_of(&page.nickname);
+    witness.until(&join);
+    let (token, nickname, position) = page.cut();
+    // Its own join is the first line it may ever get back, wherever it resumes.
+    let (mut ws, first) = Resumable::back(&two, &token, &earlier);
+    assert_eq!(first, "resumed 1");
+    assert_eq!(read_text(&mut ws), "missed");
+    let mut back = Resumable {
+        ws,
+        token,
+        nickname,
+        position,
+    };
+    assert_eq!(back.line(), join);
+    witness.say("now");
+    assert_eq!(back.line(), format!("{}: now", witness.nickname));
+}
