@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use common::redis_server::{instance_id, instance_with, Redis};
 use common::*;
 use tungstenite::stream::MaybeTlsStream;
+use tungstenite::Message;
 
 const NOT_SENT: &str = " .... not sent: the room is unreachable";
+const NOT_YET: &str = " .... not sent: you have not joined yet";
 const MISSED: &str = " .... some lines were missed here";
 
 /// The next text line, or None if none comes within `wait`.
@@ -701,4 +703,53 @@ fn a_full_publisher_refuses_lines_at_once_but_keeps_the_leave_behind_them() {
     }
     heard.extend(read_up_to_a_marker(0, std::slice::from_mut(&mut witness)).remove(0));
     assert_eq!(heard.iter().filter(|l| **l == left).count(), 1);
+}
+
+#[test]
+fn lines_said_before_a_join_is_placed_are_held_up_to_32_and_the_rest_refused_aloud() {
+    // README: up to 32 lines said before the client's join is placed wait for it; the sender
+    // alone hears that each one past them was not sent.
+    const HELD: usize = 32;
+    const SAID: usize = 40;
+    let Some(redis) = Redis::start() else { return };
+    let server = instance_with(&redis.url(), &["--rate-limit", "0"]);
+    let mut witness = server.join();
+    // Redis does not answer, so the newcomer's join stays on its way while its lines come.
+    redis.signal(libc::SIGSTOP);
+    let mut ws = handshake(&server.ws_url("/"), &[]).expect("handshake");
+    for i in 0..SAID {
+        ws.write(Message::text(format!("early {i}")))
+            .expect("queue");
+    }
+    ws.flush().expect("send");
+    let MaybeTlsStream::Plain(socket) = ws.get_ref() else {
+        unreachable!("plain TCP")
+    };
+    eventually("the server to read every line", || {
+        server_side_queues(&server, socket) == Some((0, 0))
+    });
+    redis.signal(libc::SIGCONT);
+    // Its private notices come first, then its join and what was held, in order.
+    for _ in HELD..SAID {
+        assert_eq!(read_text(&mut ws), NOT_YET);
+    }
+    let join = read_text(&mut ws);
+    let nickname = join
+        .strip_prefix(" .... ")
+        .and_then(|l| l.strip_suffix(" has joined."))
+        .unwrap_or_else(|| panic!("expected its join, got {join:?}"))
+        .to_owned();
+    assert_eq!(witness.line(), join);
+    for i in 0..HELD {
+        let line = format!("{nickname}: early {i}");
+        assert_eq!(read_text(&mut ws), line);
+        assert_eq!(witness.line(), line);
+    }
+    witness.say("after");
+    let after = format!("{}: after", witness.nickname);
+    assert_eq!(
+        witness.until(&after),
+        Vec::<String>::new(),
+        "no notice for others"
+    );
 }

@@ -671,20 +671,10 @@ fn tiny_window_connect(to: std::net::SocketAddr) -> TcpStream {
     }
 }
 
-/// The bytes the server's end of `client` holds that the client has not acknowledged, from
-/// /proc/net/tcp: while it does not change, that socket takes nothing.
+/// The bytes the server's end of `client` holds that the client has not acknowledged: while
+/// it does not change, that socket takes nothing.
 fn server_side_unacked(server: &Server, client: &TcpStream) -> Option<u64> {
-    let ours = client.local_addr().ok()?.port();
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
-        if port(local)? != server.ws.port() || port(remote)? != ours {
-            return None;
-        }
-        u64::from_str_radix(queues.split(':').next()?, 16).ok()
-    })
+    server_side_queues(server, client).map(|(unacked, _)| unacked)
 }
 
 #[test]

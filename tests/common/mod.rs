@@ -612,3 +612,23 @@ pub fn say_at_once(url: &str, text: &str) -> Result<String, String> {
         }
     }
 }
+
+/// The server's end of `client`'s connection, from /proc/net/tcp: the bytes it has sent that
+/// the client has not acknowledged, and the bytes it has received that it has not read yet.
+pub fn server_side_queues(server: &Server, client: &TcpStream) -> Option<(u64, u64)> {
+    let ours = client.local_addr().ok()?.port();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+        if port(local)? != server.ws.port() || port(remote)? != ours {
+            return None;
+        }
+        let (sent, received) = queues.split_once(':')?;
+        Some((
+            u64::from_str_radix(sent, 16).ok()?,
+            u64::from_str_radix(received, 16).ok()?,
+        ))
+    })
+}
