@@ -4,18 +4,28 @@
 TOOLS    := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 ARGS     ?=
+# The oldest Rust that builds threadchat, from Cargo.toml.
+RUST_NEEDED := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links mutants cargo-mutants cargo-nextest
+.PHONY: rust run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links mutants cargo-mutants cargo-nextest
+
+## rust: one line naming the Rust needed, when the one here is older
+rust:
+	@have=$$(rustc --version 2>/dev/null | cut -d' ' -f2); \
+	if [ -z "$$have" ] || [ "$$(printf '%s\n' '$(RUST_NEEDED)' "$$have" | sort -V | head -n1)" != '$(RUST_NEEDED)' ]; then \
+	  echo "threadchat needs Rust $(RUST_NEEDED) or newer; this machine has $${have:-no rustc} (rustup update stable)"; \
+	  exit 1; \
+	fi
 
 ## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
-run:
+run: rust
 	cargo run --release -- $(ARGS)
 
 ## test: every test: Rust unit and integration tests, the cluster tests, websocat shell
 ## tests, the browser test
 test: test-rust test-cluster test-shell test-browser
 
-test-rust:
+test-rust: rust
 	cargo test --all-targets
 
 ## test-cluster: instances sharing one room through Debian's redis-server (installed when
@@ -59,7 +69,7 @@ chromium:
 
 ## bench: drive the release server with up to 10,000 clients, beside a peer server
 ## (tokio-tungstenite's example chat, built from crates.io); prints one table (~15 min)
-bench:
+bench: rust
 	cargo build --release
 	cargo build --release --no-default-features --target-dir target/untraced
 	cargo build --release --features redis --target-dir target/redis
@@ -108,7 +118,7 @@ cargo-mutants:
 	  cargo install --locked --quiet cargo-mutants --root "$(TOOLS)"; }
 
 ## check: what CI checks besides the tests
-check:
+check: rust
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features redis --target-dir target/redis -- -D warnings
