@@ -547,3 +547,49 @@ fn a_control_byte_in_a_page_request_header_gets_400() {
     let with_tab = "GET / HTTP/1.1\r\nHost: x\r\nX-Test: a\tb\r\nConnection: close\r\n\r\n";
     assert_eq!(http(server.http, with_tab).0, 200);
 }
+
+/// README: half a page request is closed, unanswered, when the deadline passes. The deadline
+/// is the head's, counted from the connection's start: a byte now and then does not move it.
+#[test]
+fn a_page_request_head_trickled_a_byte_at_a_time_is_closed_at_the_head_deadline() {
+    let timeout = Duration::from_secs(1);
+    // The head's deadline, 1 s; half a second more for a loaded machine. A deadline that
+    // each byte pushed back would close it only at the connection's whole life (11 s here).
+    let margin = Duration::from_millis(500);
+    let server = Server::start(&["--handshake-timeout", "1", "--write-timeout", "10"]);
+    let opened = Instant::now();
+    let mut socket = TcpStream::connect(server.http).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // A head that never ends: the request line, then one header's value for ever.
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Trickle: ";
+    let mut next = head.iter().copied().chain(std::iter::repeat(b't'));
+    let mut answer = Vec::new();
+    let closed = loop {
+        assert!(
+            opened.elapsed() < timeout + margin,
+            "still open after {:?}",
+            opened.elapsed()
+        );
+        // The pace of the trickle: a byte, then 100 ms of listening.
+        let _ = socket.write_all(&[next.next().unwrap()]);
+        let mut chunk = [0u8; 1024];
+        match socket.read(&mut chunk) {
+            Ok(0) => break opened.elapsed(),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break opened.elapsed(), // a reset: closed all the same
+        }
+    };
+    assert!(
+        answer.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        (timeout..timeout + margin).contains(&closed),
+        "closed after {closed:?}"
+    );
+}
