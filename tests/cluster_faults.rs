@@ -731,3 +731,71 @@ fn a_full_publisher_refuses_lines_at_once_but_keeps_the_leave_behind_them() {
     heard.extend(read_up_to_a_marker(0, std::slice::from_mut(&mut witness)).remove(0));
     assert_eq!(heard.iter().filter(|l| **l == left).count(), 1);
 }
+
+/// The instance's name for its client `name` in Redis (`instance:client`), if any.
+fn holder_of(connection: &mut redis::Connection, name: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg("threadchat:nicknames")
+        .arg(name)
+        .query(connection)
+        .ok()
+        .flatten()
+}
+
+fn run_id(redis: &Redis) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut redis.connection())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// README: a Redis that comes back as another server with the data of before (a restart
+/// from an old dump, a failover to a replica that lagged) gets every name the instances
+/// hold registered again. Same data, same epoch: only the run ID tells. The room stays
+/// quiet, so no line sends the publisher to Redis: the connection that finds Redis back
+/// must tell it.
+#[test]
+fn a_redis_that_comes_back_as_another_run_gets_every_held_name_registered_again() {
+    let Some(mut redis) = Redis::start_with_dump() else {
+        return;
+    };
+    let one = instance_with(&redis.url(), &[]);
+    let instance = instance_id(&one);
+    let mut before = one.join();
+    redis.save();
+    // Joined after the dump: Redis comes back without its name.
+    let after = one.join();
+    before.until(&format!(" .... {} has joined.", after.nickname));
+    let run = run_id(&redis);
+    redis.restart_from_dump();
+    let back = Instant::now();
+    assert_ne!(run_id(&redis), run, "the same run: not the case under test");
+    // Once Redis answers, the stream thread reaches it within its backoff (0.4 s here, the
+    // restart taking well under 0.3 s), and the publisher within its first wait (0.1 s);
+    // 1 s more for a loaded machine. Well before the heartbeat's next connection (3 s on).
+    let bound = Duration::from_millis(500) + Duration::from_secs(1);
+    let mut connection = redis.connection();
+    let held_by_its_instance = |connection: &mut redis::Connection, name: &str| {
+        holder_of(connection, name).is_some_and(|h| h.starts_with(&format!("{instance}:")))
+    };
+    loop {
+        if [&before, &after]
+            .iter()
+            .all(|client| held_by_its_instance(&mut connection, &client.nickname))
+        {
+            break;
+        }
+        assert!(
+            back.elapsed() < bound,
+            "not every name held again {bound:?} after Redis came back: {:?}",
+            [&before, &after]
+                .map(|c| (c.nickname.clone(), holder_of(&mut connection, &c.nickname)))
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
