@@ -529,15 +529,27 @@ struct Link {
     scripts: Arc<Scripts>,
     connection: Option<Connection>,
     reach: Reach,
+    /// The run ID of the server the last connection reached.
+    run_id: String,
+    /// Where to ask the publisher to claim this instance's names again.
+    jobs: Sender<Job>,
 }
 
 impl Link {
-    fn new(client: &redis::Client, scripts: &Arc<Scripts>, who: &'static str, url: &str) -> Link {
+    fn new(
+        client: &redis::Client,
+        scripts: &Arc<Scripts>,
+        jobs: &Sender<Job>,
+        who: &'static str,
+        url: &str,
+    ) -> Link {
         Link {
             client: client.clone(),
             scripts: scripts.clone(),
             connection: None,
             reach: Reach::new(who, url),
+            run_id: String::new(),
+            jobs: jobs.clone(),
         }
     }
 
@@ -556,7 +568,16 @@ impl Link {
                     .saturating_duration_since(Instant::now()),
             );
             match open(&self.client, &self.scripts) {
-                Ok(opened) => self.connection = Some(opened.connection),
+                Ok(opened) => {
+                    // Another server with the same data set: restarted from an old dump, or
+                    // a replica that lagged took over. The names claimed since may be gone,
+                    // and a quiet publisher would not notice it.
+                    if !self.run_id.is_empty() && opened.run_id != self.run_id {
+                        let _ = self.jobs.send(Job::Register);
+                    }
+                    self.run_id = opened.run_id;
+                    self.connection = Some(opened.connection);
+                }
                 Err(why) => {
                     self.reach.down(&why);
                     return None;
@@ -646,7 +667,7 @@ impl Publisher {
         }));
         let (jobs, inbox) = crossbeam_channel::unbounded();
         let mut heartbeat = Heartbeat {
-            link: Link::new(&client, &scripts, "heartbeat", url),
+            link: Link::new(&client, &scripts, &jobs, "heartbeat", url),
             identity: identity.clone(),
             jobs: jobs.clone(),
             healthy_since: None,
@@ -679,7 +700,7 @@ impl Publisher {
             let _ = events.send(Event::Stream(placed(recent, &instance)));
         }
         spawn("publisher", move || desk.run())?;
-        let mut link = Link::new(&client, &scripts, "stream", url);
+        let mut link = Link::new(&client, &scripts, &jobs, "stream", url);
         let reading = identity.clone();
         spawn("stream", move || {
             read_stream(&mut link, from, events, reading, trace)

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::sync::{Arc, Barrier};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -87,11 +88,19 @@ fn after_a_close_handshake_the_server_closes_the_connection() {
     // connection (RFC 6455 section 7.1.1), while others keep chatting.
     raw.send_frame(0x88, MASK, &1000u16.to_be_bytes());
     assert_eq!(raw.close_code().0, 1000);
+    let replied = Instant::now();
     witness.say("still chatting");
-    // The end of the stream, not the test's read timeout.
+    // The end of the stream, not the test's read timeout: it follows the close reply at
+    // once, not when the server's grace for a client that never ends its side (0.5 s) runs
+    // out. A quarter of a second for a loaded machine.
     let mut rest = Vec::new();
     let ended = raw.socket.read_to_end(&mut rest);
+    let took = replied.elapsed();
     assert!(ended.is_ok(), "the connection stayed open: {ended:?}");
+    assert!(
+        took < Duration::from_millis(250),
+        "the end of the stream came {took:?} after the close reply"
+    );
     let name = name
         .strip_prefix(" .... ")
         .and_then(|r| r.strip_suffix(" has joined."))

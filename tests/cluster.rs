@@ -769,6 +769,39 @@ fn a_join_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     assert_eq!(witness.until(&said), Vec::<String>::new());
 }
 
+/// README: a leave is appended only if the instance still held the name, so no leave is ever
+/// announced twice. Here Redis takes the leave and its answer is lost: the instance owes it
+/// and asks again once Redis is heard again, and the second time Redis must say the name is
+/// gone rather than announce it once more.
+#[test]
+fn a_leave_whose_reply_was_lost_is_announced_once_redis_is_heard_again() {
+    let Some(redis) = Redis::start() else { return };
+    let proxy = Proxy::start(redis.port);
+    let one = instance_with(&proxy.url(), &[]);
+    let two = instance(&redis);
+    let mut witness = two.join();
+    let mut speaker = one.join();
+    let leaver = one.join();
+    let name = leaver.nickname.clone();
+    witness.until(&format!(" .... {name} has joined."));
+    // The leave reaches Redis, which announces it; its answer is lost on the way back.
+    proxy.replies(Replies::Lost);
+    drop(leaver);
+    assert_eq!(witness.line(), leave_of(&name));
+    eventually("the instance to give up on the answer", || {
+        publisher_gone(&one)
+    });
+    proxy.replies(Replies::Pass);
+    eventually("the publisher to be back", || publisher_back(&one));
+    // The owed leave goes in the publisher's first round trip once it is back, ahead of
+    // anything said after that; then a while more, as long as a leave owed is asked again.
+    speaker.say("after");
+    let mut heard = witness.until(&format!("{}: after", speaker.nickname));
+    heard.extend(lines_for(&mut witness, RETRY_OWED_EVERY + MARGIN));
+    let again = heard.iter().filter(|l| **l == leave_of(&name)).count();
+    assert_eq!(again, 0, "the leave was announced again: {heard:?}");
+}
+
 #[test]
 fn a_resume_whose_reply_was_lost_is_settled_once_redis_is_heard_again() {
     use common::resumable::{Resumable, SUBPROTOCOL};

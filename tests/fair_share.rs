@@ -547,3 +547,116 @@ fn a_control_byte_in_a_page_request_header_gets_400() {
     let with_tab = "GET / HTTP/1.1\r\nHost: x\r\nX-Test: a\tb\r\nConnection: close\r\n\r\n";
     assert_eq!(http(server.http, with_tab).0, 200);
 }
+
+/// README: half a page request is closed, unanswered, when the deadline passes. The deadline
+/// is the head's, counted from the connection's start: a byte now and then does not move it.
+#[test]
+fn a_page_request_head_trickled_a_byte_at_a_time_is_closed_at_the_head_deadline() {
+    let timeout = Duration::from_secs(1);
+    // The head's deadline, 1 s; half a second more for a loaded machine. A deadline that
+    // each byte pushed back would close it only at the connection's whole life (11 s here).
+    let margin = Duration::from_millis(500);
+    let server = Server::start(&["--handshake-timeout", "1", "--write-timeout", "10"]);
+    let opened = Instant::now();
+    let mut socket = TcpStream::connect(server.http).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // A head that never ends: the request line, then one header's value for ever.
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Trickle: ";
+    let mut next = head.iter().copied().chain(std::iter::repeat(b't'));
+    let mut answer = Vec::new();
+    let closed = loop {
+        assert!(
+            opened.elapsed() < timeout + margin,
+            "still open after {:?}",
+            opened.elapsed()
+        );
+        // The pace of the trickle: a byte, then 100 ms of listening.
+        let _ = socket.write_all(&[next.next().unwrap()]);
+        let mut chunk = [0u8; 1024];
+        match socket.read(&mut chunk) {
+            Ok(0) => break opened.elapsed(),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break opened.elapsed(), // a reset: closed all the same
+        }
+    };
+    assert!(
+        answer.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        (timeout..timeout + margin).contains(&closed),
+        "closed after {closed:?}"
+    );
+}
+
+/// A page request on its own connection from `from` that names `forwarded` in
+/// X-Forwarded-For, answered and kept alive: it holds a place for its address (3 s idle).
+fn kept_alive_page_request(from: IpAddr, to: std::net::SocketAddr, forwarded: &str) -> TcpStream {
+    let mut socket = connect_from(from, to);
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let request =
+        format!("HEAD /config.js HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {forwarded}\r\n\r\n");
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        socket.read_exact(&mut byte).expect("an answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    socket
+}
+
+/// The status of a page request from `from` that names `forwarded` in X-Forwarded-For.
+fn page_status_forwarded(from: IpAddr, to: std::net::SocketAddr, forwarded: &str) -> u16 {
+    let request = format!(
+        "GET /config.js HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {forwarded}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    http_over(connect_from(from, to), &request).0
+}
+
+/// README: on the page port the address counted is the peer's, or with --trust-proxy the
+/// last X-Forwarded-For entry. Without the flag the header is anyone's to send, and counts
+/// for nothing; with it, the proxy's own address counts for nothing.
+#[test]
+fn on_the_page_port_x_forwarded_for_is_counted_only_behind_a_trusted_proxy() {
+    let (proxy, elsewhere) = (loopback(1), loopback(2));
+    let forwarded = "203.0.113.7";
+
+    let server = Server::start(&["--max-clients-per-address", "2"]);
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| kept_alive_page_request(proxy, server.http, forwarded))
+        .collect();
+    assert_eq!(
+        page_status_forwarded(proxy, server.http, "198.51.100.9"),
+        429,
+        "without --trust-proxy the peer's share is spent, whatever the header says"
+    );
+    assert_eq!(
+        page_status_forwarded(elsewhere, server.http, forwarded),
+        200,
+        "without --trust-proxy the forwarded address holds nothing"
+    );
+
+    let server = Server::start(&["--trust-proxy", "--max-clients-per-address", "2"]);
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| kept_alive_page_request(proxy, server.http, forwarded))
+        .collect();
+    assert_eq!(
+        page_status_forwarded(proxy, server.http, forwarded),
+        429,
+        "with --trust-proxy the forwarded address's share is spent"
+    );
+    assert_eq!(
+        page_status_forwarded(proxy, server.http, "198.51.100.9"),
+        200,
+        "with --trust-proxy the proxy's own address holds nothing"
+    );
+}

@@ -135,6 +135,34 @@ fn an_oversized_message_reads_1009_with_its_reason_and_no_reset() {
     assert_eq!(witness.line(), format!(" .... {nickname} has left."));
 }
 
+/// README: every close frame the server sends is followed by an orderly end of the stream.
+/// The end follows the close frame at once: a client that answers the close as RFC 6455
+/// asks, and waits for the end before it lets go, does not wait for the server's grace
+/// (`CLOSE_GRACE`, 0.5 s, for a client that never ends its side).
+#[test]
+fn the_end_of_the_stream_follows_the_server_s_close_frame_at_once() {
+    let server = Server::start(&[]);
+    let mut raw = RawClient::connect(server.ws);
+    raw.send_frame(0x82, MASK, b"not text");
+    assert_eq!(raw.close_code(), (1003, "text messages only".to_owned()));
+    let read = Instant::now();
+    raw.send_frame(0x88, MASK, &1003u16.to_be_bytes());
+    let mut rest = Vec::new();
+    let ended = raw.socket.read_to_end(&mut rest);
+    let took = read.elapsed();
+    assert!(ended.is_ok(), "no orderly end: {ended:?}");
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the close frame",
+        rest.len()
+    );
+    // At once; a quarter of a second for a loaded machine, half the grace.
+    assert!(
+        took < Duration::from_millis(250),
+        "the end of the stream came {took:?} after the close frame"
+    );
+}
+
 /// How long the client below goes on sending before it reads: well within the grace the
 /// server gives a closed connection to read its close frame (`CLOSE_GRACE`, 0.5 s).
 const READS_LATE: Duration = Duration::from_millis(150);

@@ -108,6 +108,28 @@ fn a_clean_close_is_announced_at_once() {
     assert_eq!(witness.line(), format!(" .... {} has left.", page.nickname));
 }
 
+/// README: a close frame is announced at once, and the session ends with it: its token is
+/// an expired one from then on, which gets a fresh session after `missed`, never the old
+/// name back after its leave was heard.
+#[test]
+fn a_session_ended_with_a_close_frame_cannot_be_resumed() {
+    let server = Server::start(&[]);
+    let mut witness = server.join();
+    let mut page = Resumable::new_session(&server);
+    witness.line();
+    let (token, position) = (page.token.clone(), page.position.clone());
+    page.ws.close(None).unwrap();
+    while page.ws.read().is_ok() {}
+    assert_eq!(witness.line(), format!(" .... {} has left.", page.nickname));
+    let (mut ws, first) = Resumable::back(&server, &token, &position);
+    assert_eq!(first, "missed", "the closed session was resumed");
+    let session = read_text(&mut ws);
+    assert!(session.starts_with("session "), "{session:?}");
+    assert_ne!(&session["session ".len()..], token, "a fresh session");
+    let join = read_text(&mut ws);
+    assert!(join.ends_with(" has joined."), "{join:?}");
+}
+
 #[test]
 fn a_second_connection_with_the_token_takes_over_and_the_first_is_closed() {
     let server = Server::start(&[]);

@@ -2,6 +2,7 @@
 //! persistence, and the threadchat instances that share it.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,12 +11,32 @@ use super::{eventually, Server};
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// Where it saves its data when asked (SAVE) and loads it from when it starts; None:
+    /// nowhere.
+    dump_dir: Option<PathBuf>,
 }
 
 impl Redis {
     /// A fresh redis-server, or None (with a loud warning) where there is none and this is
     /// not CI.
     pub fn start() -> Option<Redis> {
+        let port = Redis::free_port()?;
+        Some(Redis::start_on(port))
+    }
+
+    /// A fresh redis-server that saves its data in a folder of its own when asked (SAVE),
+    /// for [`Redis::restart_from_dump`]; or None, as [`Redis::start`].
+    pub fn start_with_dump() -> Option<Redis> {
+        let port = Redis::free_port()?;
+        let dir =
+            std::env::temp_dir().join(format!("threadchat-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a folder for the dump");
+        Some(Redis::start_in(port, Some(dir)))
+    }
+
+    /// A free port for a redis-server, or None (with a loud warning) where there is no
+    /// redis-server and this is not CI.
+    fn free_port() -> Option<u16> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -32,18 +53,35 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        Some(Redis::start_on(port))
+        Some(port)
     }
 
     /// A redis-server on `port`, empty.
     pub fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
+        Redis::start_in(port, None)
+    }
+
+    /// A redis-server on `port`, with what `dump_dir` holds, if anything.
+    fn start_in(port: u16, dump_dir: Option<PathBuf>) -> Redis {
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(dir) = &dump_dir {
+            command
+                .arg("--dir")
+                .arg(dir)
+                .args(["--dbfilename", "dump.rdb"]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        let redis = Redis { child, port };
+        let redis = Redis {
+            child,
+            port,
+            dump_dir,
+        };
         eventually("redis-server to answer", || {
             redis::Client::open(redis.url())
                 .and_then(|c| c.get_connection())
@@ -106,6 +144,27 @@ impl Redis {
         let _ = self.child.wait();
         *self = Redis::start_on(self.port);
     }
+
+    /// Saves the data now (SAVE), as the last dump before a failure.
+    pub fn save(&self) {
+        assert!(
+            self.dump_dir.is_some(),
+            "started without a folder to save in"
+        );
+        let () = redis::cmd("SAVE")
+            .query(&mut self.connection())
+            .expect("SAVE");
+    }
+
+    /// kill -9, and a redis-server on the same port started from the last [`Redis::save`]:
+    /// the data as it was then, epoch included, under a new run ID, as after a failover to
+    /// a replica that lagged, or a restart from an old dump.
+    pub fn restart_from_dump(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self.dump_dir.take();
+        *self = Redis::start_in(self.port, dir);
+    }
 }
 
 impl Drop for Redis {
@@ -113,6 +172,9 @@ impl Drop for Redis {
         self.signal(libc::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dump_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
