@@ -94,13 +94,13 @@ walkthrough-links:
 ## the room's cluster-only paths, built with the redis feature and tested by the unit tests
 ## and every test that starts an instance with --redis. About an hour on 2 cores; not in CI.
 ## Reports in target/mutants.out and target/redis/mutants.out; docs/MUTANTS.md has the last
-## run. ARGS go to both runs (e.g. ARGS="--list", or ARGS="--file src/rate.rs"). A missed
+## run. ARGS go to both runs (e.g. ARGS="--list", or ARGS="--file src/limits/rate.rs"). A missed
 ## mutant in the first run does not stop the second; either fails the target at the end.
-CLUSTER_ONLY := src/cluster\.rs:|Room::(refused|restart_everyone|lose_name|resumed|turn_away)( |$$)|with false in Room::(handle_close_connection|say_goodbye)
+CLUSTER_ONLY := src/cluster/mod\.rs:|Room::(refused|restart_everyone|lose_name|resumed|turn_away)( |$$)|with false in Room::(handle_close_connection|say_goodbye)
 CLUSTER_TESTS := kind(bin) | binary(/^cluster/) | binary(rolling_restart) | binary(walkthrough)
 mutants: cargo-mutants cargo-nextest redis-server proxy-tools
 	status=0; \
-	cargo mutants -j 3 --exclude src/cluster.rs --exclude-re '$(CLUSTER_ONLY)' $(ARGS) || status=$$?; \
+	cargo mutants -j 3 --exclude src/cluster/mod.rs --exclude-re '$(CLUSTER_ONLY)' $(ARGS) || status=$$?; \
 	cargo mutants -j 3 --features redis --output target/redis --re '$(CLUSTER_ONLY)' $(ARGS) \
 	  -- -E '$(CLUSTER_TESTS)' || status=$$?; \
 	exit $$status

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tungstenite::Utf8Bytes;
 
-use crate::outbox::Outbox;
-use crate::seat::Seat;
+use crate::limits::seat::Seat;
+use crate::send::outbox::Outbox;
 
 /// Identifies one connection for its whole life, before and after it has a nickname.
 pub type ClientId = u64;

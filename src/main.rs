@@ -17,33 +17,22 @@
 //!                   writer-0 .. writer-N threads, one per core (one sendmsg per client a pass)
 //! ```
 
-mod addresses;
-mod client;
 #[cfg(feature = "redis")]
 mod cluster;
 #[cfg(not(feature = "redis"))]
-#[path = "no_cluster.rs"]
+#[path = "cluster/absent.rs"]
 mod cluster;
 mod config;
-mod delivery;
+mod connection;
+mod context;
 mod event;
-mod handshake;
-mod listener;
-mod log;
-mod order;
-mod outbox;
+mod limits;
 mod page;
-mod page_listener;
-mod rate;
 mod room;
-mod seat;
-mod server;
-mod session;
-mod stream;
+mod send;
 mod sys;
 mod trace;
 mod wire;
-mod writer;
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -52,17 +41,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::addresses::AddressTable;
 use crate::config::{Command, Config};
+use crate::context::Shared;
 use crate::event::Event;
-use crate::log::Log;
-use crate::order::Order;
-use crate::page_listener::PageServer;
+use crate::limits::addresses::AddressTable;
+use crate::page::listener::PageServer;
+use crate::room::order::Order;
 use crate::room::Room;
-use crate::server::Shared;
+use crate::send::log::Log;
+use crate::send::writer::Writer;
 use crate::sys::ShutdownSignals;
 use crate::trace::Trace;
-use crate::writer::Writer;
 
 /// Descriptors kept back from the client limit for the listeners, the writers' epoll sets
 /// and the odd file (a page the page server reads from `--www`). The page server's
@@ -226,7 +215,7 @@ fn run(config: Config) -> Result<(), String> {
         site,
         config_js: page::config_js(&settings),
         max_connections: max_page_connections,
-        addresses: AddressTable::new(page_listener::page_share(
+        addresses: AddressTable::new(page::listener::page_share(
             config.max_clients_per_address,
             max_page_connections,
         )),
@@ -236,7 +225,7 @@ fn run(config: Config) -> Result<(), String> {
         places: Default::default(),
     });
     spawn("page", move || {
-        page_listener::run(page_listener, page_server)
+        page::listener::run(page_listener, page_server)
     })?;
     let ping_interval = shared.config.ping_interval;
     let resume_window = shared.config.resume_window;
@@ -250,7 +239,7 @@ fn run(config: Config) -> Result<(), String> {
         stop(&stopping, events, room);
     })?;
 
-    listener::run(ws_listener, shared);
+    connection::listener::run(ws_listener, shared);
     Ok(())
 }
 

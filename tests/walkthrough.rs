@@ -315,7 +315,7 @@ fn every_cluster_trace_line_quoted_in_the_walkthrough_is_real() {
     assert_all_real(&quoted, &both, "cluster trace");
 }
 
-/// One link to a line of code, like [`read_pump`](../src/client.rs#L149).
+/// One link to a line of code, like [`read_pump`](../src/connection/client.rs#L149).
 struct CodeLink {
     /// The whole link as written.
     text: String,
@@ -404,7 +404,7 @@ fn every_link_to_a_line_of_code_lands_on_what_it_names() {
 }
 
 /// A code block the walk-through quotes: its language, the file its fence names, and its
-/// lines. ```` ```rust src/client.rs ```` quotes that file; ```` ```rust illustration ````
+/// lines. ```` ```rust src/connection/client.rs ```` quotes that file; ```` ```rust illustration ````
 /// says the block is not a quote.
 struct QuotedBlock {
     fence: String,

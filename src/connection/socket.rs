@@ -14,10 +14,10 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::outbox::Outbox;
+use crate::send::outbox::Outbox;
+use crate::send::writer::Writer;
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::Frame;
-use crate::writer::Writer;
 
 /// The stream tungstenite reads and writes.
 ///

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::{ClientId, Position};
-use crate::rate::{RateLimit, Verdict};
-use crate::seat::Seat;
+use crate::limits::rate::{RateLimit, Verdict};
+use crate::limits::seat::Seat;
 
 /// How often one session may be resumed, on average; bursts up to twice that. A page comes
 /// back after a random wait of up to half a second and more, so it never needs more.
@@ -309,7 +309,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seat::ConnectionCount;
+    use crate::limits::seat::ConnectionCount;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn numbered(lines: u64) -> Sessions {

@@ -38,7 +38,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use redis::{Connection, Value};
 
 use crate::event::{ClientId, Entry, Event, Item, Position, Refusal, Resumed};
-use crate::order::Placement;
+use crate::room::order::Placement;
 use crate::trace::Trace;
 
 /// The stream every instance adds its lines to and reads the room from.

@@ -26,18 +26,18 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error, Message, WebSocket};
 
-use crate::addresses::AddressSlot;
+use crate::connection::handshake::handshake;
+use crate::connection::socket::ClientStream;
+use crate::context::Shared;
 use crate::event::{ClientId, Departure, Event, Resume};
-use crate::handshake::handshake;
-use crate::outbox::{Outbox, Phase};
-use crate::rate::{RateLimit, Verdict};
-use crate::seat::{ConnectionCount, Seat};
-use crate::server::Shared;
-use crate::stream::ClientStream;
+use crate::limits::addresses::AddressSlot;
+use crate::limits::rate::{RateLimit, Verdict};
+use crate::limits::seat::{ConnectionCount, Seat};
+use crate::send::outbox::{Outbox, Phase};
+use crate::send::writer::{Writer, CLOSE_GRACE};
 use crate::sys;
 use crate::trace::Trace;
 use crate::wire::{self, Dialect, Frame};
-use crate::writer::{Writer, CLOSE_GRACE};
 
 /// Stack reserved for the upgrade thread, which runs the handshake and exits. glibc
 /// keeps exited threads' stacks for reuse, with the 16 KiB under their first frame still
@@ -404,7 +404,7 @@ fn is_timeout(err: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    use crate::log::Log;
+    use crate::send::log::Log;
     use crate::trace::Trace;
     use std::net::TcpListener;
 

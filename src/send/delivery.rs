@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
-use crate::log::{Cursor, Segment};
-use crate::outbox::{Outbox, Phase};
+use crate::send::log::{Cursor, Segment};
+use crate::send::outbox::{Outbox, Phase};
 use crate::sys::send_nonblocking;
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
@@ -249,8 +249,8 @@ fn shares(mut sent: usize, lens: impl IntoIterator<Item = usize>) -> impl Iterat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Log;
-    use crate::outbox::Refused;
+    use crate::send::log::Log;
+    use crate::send::outbox::Refused;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;

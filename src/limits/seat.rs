@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::addresses::AddressSlot;
+use crate::limits::addresses::AddressSlot;
 
 /// Counts a connection as held until the last thread serving it has ended, however it
 /// ends. It moves from the upgrade thread into the client's [`Seat`].

@@ -1,7 +1,7 @@
 //! The writers: how bytes leave the server.
 //!
 //! There is one writer thread per core, and each owns a share of the clients. A writer keeps,
-//! for each of its clients, a [`Cursor`] into the room's [`Log`](crate::log::Log) and the
+//! for each of its clients, a [`Cursor`] into the room's [`Log`](crate::send::log::Log) and the
 //! frames meant for that client alone (pongs, close frames, notices), which its reader and
 //! the room put in the client's [`Outbox`]. When the log grows, the writer sends each client
 //! everything from its cursor to the head, private frames in their place, with one
@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::delivery::{Delivery, Sent};
 use crate::event::{ClientId, Departure, Event};
-use crate::log::{Cursor, LogReader, Segment};
-use crate::outbox::{Outbox, Phase, Refused, Wake};
+use crate::send::delivery::{Delivery, Sent};
+use crate::send::log::{Cursor, LogReader, Segment};
+use crate::send::outbox::{Outbox, Phase, Refused, Wake};
 use crate::sys::{self, Poller};
 use crate::trace::Trace;
 use crate::wire::Frame;
@@ -645,7 +645,7 @@ fn after_pause(since: Instant, gap: Duration, now: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Log;
+    use crate::send::log::Log;
     use crate::wire::{self, Dialect};
     use std::net::TcpStream;
 

@@ -12,14 +12,14 @@
 //! notices the end first.
 //!
 //! The outbox is a plain queue: it does not know the writer. A push says whether the
-//! writer must be woken, and the caller wakes it ([`crate::writer::Writer::ready`]).
+//! writer must be woken, and the caller wakes it ([`crate::send::writer::Writer::ready`]).
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use crate::log::LogReader;
+use crate::send::log::LogReader;
 use crate::wire::{self, Dialect, Frame};
 
 /// Frames waiting for one client alone (pongs, notices). A client that keeps pinging without
@@ -237,7 +237,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Log;
+    use crate::send::log::Log;
     use std::net::TcpListener;
 
     fn outbox() -> (Outbox, Log) {

@@ -2,7 +2,7 @@
 //! `Publisher` can never exist, so the order is always the room's own log.
 
 use crate::event::{ClientId, Item};
-use crate::order::Placement;
+use crate::room::order::Placement;
 
 /// No value of this type exists in this build.
 pub enum Publisher {}

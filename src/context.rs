@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use crate::addresses::AddressTable;
 use crate::config::Config;
 use crate::event::Event;
-use crate::log::LogReader;
+use crate::limits::addresses::AddressTable;
+use crate::send::log::LogReader;
+use crate::send::writer::Writer;
 use crate::trace::Trace;
-use crate::writer::Writer;
 
 /// What every connection thread needs from the server.
 pub struct Shared {

@@ -16,9 +16,9 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error, WebSocket};
 
-use crate::addresses::{self, AddressSlot};
-use crate::server::Shared;
-use crate::stream::ClientStream;
+use crate::connection::socket::ClientStream;
+use crate::context::Shared;
+use crate::limits::addresses::{self, AddressSlot};
 use crate::wire::{self, Dialect};
 
 /// tungstenite's read buffer, which it fills with zeros before each read, so every byte

@@ -5,8 +5,10 @@
 //! into the binary, so `threadchat` runs from anywhere; `--www DIR` serves a folder
 //! instead, for people editing the page. Nothing outside that folder is ever served.
 //! The connections themselves, with their limits and deadlines, are the page listener's
-//! (`src/page_listener.rs`); it hands each request here, and the answer goes back as bytes
+//! (`src/page/listener.rs`); it hands each request here, and the answer goes back as bytes
 //! that tiny_http's `Response` has printed.
+
+pub mod listener;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -14,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use tiny_http::{HTTPVersion, Header, Method, Response};
 
 /// The page compiled into the binary.
-const BUILT_IN_PAGE: &str = include_str!("../www/index.html");
+const BUILT_IN_PAGE: &str = include_str!("../../www/index.html");
 
 /// Where the page comes from.
 pub enum Site {

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::addresses::{AddressSlot, AddressTable};
-use crate::client::{self, UPGRADE_STACK_BYTES};
+use crate::connection::client::{self, UPGRADE_STACK_BYTES};
+use crate::context::Shared;
+use crate::limits::addresses::{AddressSlot, AddressTable};
+use crate::limits::seat::ConnectionCount;
 use crate::page;
-use crate::seat::ConnectionCount;
-use crate::server::Shared;
 use crate::sys;
 
 /// Pause after `accept` fails for lack of file descriptors, so the loop does not spin

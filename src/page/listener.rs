@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{HTTPVersion, Header, Method};
 
-use crate::addresses::{self, AddressTable};
-use crate::listener::{accept_each, discard_arrived, refuse_at_once, Door};
+use crate::connection::listener::{accept_each, discard_arrived, refuse_at_once, Door};
+use crate::limits::addresses::{self, AddressTable};
 use crate::page::{self, Answering, Site};
 use crate::sys;
 

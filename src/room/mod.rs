@@ -16,6 +16,9 @@
 //! asks for a place, then appends the line once it is placed, or tells the one client
 //! concerned that it was not. A newcomer is a member from the moment its join is placed.
 
+pub mod order;
+pub mod session;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,15 +27,15 @@ use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
 use crate::event::{ClientId, Departure, Entry, Event, Item, Position, Refusal, Resume, Resumed};
-use crate::log::Log;
-use crate::order::{Order, Placement};
-use crate::outbox::Outbox;
-use crate::seat::Seat;
-use crate::session::{Attach, Return, Sessions, Token};
+use crate::limits::seat::Seat;
+use crate::room::order::{Order, Placement};
+use crate::room::session::{Attach, Return, Sessions, Token};
+use crate::send::log::Log;
+use crate::send::outbox::Outbox;
+use crate::send::writer::Writer;
 use crate::sys;
 use crate::trace::Trace;
 use crate::wire;
-use crate::writer::Writer;
 
 /// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
 pub const NICKNAME_SPACE: u32 = 100_000;
