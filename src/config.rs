@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_PAGE_CONNECTIONS: usize = 512;
 
 /// More clients than this and a join could wait a long time for a free `user-N`: the
 /// room draws nicknames at random from 100,000.
-pub const MOST_CLIENTS: usize = crate::room::NICKNAME_SPACE as usize / 2;
+pub const MOST_CLIENTS: usize = crate::wire::NICKNAME_SPACE as usize / 2;
 
 /// Everything the server needs to know before it binds a socket.
 #[derive(Clone, Debug)]

@@ -224,6 +224,18 @@ pub struct Resumed {
     pub floor: Option<Position>,
 }
 
+/// The answer to a request for a place.
+pub enum Placement {
+    /// Placed at once: here is the line to append.
+    Now(Entry),
+    /// The answer comes later, as an event: `Stream` with the line, or `Refused`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Later,
+    /// Not placed, and it will not be.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Refused(Item, Refusal),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 //!                   writer-0 .. writer-N threads, one per core (one sendmsg per client a pass)
 //! ```
 
+mod accept;
 #[cfg(feature = "redis")]
 mod cluster;
 #[cfg(not(feature = "redis"))]

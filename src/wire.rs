@@ -17,6 +17,9 @@ pub type Frame = Arc<[u8]>;
 /// comes with its position, and a dropped connection can come back as itself.
 pub const RESUME_SUBPROTOCOL: &str = "threadchat-resume";
 
+/// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
+pub const NICKNAME_SPACE: u32 = 100_000;
+
 /// How a client's lines look on the wire. Each dialect has its own log, so that a line is
 /// still framed once per dialect, not once per client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,20 +74,6 @@ pub fn ping_frame() -> Frame {
     frame(OpCode::Control(Control::Ping), b"")
 }
 
-/// The length of the whole server frame (unmasked) at the start of `bytes`, when its header is
-/// there: what a writer needs to finish a frame it stopped in the middle of.
-pub fn frame_len(bytes: &[u8]) -> Option<usize> {
-    let (header, payload) = match *bytes.get(1)? & 0x7f {
-        126 => (
-            4,
-            u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)),
-        ),
-        127 => (10, u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)),
-        short => (2, u64::from(short)),
-    };
-    Some(header + usize::try_from(payload).ok()?)
-}
-
 fn frame(opcode: OpCode, payload: &[u8]) -> Frame {
     let header = FrameHeader {
         opcode,
@@ -113,14 +102,6 @@ mod tests {
         let bytes = text_frame(&line);
         assert_eq!(&bytes[..4], &[0x81, 126, 0, 200]);
         assert_eq!(bytes.len(), 4 + 200);
-    }
-
-    #[test]
-    fn frame_len_reads_every_length_form() {
-        assert_eq!(frame_len(&text_frame("hi")), Some(4));
-        assert_eq!(frame_len(&text_frame(&"x".repeat(200))), Some(204));
-        assert_eq!(frame_len(&text_frame(&"x".repeat(70_000))), Some(70_010));
-        assert_eq!(frame_len(&[0x81]), None);
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! The cluster in a build without the `redis` feature: the same names as `cluster.rs`, but a
 //! `Publisher` can never exist, so the order is always the room's own log.
 
-use crate::event::{ClientId, Item};
-use crate::room::order::Placement;
+use crate::event::{ClientId, Item, Placement};
 
 /// No value of this type exists in this build.
 pub enum Publisher {}

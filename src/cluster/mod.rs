@@ -37,8 +37,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use redis::{Connection, Value};
 
-use crate::event::{ClientId, Entry, Event, Item, Position, Refusal, Resumed};
-use crate::room::order::Placement;
+use crate::event::{ClientId, Entry, Event, Item, Placement, Position, Refusal, Resumed};
 use crate::trace::Trace;
 
 /// The stream every instance adds its lines to and reads the room from.

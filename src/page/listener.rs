@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{HTTPVersion, Header, Method};
 
-use crate::connection::listener::{accept_each, discard_arrived, refuse_at_once, Door};
+use crate::accept::{accept_each, discard_arrived, refuse_at_once, Door};
 use crate::limits::addresses::{self, AddressTable};
 use crate::page::{self, Answering, Site};
 use crate::sys;

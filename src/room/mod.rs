@@ -26,19 +26,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
-use crate::event::{ClientId, Departure, Entry, Event, Item, Position, Refusal, Resume, Resumed};
+use crate::event::{
+    ClientId, Departure, Entry, Event, Item, Placement, Position, Refusal, Resume, Resumed,
+};
 use crate::limits::seat::Seat;
-use crate::room::order::{Order, Placement};
+use crate::room::order::Order;
 use crate::room::session::{Attach, Return, Sessions, Token};
 use crate::send::log::Log;
 use crate::send::outbox::Outbox;
 use crate::send::writer::Writer;
 use crate::sys;
 use crate::trace::Trace;
-use crate::wire;
-
-/// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
-pub const NICKNAME_SPACE: u32 = 100_000;
+use crate::wire::{self, NICKNAME_SPACE};
 
 /// How long after the room has halved it gives memory back: the departed clients' threads
 /// free their buffers just after their leave reaches the room.

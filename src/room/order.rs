@@ -7,19 +7,7 @@
 //! answers the same way, so it never needs to know which it has.
 
 use crate::cluster::Publisher;
-use crate::event::{ClientId, Entry, Item, Refusal};
-
-/// The answer to a request for a place.
-pub enum Placement {
-    /// Placed at once: here is the line to append.
-    Now(Entry),
-    /// The answer comes later, as an event: `Stream` with the line, or `Refused`.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Later,
-    /// Not placed, and it will not be.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Refused(Item, Refusal),
-}
+use crate::event::{ClientId, Item, Placement};
 
 /// The order lines are placed in.
 pub enum Order {

@@ -295,7 +295,8 @@ mod tests {
             let n = socket.read(&mut buf).unwrap();
             assert!(n > 0, "closed after {} frames", frames.len());
             bytes.extend_from_slice(&buf[..n]);
-            while let Some(len) = wire::frame_len(&bytes).filter(|&l| l <= bytes.len()) {
+            while let Some(len) = crate::send::log::frame_len(&bytes).filter(|&l| l <= bytes.len())
+            {
                 let header = match bytes[1] & 0x7f {
                     126 => 4,
                     127 => 10,

@@ -93,7 +93,7 @@ impl Segment {
         let bytes = self.bytes(self.base, u64::MAX);
         let mut start = 0usize;
         while (self.base + start as u64) < at {
-            match crate::wire::frame_len(&bytes[start..]) {
+            match frame_len(&bytes[start..]) {
                 Some(len) => start += len,
                 None => break,
             }
@@ -376,6 +376,20 @@ impl Cursor {
     }
 }
 
+/// The length of the whole server frame (unmasked) at the start of `bytes`, when its header is
+/// there: what a writer needs to finish a frame it stopped in the middle of.
+pub fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let (header, payload) = match *bytes.get(1)? & 0x7f {
+        126 => (
+            4,
+            u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)),
+        ),
+        127 => (10, u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)),
+        short => (2, u64::from(short)),
+    };
+    Some(header + usize::try_from(payload).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +414,17 @@ mod tests {
             all.extend_from_slice(&frame);
         }
         all
+    }
+
+    #[test]
+    fn frame_len_reads_every_length_form() {
+        assert_eq!(frame_len(&wire::text_frame("hi")), Some(4));
+        assert_eq!(frame_len(&wire::text_frame(&"x".repeat(200))), Some(204));
+        assert_eq!(
+            frame_len(&wire::text_frame(&"x".repeat(70_000))),
+            Some(70_010)
+        );
+        assert_eq!(frame_len(&[0x81]), None);
     }
 
     #[test]
