@@ -1,0 +1,331 @@
+//! One round trip of the publisher: the scripts for what waits, and what each reply means
+//! (placed, refused aloud, or in doubt until Redis is heard again).
+
+use super::*;
+
+impl Desk {
+    /// Sends the owed leaves and `items` in one round trip.
+    pub(super) fn send(&mut self, mut connection: Connection, items: Vec<Item>) {
+        if items.is_empty() && self.owed.is_empty() {
+            self.connection = Some(connection);
+            return;
+        }
+        let who = identity(&self.identity).clone();
+        let (marks, held) = (instance_key(&who.instance), held_key(&who.instance));
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let leaves = std::mem::take(&mut self.owed);
+        for item in &leaves {
+            let (Item::Leave { id, nickname } | Item::Detach { id, nickname, .. }) = item else {
+                continue;
+            };
+            let (wait, owed) = match item {
+                Item::Detach { wait, owed, .. } => (
+                    wait.as_millis() as u64,
+                    owed.map_or_else(String::new, |Position(ms, n)| format!("{ms}-{n}")),
+                ),
+                _ => (0, String::new()),
+            };
+            let keys = [
+                EPOCH,
+                &marks,
+                STREAM,
+                NICKNAMES,
+                &held,
+                SESSION_NAMES,
+                DETACHED,
+            ];
+            let script = match item {
+                Item::Detach { .. } => &self.scripts.detach,
+                _ => &self.scripts.leave,
+            };
+            pipe.add_command(
+                script_call(script, &keys)
+                    .arg(&who.epoch)
+                    .arg(self.max_entries)
+                    .arg(item.line())
+                    .arg(nickname)
+                    .arg(holder(&who.instance, *id))
+                    .arg(wait)
+                    .arg(owed)
+                    .clone(),
+            );
+        }
+        let mut sent = Vec::with_capacity(items.len());
+        for item in items {
+            self.number += 1;
+            let cmd = match &item {
+                Item::Join {
+                    id,
+                    nickname,
+                    session,
+                } => {
+                    let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held, SESSION_NAMES];
+                    let mut cmd = script_call(&self.scripts.join, &keys);
+                    cmd.arg(&who.epoch)
+                        .arg(self.number)
+                        .arg(self.max_entries)
+                        .arg(item.line())
+                        .arg(nickname)
+                        .arg(holder(&who.instance, *id))
+                        .arg(session.as_deref().unwrap_or(""));
+                    cmd
+                }
+                Item::Resume { id, token } => {
+                    let keys = [EPOCH, &marks, STREAM, NICKNAMES, &held, DETACHED];
+                    let mut cmd = script_call(&self.scripts.resume, &keys);
+                    cmd.arg(&who.epoch)
+                        .arg(self.number)
+                        .arg(self.max_entries)
+                        .arg(holder(&who.instance, *id))
+                        .arg(token);
+                    cmd
+                }
+                _ => {
+                    let mut cmd = script_call(&self.scripts.say, &[EPOCH, &marks, STREAM]);
+                    cmd.arg(&who.epoch)
+                        .arg(self.number)
+                        .arg(self.max_entries)
+                        .arg(item.line());
+                    cmd
+                }
+            };
+            pipe.add_command(cmd);
+            sent.push(Doubtful {
+                number: self.number,
+                item,
+            });
+        }
+        let replies: Vec<Value> = match pipe.query(&mut connection) {
+            Ok(replies) => replies,
+            Err(e) => {
+                // Applied or not, nobody knows: settled once Redis answers again. A leave is
+                // asked again: asked twice, it is announced once.
+                self.owed = leaves;
+                self.doubtful.extend(sent);
+                return self.reach.down(&e.to_string());
+            }
+        };
+        self.connection = Some(connection);
+        let mut replies = replies.iter().map(reply_of);
+        let mut trouble = None;
+        for item in leaves {
+            match replies.next() {
+                Some(Reply::Placed(at)) => {
+                    self.traced("leave", &at, &item.line());
+                    self.no_longer_held(&item);
+                }
+                Some(Reply::Not(why)) if why == "gone" || why == "detached" => {
+                    self.no_longer_held(&item);
+                }
+                Some(Reply::Not(why)) => {
+                    self.owed.push(item);
+                    Trouble::note(&mut trouble, why);
+                }
+                None => self.owed.push(item),
+            }
+        }
+        for Doubtful { item, .. } in sent {
+            match replies.next() {
+                Some(Reply::Placed(at)) => {
+                    if let Item::Join { id, nickname, .. } = &item {
+                        self.held.insert(nickname.clone(), *id);
+                    }
+                    self.traced("XADD", &at, &item.line());
+                }
+                Some(Reply::Not(why)) if why == "taken" => self.refuse(item, Refusal::Taken),
+                Some(Reply::Not(why)) if why == "unknown" => self.refuse(item, Refusal::Unknown),
+                Some(Reply::Not(why)) => {
+                    self.traced("refused", &why, &item.line());
+                    self.refuse(item, Refusal::Unreachable);
+                    Trouble::note(&mut trouble, why);
+                }
+                None => self.refuse(item, Refusal::Unreachable),
+            }
+        }
+        match trouble {
+            Some(Trouble::Fenced) => {
+                let instance = who.instance.clone();
+                self.fenced(&instance);
+            }
+            Some(Trouble::Lost) => self.register(),
+            Some(Trouble::Away(why)) => self.lost_connection(&why),
+            None => {}
+        }
+    }
+
+    /// A leave or a detach went through (or was moot): the name is no longer this
+    /// instance's to claim again.
+    pub(super) fn no_longer_held(&mut self, item: &Item) {
+        if let Item::Leave { nickname, .. } | Item::Detach { nickname, .. } = item {
+            self.held.remove(nickname);
+        }
+    }
+
+    pub(super) fn lost_connection(&mut self, why: &str) {
+        self.connection = None;
+        self.reach.down(why);
+    }
+
+    /// Settles the requests whose replies were lost: Redis says how far it applied them, and
+    /// raises the floor past the rest, which can then never apply.
+    pub(super) fn settle(&mut self) {
+        let who = identity(&self.identity).clone();
+        let highest = self.doubtful.iter().map(|d| d.number).max().unwrap_or(0);
+        let mut pipe = redis::pipe();
+        pipe.add_command(
+            script_call(&self.scripts.settle, &[&instance_key(&who.instance)])
+                .arg(highest)
+                .clone(),
+        );
+        for doubtful in &self.doubtful {
+            match &doubtful.item {
+                Item::Join { nickname, .. } => {
+                    pipe.cmd("HGET").arg(NICKNAMES).arg(nickname);
+                }
+                Item::Resume { token, .. } => {
+                    pipe.cmd("HGET").arg(session_key(token)).arg("holder");
+                }
+                _ => {}
+            }
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let replies: Vec<Value> = match pipe.query(connection) {
+            Ok(replies) => replies,
+            Err(e) => return self.lost_connection(&e.to_string()),
+        };
+        let mut replies = replies.iter();
+        let applied = match replies.next() {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(other) => {
+                return match text(other).as_deref() {
+                    Some("fenced") => self.fenced(&who.instance),
+                    other => self.lost_connection(other.unwrap_or("no answer")),
+                };
+            }
+            None => 0,
+        };
+        for Doubtful { number, item } in std::mem::take(&mut self.doubtful) {
+            let holder_now = match &item {
+                Item::Join { .. } | Item::Resume { .. } => replies.next().and_then(text),
+                _ => None,
+            };
+            if number > applied {
+                self.refuse(item, Refusal::Unreachable);
+            } else if let Item::Join { id, nickname, .. } = &item {
+                // Applied: its join line is in the stream, unless the name was taken.
+                if holder_now == Some(holder(&who.instance, *id)) {
+                    self.held.insert(nickname.clone(), *id);
+                } else {
+                    self.refuse(item, Refusal::Taken);
+                }
+            } else if let Item::Resume { id, .. } = &item {
+                // Applied: its entry is in the stream, unless the token was unknown.
+                if holder_now != Some(holder(&who.instance, *id)) {
+                    self.refuse(item, Refusal::Unknown);
+                }
+            }
+            // An applied line simply comes back through the stream.
+        }
+    }
+
+    /// Redis lost its data, or another server holds it now (a restart, a failover): adopt
+    /// its epoch and claim again the names this instance's clients hold. A name another
+    /// client claimed meanwhile is no longer ours: its client must come back under another.
+    pub(super) fn register(&mut self) {
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let epoch: Result<String, _> = script_call(&self.scripts.register, &[EPOCH])
+            .arg(new_instance_name())
+            .query(connection);
+        let epoch = match epoch {
+            Ok(epoch) => epoch,
+            Err(e) => return self.lost_connection(&e.to_string()),
+        };
+        let instance = {
+            let mut who = identity(&self.identity);
+            who.epoch = epoch;
+            who.instance.clone()
+        };
+        if self.held.is_empty() {
+            return;
+        }
+        let mut claim = script_call(
+            &self.scripts.register_names,
+            &[NICKNAMES, &held_key(&instance)],
+        );
+        for (name, id) in &self.held {
+            claim.arg(name).arg(holder(&instance, *id));
+        }
+        let lost: Vec<String> = match claim.query(connection) {
+            Ok(lost) => lost,
+            Err(e) => return self.lost_connection(&e.to_string()),
+        };
+        eprintln!(
+            "threadchat: publisher: registered {} name(s) again; {} taken meanwhile",
+            self.held.len(),
+            lost.len()
+        );
+        for name in lost {
+            if let Some(id) = self.held.remove(&name) {
+                let _ = self.events.send(Event::NameLost { id });
+            }
+        }
+    }
+
+    /// This instance was reaped: the others announced its clients as left and freed their
+    /// names. It goes on under a new name, and the room closes every client so they rejoin;
+    /// until the room says it has, what it sends is for the freed names, and is refused.
+    pub(super) fn fenced(&mut self, instance: &str) {
+        {
+            let mut who = identity(&self.identity);
+            if who.instance != instance {
+                return; // already done
+            }
+            who.instance = new_instance_name();
+            eprintln!(
+                "threadchat: publisher: the others took instance {instance} for dead; \
+                 going on as {}",
+                who.instance
+            );
+        }
+        self.fenced = true;
+        self.held.clear();
+        self.owed.clear();
+        self.number = 0;
+        // Fenced by itself after a long stop, it may be the only one left to announce its
+        // clients: the same script the others run, which does it once whoever runs it.
+        if let Some(connection) = self.connection.as_mut() {
+            let (alive, held, marks) = (
+                alive_key(instance),
+                held_key(instance),
+                instance_key(instance),
+            );
+            let keys = [INSTANCES, &alive, &held, STREAM, NICKNAMES, &marks];
+            let _: redis::RedisResult<i64> = script_call(&self.scripts.reap, &keys)
+                .arg(instance)
+                .arg(self.max_entries)
+                .arg(FENCE_KEEP.as_secs())
+                .arg(self.window_ms)
+                .query(connection);
+        }
+        for Doubtful { item, .. } in std::mem::take(&mut self.doubtful) {
+            self.refuse(item, Refusal::Unreachable);
+        }
+        let _ = self.events.send(Event::Fenced);
+    }
+
+    pub(super) fn refuse(&self, item: Item, why: Refusal) {
+        let _ = self.events.send(Event::Refused(item, why));
+    }
+
+    pub(super) fn traced(&self, command: &str, id: &str, line: &str) {
+        if self.trace.is_on() {
+            self.trace
+                .decision("stream", &format!("{command} {STREAM} -> {id}: {line:?}"));
+        }
+    }
+}
