@@ -8,6 +8,7 @@
 //! (`src/page/listener.rs`); it hands each request here, and the answer goes back as bytes
 //! that tiny_http's `Response` has printed.
 
+pub mod head;
 pub mod listener;
 
 use std::fs;

@@ -3,6 +3,7 @@
 //! `sendmsg`, and the writer threads that decide when.
 
 pub mod delivery;
+pub mod gather;
 pub mod log;
 pub mod outbox;
 pub mod writer;

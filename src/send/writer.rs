@@ -23,7 +23,7 @@
 //! When to send: a loopback `send` costs about 8 us of CPU whatever it carries. A writer with
 //! CPU to spare sends each line the moment it arrives. Only once sending every line at once
 //! would keep it busy more than [`BUSY_SHARE`] of its time does it rest after each pass, to
-//! let lines gather into fewer sends ([`Gather`]).
+//! let lines gather into fewer sends ([`Gather`], in gather.rs).
 
 use std::collections::VecDeque;
 use std::io;
@@ -39,25 +39,12 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::event::{ClientId, Departure, Event};
 use crate::send::delivery::{Delivery, Sent};
+use crate::send::gather::Gather;
 use crate::send::log::{Cursor, LogReader, Segment};
 use crate::send::outbox::{Outbox, Phase, Refused, Wake};
 use crate::sys::{self, Poller};
 use crate::trace::Trace;
 use crate::wire::Frame;
-
-/// A writer rests after a pass only when sending each line at once would keep it busy more
-/// than this share of its time: below it, the CPU a rest saves is CPU nobody needed, and
-/// the rest would only add latency.
-pub const BUSY_SHARE: f64 = 0.5;
-
-/// A busy writer rests this many times as long as its pass took, so that it sends at most a
-/// tenth of its time and lines gather meanwhile.
-pub const REST_PER_WORK: u32 = 9;
-
-/// The most a writer rests to let lines gather: the latency it may add to a line to save
-/// sends. With 1000 clients at 200 lines/s each this sets the CPU per delivery
-/// (BENCHMARKS.md).
-pub const GATHER_BUDGET: Duration = Duration::from_millis(18);
 
 /// How long a client that has everything we sent, our close frame included, may take to
 /// answer it and end its side before its socket is shut altogether. A browser answers
@@ -71,10 +58,6 @@ const PAUSED_AFTER: Duration = Duration::from_secs(1);
 /// How often a writer checks its blocked clients against the write timeout, and its closing
 /// ones against the grace.
 const TIMER_EVERY: Duration = Duration::from_millis(50);
-
-/// How quickly the writer's estimate of its load follows a change: each pass moves it this
-/// share of the way to what the pass measured.
-const LOAD_SMOOTHING: f64 = 1.0 / 8.0;
 
 /// What a writer is told through its channel.
 enum Job {
@@ -193,42 +176,6 @@ struct Client {
     /// The last send left bytes behind: wait for epoll to say the socket is writable.
     blocked: bool,
     last_progress: Instant,
-}
-
-/// When a writer rests: it estimates how busy it would be if it sent each line the moment it
-/// arrived, and rests only when that is more than [`BUSY_SHARE`] of its time.
-///
-/// A pass costs about the same whether its sends carry one line or ten (the system call is
-/// the cost), so one pass per line would take `lines x pass` of every `interval`. That
-/// estimate does not depend on whether the writer rested, so resting cannot fool it.
-#[derive(Default)]
-struct Gather {
-    /// The estimated share of its time, smoothed over passes.
-    load: f64,
-    /// When the last pass that sent began, and the log's append count then.
-    last: Option<(Instant, u64)>,
-}
-
-impl Gather {
-    /// Called after a pass that sent something, which began at `started` with the log at
-    /// `appends` and ended at `ended`. Returns how long to rest before the next pass.
-    fn rest_after(&mut self, started: Instant, ended: Instant, appends: u64) -> Duration {
-        let pass = ended.saturating_duration_since(started);
-        if let Some((before, appends_before)) = self.last {
-            let interval = started.saturating_duration_since(before).as_secs_f64();
-            if interval > 0.0 {
-                let lines = appends.saturating_sub(appends_before) as f64;
-                let sample = (lines * pass.as_secs_f64() / interval).min(1.0);
-                self.load += (sample - self.load) * LOAD_SMOOTHING;
-            }
-        }
-        self.last = Some((started, appends));
-        if self.load > BUSY_SHARE {
-            (pass * REST_PER_WORK).min(GATHER_BUDGET)
-        } else {
-            Duration::ZERO
-        }
-    }
 }
 
 /// The writer thread's own state.
@@ -643,98 +590,4 @@ fn after_pause(since: Instant, gap: Duration, now: Instant) -> Instant {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::send::log::Log;
-    use crate::wire::{self, Dialect};
-    use std::net::TcpStream;
-
-    /// A client's socket whose peer has gone with a reset.
-    fn reset_peer() -> Arc<TcpStream> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        sys::close_with_reset(client);
-        Arc::new(server)
-    }
-
-    #[test]
-    fn a_leave_the_room_could_not_take_reaches_it_once_it_has_room_though_nothing_else_happens() {
-        let (mut plain, numbered) = (Log::new(1 << 20), Log::new(1 << 20));
-        // The room's queue is full (one place, taken).
-        let (events, room) = crossbeam_channel::bounded(1);
-        events.send(Event::Shutdown).unwrap();
-        let logs = [plain.reader(), numbered.reader()];
-        let writer =
-            Writer::spawn(0, logs, events, Duration::from_secs(10), Trace::new(false)).unwrap();
-        let outbox = Arc::new(Outbox::new(
-            reset_peer(),
-            "gone".into(),
-            0,
-            Dialect::Plain,
-            plain.reader(),
-        ));
-        writer.add(7, outbox.clone(), plain.cursor_at(plain.head()));
-        // A line for everyone: sending it finds the reset, and the writer drops the client.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while outbox.phase() != Phase::Done {
-            assert!(Instant::now() < deadline, "the reset never showed");
-            plain.append(&wire::text_frame("anyone there?"));
-            writer.wake();
-            thread::sleep(Duration::from_millis(5));
-        }
-        // The room takes what it had; nothing else happens, and the leave comes by itself.
-        assert!(matches!(room.recv(), Ok(Event::Shutdown)));
-        let leave = room.recv_timeout(Duration::from_secs(2));
-        assert!(
-            matches!(leave, Ok(Event::Leave { id: 7, .. })),
-            "{:?}",
-            leave.map(|_| ())
-        );
-    }
-
-    #[test]
-    fn a_pause_does_not_count_against_a_timer() {
-        let since = Instant::now();
-        let now = since + Duration::from_secs(5);
-        let later = after_pause(since, Duration::from_secs(3), now);
-        assert_eq!(later, since + Duration::from_secs(3));
-        assert_eq!(after_pause(since, Duration::from_secs(9), now), now);
-    }
-
-    #[test]
-    fn a_writer_busy_just_under_half_its_time_still_sends_at_once() {
-        // A pass of 2 ms for each line, a line every 5 ms: 40 % of its time.
-        let rest = steady(Duration::from_millis(2), Duration::from_millis(5), 1, 200);
-        assert_eq!(rest, Duration::ZERO);
-    }
-
-    /// Passes of `pass` each, `lines` lines arriving `every`: the rest after the last one.
-    fn steady(pass: Duration, every: Duration, lines: u64, passes: u32) -> Duration {
-        let mut gather = Gather::default();
-        let start = Instant::now();
-        let mut rest = Duration::ZERO;
-        for i in 0..passes {
-            let began = start + every * i;
-            rest = gather.rest_after(began, began + pass, lines * u64::from(i));
-        }
-        rest
-    }
-
-    #[test]
-    fn a_writer_with_cpu_to_spare_sends_at_once() {
-        // 50 clients, a pass of 0.4 ms per line, a line every 5 ms: 8% of its time.
-        let rest = steady(Duration::from_micros(400), Duration::from_millis(5), 1, 200);
-        assert_eq!(rest, Duration::ZERO);
-    }
-
-    #[test]
-    fn a_busy_writer_rests_in_proportion_to_its_pass_up_to_the_budget() {
-        // 500 clients, a pass of 4 ms, lines arriving faster than one pass each.
-        let rest = steady(Duration::from_millis(4), Duration::from_millis(5), 1, 200);
-        assert_eq!(rest, GATHER_BUDGET);
-        // Already resting, so each pass carries several lines: still busy, still rests.
-        let rest = steady(Duration::from_millis(1), Duration::from_millis(10), 8, 200);
-        assert_eq!(rest, Duration::from_millis(9));
-    }
-}
+mod tests;
