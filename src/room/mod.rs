@@ -6,8 +6,9 @@
 //! line, any two clients that are connected throughout see the same lines in the same
 //! order, and the table needs no lock.
 //!
-//! The broadcaster never touches a socket. Each line is framed once and appended once to
-//! the [`Log`]; a newcomer's writer gets a cursor at the newcomer's own join line, and the
+//! The broadcaster never touches a socket. Each line is framed once per dialect and appended
+//! once to that dialect's [`Log`] (plain; and numbered, while anyone may resume); a
+//! newcomer's writer gets a cursor at the newcomer's own join line, and the
 //! writer threads do the slow part. The room never waits on anyone, and never looks at
 //! each member to send a line: a line costs the same with ten members or ten thousand.
 //!
