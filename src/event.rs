@@ -8,6 +8,7 @@ use tungstenite::Utf8Bytes;
 
 use crate::limits::seat::Seat;
 use crate::send::outbox::Outbox;
+use crate::wire;
 
 /// Identifies one connection for its whole life, before and after it has a nickname.
 pub type ClientId = u64;
@@ -159,10 +160,10 @@ impl Item {
     /// none: nobody hears of it.
     pub fn line(&self) -> String {
         match self {
-            Item::Join { nickname, .. } => format!(" .... {nickname} has joined."),
+            Item::Join { nickname, .. } => wire::around(wire::JOINED, nickname),
             Item::Say { line, .. } => line.clone(),
             Item::Leave { nickname, .. } | Item::Detach { nickname, .. } => {
-                format!(" .... {nickname} has left.")
+                wire::around(wire::LEFT, nickname)
             }
             Item::Resume { .. } => String::new(),
         }

@@ -17,6 +17,15 @@ pub type Frame = Arc<[u8]>;
 /// comes with its position, and a dropped connection can come back as itself.
 pub const RESUME_SUBPROTOCOL: &str = "threadchat-resume";
 
+/// What everyone hears when a client joins or leaves: these, around its nickname.
+pub const JOINED: (&str, &str) = (" .... ", " has joined.");
+pub const LEFT: (&str, &str) = (" .... ", " has left.");
+
+/// A join or leave line: `(before, after)` around the nickname.
+pub fn around((before, after): (&str, &str), nickname: &str) -> String {
+    format!("{before}{nickname}{after}")
+}
+
 /// Nicknames are `user-N` with N drawn from `0..NICKNAME_SPACE`, as in the cookbook.
 pub const NICKNAME_SPACE: u32 = 100_000;
 

@@ -2,6 +2,7 @@
 //! each one checking that the data set and this instance are still the ones it knew.
 
 use super::*;
+use crate::wire;
 
 /// The stream every instance adds its lines to and reads the room from.
 pub(super) const STREAM: &str = "threadchat:room";
@@ -17,6 +18,24 @@ pub(super) const EPOCH: &str = "threadchat:epoch";
 pub(super) const SESSION_NAMES: &str = "threadchat:session-names";
 /// Token -> when (ms, Redis's clock) a dropped session's window ends.
 pub(super) const DETACHED: &str = "threadchat:detached";
+/// A session's hash is this and its token.
+const SESSION_PREFIX: &str = "threadchat:session:";
+/// The set of names an instance holds is this and the instance's name.
+const HELD_PREFIX: &str = "threadchat:held:";
+
+/// What every script may name without a key of its own: the keys derived from a token or an
+/// instance, and the leave line of the wire contract, each spelled once, here and in
+/// `wire.rs`.
+fn prelude() -> String {
+    let (before, after) = wire::LEFT;
+    format!(
+        "local SESSION = '{SESSION_PREFIX}'\n\
+         local SESSION_NAMES = '{SESSION_NAMES}'\n\
+         local DETACHED = '{DETACHED}'\n\
+         local HELD = '{HELD_PREFIX}'\n\
+         local function left(name) return '{before}' .. name .. '{after}' end\n"
+    )
+}
 
 /// Checks, for every script that places a line, that Redis still has our data (the epoch)
 /// and that this instance was not reaped, and takes the request's number. The instance's hash
@@ -54,7 +73,7 @@ if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[6]) == 0 then return 'taken' end
 redis.call('SADD', KEYS[5], ARGV[5])
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'line', ARGV[4], 'joined', ARGV[6])
 if ARGV[7] ~= '' then
-  redis.call('HSET', 'threadchat:session:' .. ARGV[7], 'nickname', ARGV[5], 'holder', ARGV[6], 'floor', id)
+  redis.call('HSET', SESSION .. ARGV[7], 'nickname', ARGV[5], 'holder', ARGV[6], 'floor', id)
   redis.call('HSET', KEYS[6], ARGV[5], ARGV[7])
 end
 return id
@@ -64,11 +83,11 @@ return id
 /// token, so the cluster needs one Redis (or a primary with replicas), not a Redis Cluster.
 pub(super) const END_SESSION: &str = "
 local function end_session(name)
-  local token = redis.call('HGET', 'threadchat:session-names', name)
+  local token = redis.call('HGET', SESSION_NAMES, name)
   if token then
-    redis.call('HDEL', 'threadchat:session-names', name)
-    redis.call('DEL', 'threadchat:session:' .. token)
-    redis.call('ZREM', 'threadchat:detached', token)
+    redis.call('HDEL', SESSION_NAMES, name)
+    redis.call('DEL', SESSION .. token)
+    redis.call('ZREM', DETACHED, token)
   end
 end
 ";
@@ -115,8 +134,8 @@ if redis.call('HGET', KEYS[2], 'reaped') then return 'fenced' end
 if redis.call('HGET', KEYS[4], ARGV[4]) ~= ARGV[5] then return 'gone' end
 redis.call('SREM', KEYS[5], ARGV[4])
 local token = redis.call('HGET', KEYS[6], ARGV[4])
-if token and redis.call('EXISTS', 'threadchat:session:' .. token) == 1 then
-  local key = 'threadchat:session:' .. token
+if token and redis.call('EXISTS', SESSION .. token) == 1 then
+  local key = SESSION .. token
   if ARGV[7] ~= '' and later(ARGV[7], redis.call('HGET', key, 'floor')) then
     redis.call('HSET', key, 'floor', ARGV[7])
   end
@@ -137,10 +156,10 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'line', ARGV[3])
 /// ARGV: epoch, number, max entries, instance:client, token.
 pub(super) const RESUME: &str = "
 local refused = admit() if refused then return refused end
-local key = 'threadchat:session:' .. ARGV[5]
+local key = SESSION .. ARGV[5]
 local s = redis.call('HMGET', key, 'nickname', 'holder', 'floor')
 if not s[1] or redis.call('HGET', KEYS[4], s[1]) ~= s[2] then return 'unknown' end
-redis.call('SREM', 'threadchat:held:' .. string.match(s[2], '^(.*):'), s[1])
+redis.call('SREM', HELD .. string.match(s[2], '^(.*):'), s[1])
 redis.call('HSET', KEYS[4], s[1], ARGV[4])
 redis.call('SADD', KEYS[5], s[1])
 redis.call('HSET', key, 'holder', ARGV[4])
@@ -156,15 +175,15 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local count = 0
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[2])) do
-  local s = redis.call('HMGET', 'threadchat:session:' .. token, 'nickname', 'holder')
+  local s = redis.call('HMGET', SESSION .. token, 'nickname', 'holder')
   redis.call('ZREM', KEYS[1], token)
-  redis.call('DEL', 'threadchat:session:' .. token)
-  if s[1] and redis.call('HGET', 'threadchat:session-names', s[1]) == token then
-    redis.call('HDEL', 'threadchat:session-names', s[1])
+  redis.call('DEL', SESSION .. token)
+  if s[1] and redis.call('HGET', SESSION_NAMES, s[1]) == token then
+    redis.call('HDEL', SESSION_NAMES, s[1])
   end
   if s[1] and redis.call('HGET', KEYS[2], s[1]) == s[2] then
     redis.call('HDEL', KEYS[2], s[1])
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'line', ' .... ' .. s[1] .. ' has left.')
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'line', left(s[1]))
     count = count + 1
   end
 end
@@ -231,13 +250,13 @@ local count = 0
 for _, name in ipairs(names) do
   local holder = redis.call('HGET', KEYS[5], name)
   if holder and string.sub(holder, 1, #prefix) == prefix then
-    local token = redis.call('HGET', 'threadchat:session-names', name)
-    if token and redis.call('EXISTS', 'threadchat:session:' .. token) == 1 then
+    local token = redis.call('HGET', SESSION_NAMES, name)
+    if token and redis.call('EXISTS', SESSION .. token) == 1 then
       local t = redis.call('TIME')
-      redis.call('ZADD', 'threadchat:detached', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[4], token)
+      redis.call('ZADD', DETACHED, t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[4], token)
     else
       redis.call('HDEL', KEYS[5], name)
-      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', ' .... ' .. name .. ' has left.')
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'line', left(name))
       count = count + 1
     end
   end
@@ -250,7 +269,7 @@ return count
 ";
 
 pub(super) fn session_key(token: &str) -> String {
-    format!("threadchat:session:{token}")
+    format!("{SESSION_PREFIX}{token}")
 }
 
 pub(super) fn alive_key(instance: &str) -> String {
@@ -258,7 +277,7 @@ pub(super) fn alive_key(instance: &str) -> String {
 }
 
 pub(super) fn held_key(instance: &str) -> String {
-    format!("threadchat:held:{instance}")
+    format!("{HELD_PREFIX}{instance}")
 }
 
 /// The instance's own marks: `done`, `floor`, and `reaped` once the others fenced it.
@@ -281,7 +300,7 @@ pub(super) struct Script {
 impl Script {
     pub(super) fn new(code: &str) -> Script {
         Script {
-            code: code.to_owned(),
+            code: format!("{}{code}", prelude()),
             sha: OnceLock::new(),
         }
     }
