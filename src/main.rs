@@ -225,16 +225,16 @@ fn run(config: Config) -> Result<(), String> {
         trust_proxy: config.trust_proxy,
         places: Default::default(),
     });
-    spawn("page", move || {
+    sys::spawn_named("page", move || {
         page::listener::run(page_listener, page_server)
     })?;
     let ping_interval = shared.config.ping_interval;
     let resume_window = shared.config.resume_window;
-    let room = spawn("room", move || {
+    let room = sys::spawn_named("room", move || {
         Room::new(logs, writers, order, resume_window, trace).run(room_events, ping_interval)
     })?;
     let stopping = shared.clone();
-    spawn("signals", move || {
+    sys::spawn_named("signals", move || {
         let signal = signals.wait();
         eprintln!("threadchat: signal {signal}, closing every connection");
         stop(&stopping, events, room);
@@ -306,14 +306,4 @@ fn stop(shared: &Shared, events: crossbeam_channel::Sender<Event>, room: thread:
         thread::sleep(SHUTDOWN_CHECK_EVERY);
     }
     std::process::exit(0);
-}
-
-fn spawn<T: Send + 'static>(
-    name: &str,
-    body: impl FnOnce() -> T + Send + 'static,
-) -> Result<thread::JoinHandle<T>, String> {
-    thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(body)
-        .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }

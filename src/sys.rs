@@ -222,6 +222,18 @@ pub fn send_buffer_bytes(socket: &TcpStream) -> u64 {
     }
 }
 
+/// Starts a thread named `name` (every thread has a name, for `top -H` and a debugger), or
+/// says which could not start.
+pub fn spawn_named<T: Send + 'static>(
+    name: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>, String> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}
+
 /// For tests: closes `socket` with a reset (linger on, with no time to linger), as a peer
 /// that vanishes in the middle of a conversation does.
 #[cfg(test)]

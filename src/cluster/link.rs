@@ -177,11 +177,3 @@ impl Link {
         }
     }
 }
-
-pub(super) fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), String> {
-    thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(body)
-        .map(drop)
-        .map_err(|e| format!("cannot start the {name} thread: {e}"))
-}

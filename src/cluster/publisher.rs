@@ -3,6 +3,7 @@
 //! events, only what failed.
 
 use super::*;
+use crate::sys;
 
 /// What the publisher is asked.
 pub(super) enum Job {
@@ -103,13 +104,13 @@ impl Publisher {
         if !recent.is_empty() {
             let _ = events.send(Event::Stream(placed(recent, &instance)));
         }
-        spawn("publisher", move || desk.run())?;
+        sys::spawn_named("publisher", move || desk.run())?;
         let mut link = Link::new(&client, &scripts, &jobs, "stream", url);
         let reading = identity.clone();
-        spawn("stream", move || {
+        sys::spawn_named("stream", move || {
             read_stream(&mut link, from, events, reading, trace)
         })?;
-        spawn("heartbeat", move || heartbeat.run())?;
+        sys::spawn_named("heartbeat", move || heartbeat.run())?;
         Ok(Publisher { jobs, identity })
     }
 
