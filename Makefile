@@ -7,7 +7,7 @@ ARGS     ?=
 # The oldest Rust that builds threadchat, from Cargo.toml.
 RUST_NEEDED := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: rust run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links mutants cargo-mutants cargo-nextest
+.PHONY: rust promtool run test test-rust test-cluster test-shell test-browser websocat chromium redis-server proxy-tools cluster bench check trace-session walkthrough-links mutants cargo-mutants cargo-nextest
 
 ## rust: one line naming the Rust needed, when the one here is older
 rust:
@@ -17,15 +17,16 @@ rust:
 	  exit 1; \
 	fi
 
-## run: build optimised and start the chat on http://127.0.0.1:8080/ (ARGS="--trace" etc.)
+## run: build optimised and start the chat on http://127.0.0.1:8080/, its admin port on
+## http://127.0.0.1:8090/ (ARGS="--trace" etc.)
 run: rust
-	cargo run --release -- $(ARGS)
+	cargo run --release -- --admin-port 8090 $(ARGS)
 
 ## test: every test: Rust unit and integration tests, the cluster tests, websocat shell
 ## tests, the browser test
 test: test-rust test-cluster test-shell test-browser
 
-test-rust: rust
+test-rust: rust promtool
 	cargo test --all-targets
 
 ## test-cluster: instances sharing one room through Debian's redis-server (installed when
@@ -35,6 +36,10 @@ test-cluster: redis-server websocat proxy-tools
 	cargo test --features redis --target-dir target/redis --bin threadchat --test cluster --test cluster_faults --test cluster_resume --test rolling_restart --test walkthrough
 	cargo build --quiet --features redis --target-dir target/redis
 	THREADCHAT=target/redis/debug/threadchat bash tests/shell/run.sh tests/shell/cluster/two-instances.sh
+
+## promtool: Debian's prometheus package, whose promtool checks /metrics in the tests
+promtool:
+	@bash tests/shell/ensure-promtool.sh
 
 redis-server:
 	@bash tests/shell/cluster/ensure-redis.sh

@@ -6,10 +6,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::figures;
 use crate::limits::addresses::{AddressSlot, AddressTable};
 use crate::page;
 
@@ -34,6 +36,8 @@ pub struct Door<'a> {
     /// Behind a trusted proxy every peer is the proxy: nothing is counted at the door, and
     /// the address the proxy forwards is counted once the request is read.
     pub trust_proxy: bool,
+    /// Counts the connections refused here (429), for the admin port.
+    pub refused: &'a AtomicU64,
 }
 
 /// The accept loop of both ports. Hands `admit` each connection with its peer and its place
@@ -64,6 +68,7 @@ pub fn accept_each(
                 Ok(slot) => Some(slot),
                 Err(refused) => {
                     refused.report(door.port);
+                    figures::add(door.refused, 1);
                     refuse_at_once(&socket, 429, &refused.reason());
                     continue;
                 }

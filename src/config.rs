@@ -73,6 +73,9 @@ pub struct Config {
     pub redis: Option<String>,
     /// The cluster's stream is trimmed to about this many lines.
     pub redis_max_entries: u64,
+    /// The admin port (metrics, health, readiness); `None`: off.
+    pub admin_port: Option<u16>,
+    pub admin_bind: IpAddr,
     pub trace: bool,
 }
 
@@ -100,6 +103,8 @@ impl Default for Config {
             trust_proxy: false,
             redis: None,
             redis_max_entries: DEFAULT_REDIS_MAX_ENTRIES,
+            admin_port: None,
+            admin_bind: IpAddr::from([127, 0, 0, 1]),
             trace: false,
         }
     }
@@ -157,6 +162,11 @@ Resumable sessions (clients that ask for the threadchat-resume subprotocol):
 More than one machine (a build with the `redis` feature):
   --redis URL                share one room with every instance using this Redis, e.g. redis://127.0.0.1:6379/
   --redis-max-entries N      trim the shared stream to about N lines [default: {DEFAULT_REDIS_MAX_ENTRIES}]
+
+Operating (see docs/DEPLOY.md):
+  --admin-port N             serve /metrics (Prometheus), /healthz, /readyz and a live page on
+                             this port, 0 picks one [default: off]
+  --admin-bind ADDR          address of the admin port, never the page's [default: 127.0.0.1]
 
 Learning:
   --trace                    print the handshake, every frame and every decision on stderr
@@ -219,6 +229,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--allow-origin" => config.allow_origins.push(value),
             "--ws-url" => config.ws_url = Some(websocket_url(&value)?),
             "--redis" => config.redis = Some(value),
+            "--admin-port" => config.admin_port = Some(parse_value(&flag, &value)?),
+            "--admin-bind" => config.admin_bind = parse_value(&flag, &value)?,
             "--redis-max-entries" => config.redis_max_entries = positive(&flag, &value)? as u64,
             _ => return Err(format!("unknown option {flag}")),
         }

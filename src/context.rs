@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 
 use crate::config::Config;
 use crate::event::Event;
+use crate::figures::Figures;
 use crate::limits::addresses::AddressTable;
 use crate::send::log::LogReader;
 use crate::send::writer::Writer;
@@ -32,4 +33,6 @@ pub struct Shared {
     /// Where private frames learn their place among the room's lines: the log of each
     /// dialect, by `Dialect as usize`.
     pub logs: [LogReader; 2],
+    /// What the admin port reads.
+    pub figures: Arc<Figures>,
 }

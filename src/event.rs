@@ -52,6 +52,10 @@ pub enum Event {
     NameLost { id: ClientId },
     /// The server is stopping: say goodbye to everyone.
     Shutdown,
+    /// Tests only (debug builds, through the admin port): the room sleeps this long, as a
+    /// stuck room would, so that `/healthz` can be seen to notice.
+    #[cfg(debug_assertions)]
+    Pause(std::time::Duration),
 }
 
 /// How a connection ended, as a resumable client's session sees it.

@@ -18,6 +18,7 @@
 //! ```
 
 mod accept;
+mod admin;
 #[cfg(feature = "redis")]
 mod cluster;
 #[cfg(not(feature = "redis"))]
@@ -27,6 +28,7 @@ mod config;
 mod connection;
 mod context;
 mod event;
+mod figures;
 mod limits;
 mod page;
 mod room;
@@ -45,6 +47,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Command, Config};
 use crate::context::Shared;
 use crate::event::Event;
+use crate::figures::Figures;
 use crate::limits::addresses::AddressTable;
 use crate::page::listener::PageServer;
 use crate::room::order::Order;
@@ -108,6 +111,7 @@ fn run(config: Config) -> Result<(), String> {
                 .into(),
         );
     }
+    figures::start();
     sys::limit_malloc_arenas();
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
@@ -155,6 +159,15 @@ fn run(config: Config) -> Result<(), String> {
     for listener in [&page_listener, &ws_listener] {
         sys::deepen_accept_queue(listener, ACCEPT_QUEUE).map_err(|e| e.to_string())?;
     }
+    let admin_listener = match config.admin_port {
+        None => None,
+        Some(port) => Some(TcpListener::bind((config.admin_bind, port)).map_err(|e| {
+            format!(
+                "cannot listen for the admin port on {}:{port}: {e}",
+                config.admin_bind
+            )
+        })?),
+    };
     let page_addr = page_listener.local_addr().map_err(|e| e.to_string())?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let page_url = format!("http://{page_addr}/");
@@ -178,6 +191,10 @@ fn run(config: Config) -> Result<(), String> {
     );
     println!("threadchat: chat page on {page_url}");
     println!("threadchat: WebSocket server on ws://{ws_addr}/");
+    if let Some(admin) = &admin_listener {
+        let addr = admin.local_addr().map_err(|e| e.to_string())?;
+        println!("threadchat: admin on http://{addr}/ (/metrics, /healthz, /readyz)");
+    }
 
     // One log per dialect: plain lines, and lines with their positions for resumable clients.
     let logs = [
@@ -203,6 +220,7 @@ fn run(config: Config) -> Result<(), String> {
         trace,
         writers: writers.clone(),
         logs: readers(),
+        figures: Arc::new(Figures::default()),
         config,
     });
 
@@ -224,15 +242,22 @@ fn run(config: Config) -> Result<(), String> {
         write_timeout: config.write_timeout,
         trust_proxy: config.trust_proxy,
         places: Default::default(),
+        figures: shared.figures.clone(),
     });
     sys::spawn_named("page", move || {
         page::listener::run(page_listener, page_server)
     })?;
     let ping_interval = shared.config.ping_interval;
     let resume_window = shared.config.resume_window;
+    let figures = shared.figures.clone();
     let room = sys::spawn_named("room", move || {
-        Room::new(logs, writers, order, resume_window, trace).run(room_events, ping_interval)
+        Room::new(logs, writers, order, resume_window, trace, figures)
+            .run(room_events, ping_interval)
     })?;
+    if let Some(listener) = admin_listener {
+        let admin = Arc::new(admin::Admin::new(shared.clone()));
+        sys::spawn_named("admin", move || admin::run(listener, admin))?;
+    }
     let stopping = shared.clone();
     sys::spawn_named("signals", move || {
         let signal = signals.wait();
@@ -240,6 +265,7 @@ fn run(config: Config) -> Result<(), String> {
         stop(&stopping, events, room);
     })?;
 
+    sys::notify_systemd("READY=1");
     connection::listener::run(ws_listener, shared);
     Ok(())
 }
@@ -299,6 +325,8 @@ fn default_max_clients(open_files: u64, max_page_connections: usize) -> usize {
 /// Says goodbye to every client (close 1001), gives the writers a moment to send it, and
 /// ends the process.
 fn stop(shared: &Shared, events: crossbeam_channel::Sender<Event>, room: thread::JoinHandle<()>) {
+    shared.figures.stopping.store(true, Ordering::Release);
+    sys::notify_systemd("STOPPING=1");
     let _ = events.send(Event::Shutdown);
     let _ = room.join();
     let deadline = Instant::now() + SHUTDOWN_GRACE;

@@ -234,6 +234,27 @@ pub fn spawn_named<T: Send + 'static>(
         .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }
 
+/// Tells systemd `state` (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) when it started the server
+/// as a `Type=notify` service, through the datagram socket it names in `NOTIFY_SOCKET` (a
+/// path, or `@name` in the abstract namespace). Otherwise it does nothing.
+pub fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    static NOTIFY: std::sync::OnceLock<Option<(UnixDatagram, SocketAddr)>> =
+        std::sync::OnceLock::new();
+    let target = NOTIFY.get_or_init(|| {
+        let name = std::env::var("NOTIFY_SOCKET").ok()?;
+        let addr = match name.strip_prefix('@') {
+            Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name).ok()?,
+            None => SocketAddr::from_pathname(&name).ok()?,
+        };
+        Some((UnixDatagram::unbound().ok()?, addr))
+    });
+    if let Some((socket, addr)) = target {
+        let _ = socket.send_to_addr(state.as_bytes(), addr);
+    }
+}
+
 /// For tests: closes `socket` with a reset (linger on, with no time to linger), as a peer
 /// that vanishes in the middle of a conversation does.
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tungstenite::{Error, WebSocket};
 
 use crate::connection::socket::ClientStream;
 use crate::context::Shared;
+use crate::figures::{self, Figures};
 use crate::limits::addresses::{self, AddressSlot};
 use crate::wire::{self, Dialect};
 
@@ -55,6 +56,7 @@ pub fn handshake(
         shared.trace.handshake_request(&client, request);
         if over_capacity {
             return Err(http_error(
+                &shared.figures,
                 503,
                 &format!(
                     "server full: {} clients connected, try again later",
@@ -68,12 +70,13 @@ pub fn handshake(
                 Ok(slot) => *address = Some(slot),
                 Err(refused) => {
                     refused.report("WebSocket port");
-                    return Err(http_error(429, &refused.reason()));
+                    return Err(http_error(&shared.figures, 429, &refused.reason()));
                 }
             }
         }
         if !origin_allowed(request, &config.allow_origins, config.trust_proxy) {
             return Err(http_error(
+                &shared.figures,
                 403,
                 "this page's origin may not use this chat server",
             ));
@@ -144,11 +147,13 @@ fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: SocketAddr
          Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}\n",
         body.len() + 1
     );
+    figures::add(shared.figures.refused_at(status), 1);
     let mut socket = socket;
     let _ = socket.write_all(response.as_bytes());
 }
 
-fn http_error(status: u16, body: &str) -> ErrorResponse {
+fn http_error(figures: &Figures, status: u16, body: &str) -> ErrorResponse {
+    figures::add(figures.refused_at(status), 1);
     let mut response = ErrorResponse::new(Some(format!("{body}\n")));
     *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
         .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);

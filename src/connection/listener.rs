@@ -24,6 +24,7 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
         port: "WebSocket port",
         addresses: &shared.addresses,
         trust_proxy: shared.config.trust_proxy,
+        refused: shared.figures.refused_at(429),
     };
     accept_each(&listener, &door, |socket, peer, address| {
         next_id += 1;

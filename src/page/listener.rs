@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use tiny_http::Method;
 
 use crate::accept::{accept_each, discard_arrived, refuse_at_once, Door};
+use crate::figures::{self, Figures};
 use crate::limits::addresses::{self, AddressTable};
 use crate::page::head::{parse_head, read_head, HeadRead, Wait, HEAD_MAX_BYTES};
 use crate::page::{self, Answering, Site};
@@ -76,6 +77,8 @@ pub struct PageServer {
     pub trust_proxy: bool,
     /// The connections open now, at most `max_connections`; only the accepting thread adds.
     pub places: Places,
+    /// What the admin port reads.
+    pub figures: Arc<Figures>,
 }
 
 /// One address's share of the page port, from its share of the WebSocket port (0: none).
@@ -257,6 +260,7 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
         port: "page port",
         addresses: &server.addresses,
         trust_proxy: server.trust_proxy,
+        refused: &server.figures.page_refused[0],
     };
     accept_each(&listener, &door, |socket, peer, address| {
         let socket = Arc::new(socket);
@@ -265,6 +269,7 @@ pub fn run(listener: TcpListener, server: Arc<PageServer>) {
                 "the page server is busy: {} connections at once, try again in a moment",
                 server.max_connections
             );
+            figures::add(&server.figures.page_refused[1], 1);
             return refuse_at_once(&socket, 503, &line);
         };
         let accepted_at = Instant::now();

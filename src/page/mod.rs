@@ -55,7 +55,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
+    pub fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
         Reply {
             status: 200,
             content_type,

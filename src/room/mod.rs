@@ -35,6 +35,7 @@ use tungstenite::Utf8Bytes;
 use crate::event::{
     ClientId, Departure, Entry, Event, Item, Placement, Position, Refusal, Resume, Resumed,
 };
+use crate::figures::{self, Figures};
 use crate::limits::seat::Seat;
 use crate::room::order::Order;
 use crate::room::session::{Attach, Return, Sessions, Token};
@@ -44,6 +45,9 @@ use crate::send::writer::Writer;
 use crate::sys;
 use crate::trace::Trace;
 use crate::wire::{self, NICKNAME_SPACE};
+
+/// How often the room publishes its gauges (members, sessions, names) and shows it is alive.
+const PULSE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long after the room has halved it gives memory back: the departed clients' threads
 /// free their buffers just after their leave reaches the room.
@@ -109,6 +113,8 @@ pub struct Room {
     /// Fires when it is time to give memory back; `never` until the room has halved.
     give_back: Receiver<Instant>,
     trace: Trace,
+    /// What the admin port reads: counted here, by the room thread alone.
+    figures: Arc<Figures>,
 }
 
 impl Room {
@@ -118,6 +124,7 @@ impl Room {
         order: Order,
         resume_window: Duration,
         trace: Trace,
+        figures: Arc<Figures>,
     ) -> Room {
         if order.is_shared() {
             // A session may come back here from any instance: every line is numbered.
@@ -138,6 +145,7 @@ impl Room {
             peak: 0,
             give_back: crossbeam_channel::never(),
             trace,
+            figures,
         }
     }
 
@@ -150,6 +158,8 @@ impl Room {
             Some(every) => tick(every),
             None => crossbeam_channel::never(),
         };
+        let pulse = tick(PULSE_EVERY);
+        self.pulse();
         loop {
             select! {
                 recv(events) -> event => match event {
@@ -168,9 +178,12 @@ impl Room {
                     }
                     Ok(Event::Fenced) => self.restart_everyone(),
                     Ok(Event::NameLost { id }) => self.lose_name(id),
+                    #[cfg(debug_assertions)]
+                    Ok(Event::Pause(pause)) => std::thread::sleep(pause),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(pings) -> _ => self.ping_everyone(),
+                recv(pulse) -> _ => self.pulse(),
                 recv(self.give_back) -> _ => self.shrink(),
                 recv(self.expiry) -> _ => self.expire_sessions(),
             }
@@ -240,6 +253,7 @@ impl Room {
         let Some(gone) = self.members.remove(&id) else {
             return;
         };
+        figures::add(&self.figures.room.leaves[how as usize], 1);
         // A client of the resume dialect dropped without a close: nobody hears yet.
         let Some(gone) = self.keep_session_waiting(gone, how) else {
             return;
@@ -301,6 +315,7 @@ impl Room {
         self.trace.decision(&member.nickname, "joined the room");
         self.members.insert(id, member);
         self.peak = self.peak.max(self.held());
+        figures::add(&self.figures.room.joins, 1);
         let at = self.append_line(&entry.line, entry.position);
         self.start_reading(id, &outbox, at[outbox.dialect as usize]);
         self.say_early_lines(id);
@@ -327,6 +342,7 @@ impl Room {
     /// sessions, after its position, to the numbered one. Returns where it starts in each.
     fn append_line(&mut self, line: &str, position: Option<Position>) -> [u64; 2] {
         self.trace.broadcast(self.members.len(), line);
+        figures::add(&self.figures.room.lines, 1);
         if !self.numbering() {
             return [
                 self.append(&wire::text_frame(line), &[]),
@@ -346,6 +362,7 @@ impl Room {
     /// and wakes any writer that is asleep. Returns where the plain one starts.
     fn append(&mut self, plain: &[u8], numbered: &[u8]) -> u64 {
         let at = self.logs[0].append(plain);
+        figures::add(&self.figures.room.bytes_appended, plain.len() as u64);
         if self.numbering() && !numbered.is_empty() {
             self.logs[1].append(numbered);
         }
@@ -353,6 +370,24 @@ impl Room {
             writer.wake();
         }
         at
+    }
+
+    /// Publishes the room's gauges for the admin port, and that the room still answers.
+    fn pulse(&mut self) {
+        let room = &self.figures.room;
+        let mut members = [0u64; 2];
+        for member in self.members.values() {
+            members[member.outbox.dialect as usize] += 1;
+        }
+        for (gauge, count) in room.members.iter().zip(members) {
+            figures::set(gauge, count);
+        }
+        let waiting = self.sessions.waiting() + self.waiting_seats.len();
+        figures::set(&room.sessions_waiting, waiting as u64);
+        figures::set(&room.nicknames, self.taken.len() as u64);
+        figures::set(&room.alive_ms, figures::since_start_ms());
+        // systemd's watchdog is fed here, so it restarts a server whose room is stuck.
+        sys::notify_systemd("WATCHDOG=1");
     }
 
     /// One shared ping in the log, for everyone.

@@ -231,6 +231,14 @@ impl Sessions {
     }
 
     /// Whether any session waits for its client.
+    /// How many sessions wait for their client.
+    pub fn waiting(&self) -> usize {
+        self.by_token
+            .values()
+            .filter(|s| s.client.is_none())
+            .count()
+    }
+
     pub fn any_detached(&self) -> bool {
         self.by_token.values().any(|s| s.client.is_none())
     }

@@ -9,6 +9,7 @@ fn room() -> Room {
         Order::Local,
         Duration::from_secs(120),
         Trace::new(false),
+        Arc::default(),
     )
 }
 

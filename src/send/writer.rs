@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::event::{ClientId, Departure, Event};
+use crate::figures::{self, WriterFigures};
 use crate::send::delivery::{Delivery, Sent};
 use crate::send::gather::Gather;
 use crate::send::log::{Cursor, LogReader, Segment};
@@ -73,6 +74,8 @@ pub struct Writer {
     /// The thread is (about to be) asleep in epoll_wait and must be woken through `wake`.
     asleep: AtomicBool,
     poller: Poller,
+    /// Its sends, bytes and passes, for the admin port; moved once per pass.
+    pub figures: WriterFigures,
 }
 
 impl Writer {
@@ -90,6 +93,7 @@ impl Writer {
             jobs,
             asleep: AtomicBool::new(false),
             poller: Poller::new()?,
+            figures: WriterFigures::default(),
         });
         let pump = Pump {
             writer: writer.clone(),
@@ -106,6 +110,7 @@ impl Writer {
             due: Vec::new(),
             trim_due: false,
             gather: Gather::default(),
+            this_pass: (0, 0),
             write_timeout,
             trace,
         };
@@ -205,6 +210,8 @@ struct Pump {
     /// client's cursor held can go.
     trim_due: bool,
     gather: Gather,
+    /// Sends and bytes of the pass under way, added to the figures when it ends.
+    this_pass: (u64, u64),
     write_timeout: Duration,
     trace: Trace,
 }
@@ -227,8 +234,11 @@ impl Pump {
             // Every line goes to the plain log, so its appends count the lines.
             let appends = self.logs[0].appends();
             let started = Instant::now();
+            let figures = &self.writer.figures;
+            figures::set(&figures.busy_since_ms, figures::since_start_ms());
             let sent = self.pass();
             let ended = Instant::now();
+            self.count_pass(ended - started);
             if self.has_timers() && ended >= next_timer {
                 self.check_timers(ended);
                 next_timer = ended + TIMER_EVERY;
@@ -256,6 +266,18 @@ impl Pump {
                 self.writable(slot as usize);
             }
         }
+    }
+
+    /// Adds the pass's sends, bytes and time to the writer's figures, in one go.
+    fn count_pass(&mut self, took: Duration) {
+        let figures = &self.writer.figures;
+        let (sends, bytes) = mem::take(&mut self.this_pass);
+        figures::add(&figures.sends, sends);
+        figures::add(&figures.bytes, bytes);
+        figures::add(&figures.busy_us, took.as_micros() as u64);
+        let clients = self.clients.len() - self.free.len();
+        figures::set(&figures.clients, clients as u64);
+        figures::set(&figures.busy_since_ms, 0);
     }
 
     fn take_jobs(&mut self) {
@@ -381,6 +403,8 @@ impl Pump {
                 false
             }
             Sent::Bytes { sent, full, more } => {
+                self.this_pass.0 += 1;
+                self.this_pass.1 += sent as u64;
                 if sent > 0 {
                     client.last_progress = now;
                 }

@@ -27,6 +27,8 @@ pub struct Server {
     child: Child,
     pub http: SocketAddr,
     pub ws: SocketAddr,
+    /// The admin port, when it was asked for (`--admin-port`).
+    pub admin: Option<SocketAddr>,
     pub startup: Vec<String>,
     stderr: Arc<Mutex<String>>,
 }
@@ -46,6 +48,16 @@ impl Server {
         Server::spawn(command)
     }
 
+    /// Starts the server on free ports with extra flags and `env` in its environment.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
+        command
+            .args(["--http-port", "0", "--ws-port", "0"])
+            .args(args)
+            .envs(env.iter().copied());
+        Server::spawn(command)
+    }
+
     /// Starts the server from a shell that first lowers the soft open-file limit.
     pub fn start_with_soft_file_limit(soft: u64) -> Server {
         let mut command = Command::new("sh");
@@ -59,6 +71,7 @@ impl Server {
     }
 
     fn spawn(mut command: Command) -> Server {
+        let wants_admin = command.get_args().any(|a| a == "--admin-port");
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -80,13 +93,15 @@ impl Server {
         });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut startup = Vec::new();
-        let (mut http, mut ws) = (None, None);
-        while http.is_none() || ws.is_none() {
+        let (mut http, mut ws, mut admin) = (None, None, None);
+        while http.is_none() || ws.is_none() || (wants_admin && admin.is_none()) {
             let line = lines
                 .next()
                 .expect("threadchat exited before printing its addresses")
                 .unwrap();
-            if let Some(addr) = address_after(&line, "http://") {
+            if line.contains(" admin on ") {
+                admin = address_after(&line, "http://");
+            } else if let Some(addr) = address_after(&line, "http://") {
                 http = Some(addr);
             }
             if let Some(addr) = address_after(&line, "ws://") {
@@ -100,6 +115,7 @@ impl Server {
             child,
             http: http.unwrap(),
             ws: ws.unwrap(),
+            admin,
             startup,
             stderr,
         }

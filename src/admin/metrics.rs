@@ -1,0 +1,254 @@
+//! `/metrics`: every figure in the Prometheus text exposition format (version 0.0.4): a
+//! `# HELP` and a `# TYPE` line for each, counters ending in `_total`, base units (seconds,
+//! bytes). Read when scraped, from the counters each thread keeps ([`crate::figures`]) and,
+//! for the process, from `/proc/self`.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::context::Shared;
+use crate::figures::{self, get, DEPARTURES, REFUSAL_STATUSES};
+
+/// The exposition, as of now.
+pub fn render(shared: &Shared) -> String {
+    let mut out = Exposition(String::with_capacity(4096));
+    let figures = &shared.figures;
+    let room = &figures.room;
+
+    out.family(
+        "threadchat_clients",
+        "gauge",
+        "Members of the room, by dialect.",
+    );
+    for (dialect, gauge) in ["plain", "resume"].iter().zip(&room.members) {
+        out.sample("threadchat_clients", &[("dialect", dialect)], get(gauge));
+    }
+    out.one(
+        "threadchat_sessions_waiting",
+        "gauge",
+        "Sessions waiting for their client to come back.",
+        get(&room.sessions_waiting),
+    );
+    out.one(
+        "threadchat_nicknames",
+        "gauge",
+        "user-N names held by this instance's members.",
+        get(&room.nicknames),
+    );
+    out.one(
+        "threadchat_seats",
+        "gauge",
+        "Clients held: connections, handshakes under way and waiting sessions.",
+        shared.connections.load(Ordering::Relaxed) as u64,
+    );
+    out.one(
+        "threadchat_seats_max",
+        "gauge",
+        "The most clients held at once (--max-clients).",
+        shared.max_clients as u64,
+    );
+    out.one(
+        "threadchat_joins_total",
+        "counter",
+        "Clients that joined the room.",
+        get(&room.joins),
+    );
+    out.family(
+        "threadchat_leaves_total",
+        "counter",
+        "Members that left, by how: a close or an end by the server, a connection lost \
+         without a close, a close with 1001 going away.",
+    );
+    for (cause, counter) in DEPARTURES.iter().zip(&room.leaves) {
+        out.sample("threadchat_leaves_total", &[("cause", cause)], get(counter));
+    }
+    out.one(
+        "threadchat_lines_total",
+        "counter",
+        "Lines appended to the room's log: joins, lines and leaves.",
+        get(&room.lines),
+    );
+    out.one(
+        "threadchat_appended_bytes_total",
+        "counter",
+        "Bytes of frames appended to the plain log.",
+        get(&room.bytes_appended),
+    );
+    let age = figures::since_start_ms().saturating_sub(get(&room.alive_ms));
+    out.family(
+        "threadchat_room_silence_seconds",
+        "gauge",
+        "Since the room thread last went round its loop (it does every second).",
+    );
+    out.float("threadchat_room_silence_seconds", &[], age as f64 / 1000.0);
+
+    let writers: Vec<(String, &crate::figures::WriterFigures)> = shared
+        .writers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (i.to_string(), &w.figures))
+        .collect();
+    out.family(
+        "threadchat_sends_total",
+        "counter",
+        "sendmsg calls to clients, by writer thread.",
+    );
+    for (i, w) in &writers {
+        out.sample("threadchat_sends_total", &[("writer", i)], get(&w.sends));
+    }
+    out.family(
+        "threadchat_sent_bytes_total",
+        "counter",
+        "Bytes the kernel took for clients, by writer thread.",
+    );
+    for (i, w) in &writers {
+        out.sample(
+            "threadchat_sent_bytes_total",
+            &[("writer", i)],
+            get(&w.bytes),
+        );
+    }
+    out.family(
+        "threadchat_writer_busy_seconds_total",
+        "counter",
+        "Time each writer thread spent in its passes (its busy share is the rate).",
+    );
+    for (i, w) in &writers {
+        let busy = get(&w.busy_us) as f64 / 1e6;
+        out.float(
+            "threadchat_writer_busy_seconds_total",
+            &[("writer", i)],
+            busy,
+        );
+    }
+    out.family(
+        "threadchat_writer_clients",
+        "gauge",
+        "Clients each writer thread sends to.",
+    );
+    for (i, w) in &writers {
+        out.sample(
+            "threadchat_writer_clients",
+            &[("writer", i)],
+            get(&w.clients),
+        );
+    }
+
+    out.family(
+        "threadchat_handshakes_refused_total",
+        "counter",
+        "WebSocket handshakes answered with an HTTP error, by status.",
+    );
+    for (status, counter) in REFUSAL_STATUSES.iter().zip(&figures.handshakes_refused) {
+        let status = status.to_string();
+        out.sample(
+            "threadchat_handshakes_refused_total",
+            &[("status", &status)],
+            get(counter),
+        );
+    }
+    out.family(
+        "threadchat_page_refused_total",
+        "counter",
+        "Page connections refused before their request was read, by status.",
+    );
+    for (status, counter) in ["429", "503"].iter().zip(&figures.page_refused) {
+        out.sample(
+            "threadchat_page_refused_total",
+            &[("status", status)],
+            get(counter),
+        );
+    }
+    process(&mut out);
+    out.0
+}
+
+/// The process figures under the names every exporter uses.
+fn process(out: &mut Exposition) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // utime and stime are the 14th and 15th fields, the 12th and 13th after the command.
+    let cpu = (ticks(11) + ticks(12)) / per_second;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    out.family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+    );
+    out.float("process_cpu_seconds_total", &[], cpu);
+    out.one(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field("VmRSS:") * 1024,
+    );
+    out.one(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        open_fds,
+    );
+    out.one(
+        "process_threads",
+        "gauge",
+        "Number of OS threads in the process.",
+        field("Threads:"),
+    );
+    out.family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    );
+    out.float("process_start_time_seconds", &[], figures::start().1);
+}
+
+/// The text being built; writing into a String cannot fail.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.labels(name, labels);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn float(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.labels(name, labels);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn labels(&mut self, name: &str, labels: &[(&str, &str)]) {
+        self.0.push_str(name);
+        if labels.is_empty() {
+            return;
+        }
+        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let _ = write!(self.0, "{{{}}}", pairs.join(","));
+    }
+}

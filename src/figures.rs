@@ -1,0 +1,101 @@
+//! The figures an operator reads on the admin port.
+//!
+//! Each counter is moved by the one thread whose work it counts (the room, a writer, an
+//! upgrade thread for a refusal), with a relaxed atomic add, and read only when the admin
+//! port is scraped. Nothing here is touched per delivery: a writer adds its sends and bytes
+//! once per pass. A leaf module: anything may count into it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The statuses a WebSocket handshake is refused with, in the order they are counted.
+pub const REFUSAL_STATUSES: [u16; 5] = [400, 403, 426, 429, 503];
+
+/// Why a member left, as the room tells it: the names `/metrics` uses, by
+/// [`crate::event::Departure`] (a close or an end by the server; a connection lost without
+/// a close; a close with 1001 "going away").
+pub const DEPARTURES: [&str; 3] = ["close", "lost", "going_away"];
+
+/// Every figure of the server.
+#[derive(Default)]
+pub struct Figures {
+    pub room: RoomFigures,
+    /// Handshakes answered with an HTTP error, by [`REFUSAL_STATUSES`].
+    pub handshakes_refused: [AtomicU64; REFUSAL_STATUSES.len()],
+    /// Page connections refused at the door (429) or for want of room (503).
+    pub page_refused: [AtomicU64; 2],
+    /// The server is stopping: not ready for anyone.
+    pub stopping: AtomicBool,
+}
+
+/// What the room thread counts.
+#[derive(Default)]
+pub struct RoomFigures {
+    /// Members by dialect (plain, resume), as of the last pulse.
+    pub members: [AtomicU64; 2],
+    /// Sessions waiting for their client, as of the last pulse.
+    pub sessions_waiting: AtomicU64,
+    /// `user-N` names held here, as of the last pulse.
+    pub nicknames: AtomicU64,
+    pub joins: AtomicU64,
+    /// Members that left, by [`DEPARTURES`].
+    pub leaves: [AtomicU64; 3],
+    /// Lines appended (joins, lines, leaves), and their bytes in the plain log.
+    pub lines: AtomicU64,
+    pub bytes_appended: AtomicU64,
+    /// When the room last went round its loop ([`since_start_ms`]): a room that stops
+    /// answering stops moving it.
+    pub alive_ms: AtomicU64,
+}
+
+/// What one writer thread counts, once per pass.
+#[derive(Default)]
+pub struct WriterFigures {
+    pub sends: AtomicU64,
+    pub bytes: AtomicU64,
+    pub clients: AtomicU64,
+    /// When its current pass began ([`since_start_ms`]), 0 while it waits: a pass that does
+    /// not end is a stuck writer.
+    pub busy_since_ms: AtomicU64,
+    /// Time spent in passes, in microseconds.
+    pub busy_us: AtomicU64,
+}
+
+impl Figures {
+    /// The counter of handshakes refused with `status` (one of [`REFUSAL_STATUSES`]; any
+    /// other counts as 400).
+    pub fn refused_at(&self, status: u16) -> &AtomicU64 {
+        let i = REFUSAL_STATUSES.iter().position(|&s| s == status);
+        &self.handshakes_refused[i.unwrap_or(0)]
+    }
+}
+
+/// One more of something, as the only thread that counts it.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+pub fn set(gauge: &AtomicU64, value: u64) {
+    gauge.store(value, Ordering::Relaxed);
+}
+
+pub fn get(figure: &AtomicU64) -> u64 {
+    figure.load(Ordering::Relaxed)
+}
+
+/// The process's own clock for figures: milliseconds since it started, never 0.
+pub fn since_start_ms() -> u64 {
+    start().0.elapsed().as_millis() as u64 + 1
+}
+
+/// When the process started: on the monotonic clock, and in seconds since the Unix epoch.
+pub fn start() -> &'static (Instant, f64) {
+    static START: OnceLock<(Instant, f64)> = OnceLock::new();
+    START.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        (Instant::now(), unix)
+    })
+}

@@ -1,0 +1,290 @@
+//! The admin port: `/metrics` an operator's Prometheus reads, `/healthz` and `/readyz` for a
+//! load balancer or an orchestrator, each checked against what really happened: counters
+//! that move when their cause happens, a stuck room thread noticed within its bound, and a
+//! server that is full or stopping no longer ready.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+
+/// README: `/healthz` fails once the room thread has not answered for 3 s; it looks every
+/// second (the room's pulse).
+const HEALTH_BOUND: Duration = Duration::from_secs(4);
+/// What a loaded two-core machine may add to a promised time.
+const MARGIN: Duration = Duration::from_secs(1);
+/// README: an admin request head has 2 s.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn admin(server: &Server) -> SocketAddr {
+    server.admin.expect("the server printed its admin address")
+}
+
+/// Every sample of `/metrics`, by its name and labels as written.
+fn scrape(server: &Server) -> HashMap<String, f64> {
+    let (status, _, body) = get(admin(server), "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(server: &Server, sample: &str) -> f64 {
+    scrape(server).get(sample).copied().unwrap_or(f64::NAN)
+}
+
+/// promtool, from Debian's prometheus package (`make test` installs it), checks the format
+/// as Prometheus reads it. Without it the check is skipped loudly, or fails under CI.
+fn promtool_check(exposition: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var("CI").map_or(true, |ci| ci.is_empty()),
+            "promtool not found under CI: make test installs Debian's prometheus package"
+        );
+        eprintln!("SKIPPED: promtool not found; make test installs it");
+        return;
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(exposition.as_bytes()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}
+
+#[test]
+fn the_metrics_pass_promtool_and_count_what_happened() {
+    let server = Server::start(&["--admin-port", "0", "--max-clients-per-address", "7"]);
+    let mut clients: Vec<Client> = (0..7).map(|_| server.join()).collect();
+    settle(&mut clients);
+    // Three more from the same address: each refused with 429 before its upgrade.
+    for _ in 0..3 {
+        let refused = handshake(&server.ws_url("/"), &[]);
+        assert!(refused.is_err(), "over the address's share");
+    }
+    // Two leave with a close frame, one loses its connection without one.
+    for mut client in clients.drain(..2) {
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        client.ws.close(Some(bye)).unwrap();
+        let _ = client.ws.flush();
+        let _ = client.ws.read();
+    }
+    let lost = clients.remove(0);
+    if let tungstenite::stream::MaybeTlsStream::Plain(socket) = lost.ws.get_ref() {
+        reset_on_close(socket);
+    }
+    drop(lost);
+    let want = [
+        ("threadchat_joins_total", 7.0),
+        ("threadchat_handshakes_refused_total{status=\"429\"}", 3.0),
+        ("threadchat_handshakes_refused_total{status=\"503\"}", 0.0),
+        ("threadchat_leaves_total{cause=\"close\"}", 2.0),
+        ("threadchat_leaves_total{cause=\"lost\"}", 1.0),
+        ("threadchat_clients{dialect=\"plain\"}", 4.0),
+        ("threadchat_nicknames", 4.0),
+    ];
+    eventually("the counters to say what happened", || {
+        let now = scrape(&server);
+        want.iter().all(|(name, v)| now.get(*name) == Some(v))
+    });
+    let now = scrape(&server);
+    // One line said is one line more in the log.
+    let lines = now["threadchat_lines_total"];
+    clients[0].say("counted");
+    let said = format!("{}: counted", clients[0].nickname);
+    clients[0].until(&said);
+    assert_eq!(value(&server, "threadchat_lines_total"), lines + 1.0);
+    assert!(now["process_resident_memory_bytes"] > 0.0);
+    assert!(
+        now["process_open_fds"] >= 4.0,
+        "three listeners and four clients"
+    );
+    let (_, _, exposition) = get(admin(&server), "/metrics");
+    promtool_check(&exposition);
+}
+
+#[test]
+fn sends_and_bytes_move_with_each_line_and_only_then() {
+    let server = Server::start(&["--admin-port", "0"]);
+    let mut clients = vec![server.join(), server.join()];
+    settle(&mut clients);
+    let sum = |prefix: &str| -> f64 {
+        scrape(&server)
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let (sends, bytes) = (
+        sum("threadchat_sends_total"),
+        sum("threadchat_sent_bytes_total"),
+    );
+    assert_eq!(
+        sum("threadchat_sends_total"),
+        sends,
+        "nothing said, nothing sent"
+    );
+    clients[0].say("hello");
+    let line = format!("{}: hello", clients[0].nickname);
+    for client in &mut clients {
+        client.until(&line);
+    }
+    // One frame of the line to each of the two: at least its bytes twice.
+    eventually("the sends to be counted", || {
+        sum("threadchat_sent_bytes_total") >= bytes + 2.0 * (line.len() + 2) as f64
+    });
+    assert!(sum("threadchat_sends_total") >= sends + 2.0);
+}
+
+#[test]
+fn healthz_fails_within_its_bound_while_the_room_thread_is_stuck_and_recovers() {
+    let server = Server::start(&["--admin-port", "0"]);
+    assert_eq!(get(admin(&server), "/healthz").0, 200);
+    let (status, _, body) = get(admin(&server), "/debug/pause-room?ms=7000");
+    assert_eq!(status, 200, "{body}");
+    let stuck_at = Instant::now();
+    let deadline = stuck_at + HEALTH_BOUND + MARGIN;
+    loop {
+        let (status, _, body) = get(admin(&server), "/healthz");
+        if status == 503 {
+            assert!(body.contains("room thread"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still healthy after {:?}",
+            stuck_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Not ready either while it is stuck.
+    assert_eq!(get(admin(&server), "/readyz").0, 503);
+    let deadline = Instant::now() + Duration::from_secs(7) + MARGIN;
+    while get(admin(&server), "/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "never healthy again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readyz_says_503_when_full_and_while_stopping() {
+    let mut server = Server::start(&["--admin-port", "0", "--max-clients", "2"]);
+    let addr = admin(&server);
+    assert_eq!(get(addr, "/readyz").0, 200);
+    let mut first = server.join();
+    let second = server.join();
+    let (status, _, body) = get(addr, "/readyz");
+    assert_eq!((status, body.trim()), (503, "full: 2 of 2 clients"));
+    drop(second);
+    eventually("ready again once a client left", || {
+        get(addr, "/readyz").0 == 200
+    });
+    // The connected client keeps the server stopping a moment: it is not ready meanwhile.
+    signal_process(server.pid(), "TERM");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let Ok(socket) = TcpStream::connect(addr) else {
+            panic!("the server went without saying it was stopping");
+        };
+        let (status, _, body) = http_over(
+            socket,
+            &format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        );
+        if status == 503 {
+            assert_eq!(body.trim(), "stopping");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+    }
+    let _ = first.ws.read();
+    assert!(server.signal_and_wait("TERM").success() || !server.is_running());
+}
+
+#[test]
+fn idle_connections_cannot_keep_the_admin_port_from_answering() {
+    let server = Server::start(&["--admin-port", "0"]);
+    let addr = admin(&server);
+    // Eight connections that never send a request: every place the port has.
+    let idle: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let asked = Instant::now();
+    let (status, _, _) = get(addr, "/healthz");
+    // Answered at once, though not with the health while the places are held.
+    assert!(asked.elapsed() < MARGIN, "took {:?}", asked.elapsed());
+    assert!(matches!(status, 429 | 503), "{status}");
+    // Their heads' time runs out, and the port answers everyone again.
+    let deadline = asked + ADMIN_HEAD_TIMEOUT + MARGIN;
+    while get(addr, "/healthz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "idle connections held it for good"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(idle);
+}
+
+#[test]
+fn the_admin_port_is_off_by_default_and_the_page_port_does_not_serve_it() {
+    let server = Server::start(&[]);
+    assert!(server.admin.is_none());
+    assert!(!server.startup.iter().any(|l| l.contains("admin")));
+    let (status, _, _) = get(server.http, "/metrics");
+    assert_eq!(status, 404);
+    assert_eq!(get(server.http, "/healthz").0, 404);
+}
+
+#[test]
+fn systemd_hears_ready_then_a_watchdog_fed_only_while_the_room_answers() {
+    let dir = std::env::temp_dir().join(format!("threadchat-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let socket = std::os::unix::net::UnixDatagram::bind(&dir).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let path = dir.to_string_lossy().into_owned();
+    let server = Server::start_with_env(&[("NOTIFY_SOCKET", &path)], &["--admin-port", "0"]);
+    let heard = |within: Duration| -> Option<String> {
+        socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let mut first = Vec::new();
+    while !first.contains(&"READY=1".to_owned()) {
+        first.push(heard(PATIENCE).expect("systemd told it is ready"));
+    }
+    assert_eq!(heard(PATIENCE).as_deref(), Some("WATCHDOG=1"));
+    // The room stuck for 4 s: no watchdog meanwhile (its pulse is every second).
+    assert_eq!(get(admin(&server), "/debug/pause-room?ms=4000").0, 200);
+    while heard(Duration::from_millis(200)).is_some() {}
+    let quiet_from = Instant::now();
+    let next = heard(PATIENCE);
+    assert_eq!(next.as_deref(), Some("WATCHDOG=1"));
+    assert!(
+        quiet_from.elapsed() > Duration::from_secs(2),
+        "fed while the room was stuck"
+    );
+    let _ = std::fs::remove_file(&dir);
+}
