@@ -288,3 +288,112 @@ fn systemd_hears_ready_then_a_watchdog_fed_only_while_the_room_answers() {
     );
     let _ = std::fs::remove_file(&dir);
 }
+
+/// A real Prometheus (Debian's), scraping the admin port every second into a folder of its
+/// own; stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    api: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn scraping(target: SocketAddr) -> Option<Prometheus> {
+        if Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("CI").map_or(true, |ci| ci.is_empty()),
+                "prometheus not found under CI: make test installs Debian's prometheus package"
+            );
+            eprintln!("SKIPPED: prometheus not found; make test installs it");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("threadchat-prom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: threadchat\n    \
+                 static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        // Prometheus takes no port 0: a port free a moment ago is the nearest.
+        let api = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={api}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Some(Prometheus { child, api, dir })
+    }
+
+    /// The value of `query` as Prometheus has it now, if it has one.
+    fn query(&self, query: &str) -> Option<f64> {
+        let socket = TcpStream::connect(self.api).ok()?;
+        let (status, _, body) = http_over(
+            socket,
+            &format!(
+                "GET /api/v1/query?query={query} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.api
+            ),
+        );
+        if status != 200 {
+            return None;
+        }
+        // {"status":"success","data":{"resultType":"vector","result":[{"metric":{..},"value":[t,"7"]}]}}
+        let value = body.split("\"value\":[").nth(1)?;
+        let number = value.split('"').nth(1)?;
+        number.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_what_happened() {
+    let server = Server::start(&["--admin-port", "0", "--max-clients-per-address", "7"]);
+    let Some(prometheus) = Prometheus::scraping(admin(&server)) else {
+        return;
+    };
+    let mut clients: Vec<Client> = (0..7).map(|_| server.join()).collect();
+    settle(&mut clients);
+    for _ in 0..3 {
+        assert!(
+            handshake(&server.ws_url("/"), &[]).is_err(),
+            "over the share"
+        );
+    }
+    let joins = "threadchat_joins_total";
+    let refused = "threadchat_handshakes_refused_total%7Bstatus%3D%22429%22%7D";
+    // Prometheus starts, then scrapes every second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prometheus.query(joins) != Some(7.0) || prometheus.query(refused) != Some(3.0) {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus has {:?} joins and {:?} refused",
+            prometheus.query(joins),
+            prometheus.query(refused)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
