@@ -23,4 +23,4 @@ if [ ! -d node_modules/playwright-core ]; then
   # --ignore-scripts: playwright-core must never try to download a browser.
   npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 fi
-node --test chat.test.mjs proxy.test.mjs resume.test.mjs
+node --test chat.test.mjs proxy.test.mjs resume.test.mjs admin.test.mjs
