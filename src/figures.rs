@@ -49,9 +49,54 @@ pub struct RoomFigures {
     pub alive_ms: AtomicU64,
 }
 
+/// Upper bounds of the delivery delay's buckets, in seconds: from a tenth of a millisecond
+/// (a writer with CPU to spare) past the gather budget (18 ms) to a client seconds behind.
+pub const DELAY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A histogram one thread fills without sharing, then adds to its published figures at
+/// once: counts per bucket of [`DELAY_BUCKETS`] (the last one past them), and the sum.
+#[derive(Default)]
+pub struct Histogram {
+    pub counts: [u64; DELAY_BUCKETS.len() + 1],
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    pub fn record(&mut self, us: u64) {
+        let seconds = us as f64 / 1e6;
+        let bucket = DELAY_BUCKETS.iter().position(|&b| seconds <= b);
+        self.counts[bucket.unwrap_or(DELAY_BUCKETS.len())] += 1;
+        self.sum_us += us;
+    }
+}
+
+/// A [`Histogram`] as published: added to once per pass by its one thread.
+#[derive(Default)]
+pub struct SharedHistogram {
+    pub counts: [AtomicU64; DELAY_BUCKETS.len() + 1],
+    pub sum_us: AtomicU64,
+}
+
+impl SharedHistogram {
+    /// Adds `local` and empties it.
+    pub fn take(&self, local: &mut Histogram) {
+        for (shared, count) in self.counts.iter().zip(local.counts.iter_mut()) {
+            if *count > 0 {
+                add(shared, std::mem::take(count));
+            }
+        }
+        add(&self.sum_us, std::mem::take(&mut local.sum_us));
+    }
+}
+
 /// What one writer thread counts, once per pass.
 #[derive(Default)]
 pub struct WriterFigures {
+    /// From a line's append to its bytes handed to the kernel, for each client: the
+    /// server's own share of a line's latency, whatever the client does.
+    pub delay: SharedHistogram,
     pub sends: AtomicU64,
     pub bytes: AtomicU64,
     pub clients: AtomicU64,
@@ -82,6 +127,11 @@ pub fn set(gauge: &AtomicU64, value: u64) {
 
 pub fn get(figure: &AtomicU64) -> u64 {
     figure.load(Ordering::Relaxed)
+}
+
+/// The same clock in microseconds.
+pub fn since_start_us() -> u64 {
+    start().0.elapsed().as_micros() as u64
 }
 
 /// The process's own clock for figures: milliseconds since it started, never 0.

@@ -143,6 +143,7 @@ fn sends_and_bytes_move_with_each_line_and_only_then() {
         sum("threadchat_sends_total"),
         sum("threadchat_sent_bytes_total"),
     );
+    let delays = value(&server, "threadchat_delivery_delay_seconds_count");
     assert_eq!(
         sum("threadchat_sends_total"),
         sends,
@@ -158,6 +159,12 @@ fn sends_and_bytes_move_with_each_line_and_only_then() {
         sum("threadchat_sent_bytes_total") >= bytes + 2.0 * (line.len() + 2) as f64
     });
     assert!(sum("threadchat_sends_total") >= sends + 2.0);
+    // The line's delay, once for each of the two, in a histogram Prometheus can read.
+    let now = scrape(&server);
+    assert!(now["threadchat_delivery_delay_seconds_count"] >= delays + 2.0);
+    assert!(now["threadchat_delivery_delay_seconds_sum"] > 0.0);
+    let inf = now["threadchat_delivery_delay_seconds_bucket{le=\"+Inf\"}"];
+    assert_eq!(inf, now["threadchat_delivery_delay_seconds_count"]);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::context::Shared;
-use crate::figures::{self, get, DEPARTURES, REFUSAL_STATUSES};
+use crate::figures::{self, get, DELAY_BUCKETS, DEPARTURES, REFUSAL_STATUSES};
 
 /// The exposition, as of now.
 pub fn render(shared: &Shared) -> String {
@@ -121,6 +121,7 @@ pub fn render(shared: &Shared) -> String {
             busy,
         );
     }
+    delivery_delay(&mut out, &writers);
     out.family(
         "threadchat_writer_clients",
         "gauge",
@@ -161,6 +162,35 @@ pub fn render(shared: &Shared) -> String {
     }
     process(&mut out);
     out.0
+}
+
+/// The delivery delay, every writer's histogram summed: buckets cumulative, as Prometheus
+/// reads them.
+fn delivery_delay(out: &mut Exposition, writers: &[(String, &crate::figures::WriterFigures)]) {
+    let name = "threadchat_delivery_delay_seconds";
+    out.family(
+        name,
+        "histogram",
+        "From a frame's append to the log to its bytes handed to the kernel, for each client.",
+    );
+    let mut counts = [0u64; DELAY_BUCKETS.len() + 1];
+    let mut sum_us = 0;
+    for (_, w) in writers {
+        for (total, count) in counts.iter_mut().zip(&w.delay.counts) {
+            *total += get(count);
+        }
+        sum_us += get(&w.delay.sum_us);
+    }
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (bound, count) in DELAY_BUCKETS.iter().zip(counts) {
+        cumulative += count;
+        out.sample(&bucket, &[("le", &bound.to_string())], cumulative);
+    }
+    cumulative += counts[DELAY_BUCKETS.len()];
+    out.sample(&bucket, &[("le", "+Inf")], cumulative);
+    out.float(&format!("{name}_sum"), &[], sum_us as f64 / 1e6);
+    out.sample(&format!("{name}_count"), &[], cumulative);
 }
 
 /// The process figures under the names every exporter uses.

@@ -77,6 +77,11 @@ impl Delivery {
         self.limit.is_none()
     }
 
+    /// Where in the log it is: every byte before this was handed to the kernel.
+    pub fn at(&self) -> u64 {
+        self.cursor.at()
+    }
+
     pub fn behind(&self, head: u64) -> u64 {
         self.cursor.behind(head)
     }

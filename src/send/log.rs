@@ -18,8 +18,14 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::figures;
+
 /// Room for about a thousand short lines. Larger frames get a segment of their own size.
 pub const SEGMENT_BYTES: usize = 64 * 1024;
+
+/// Appends whose time is remembered, for the delivery delay the admin port reports: a
+/// client further behind than this many appends is counted from there.
+const STAMPS: usize = 4096;
 
 /// One mapping of memory holding whole frames, from log offset `base` on.
 pub struct Segment {
@@ -142,6 +148,9 @@ struct Shared {
     /// Bytes kept behind the head even when no cursor is in them: the recent past, for
     /// clients that come back to resume.
     keep: AtomicU64,
+    /// For the last [`STAMPS`] appends, by append count: where each began, and when
+    /// ([`figures::since_start_us`]). Written by the room alone, before it publishes the head.
+    stamps: Box<[(AtomicU64, AtomicU64)]>,
 }
 
 impl Shared {
@@ -187,6 +196,9 @@ impl Log {
                 retention,
                 appends: AtomicU64::new(0),
                 keep: AtomicU64::new(0),
+                stamps: (0..STAMPS)
+                    .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
+                    .collect(),
             }),
             filling,
         }
@@ -256,6 +268,10 @@ impl Log {
             self.shared.trim();
         }
         self.filling.append(frame);
+        let count = self.shared.appends.load(Ordering::Relaxed);
+        let (offset, time) = &self.shared.stamps[count as usize % STAMPS];
+        offset.store(start, Ordering::Relaxed);
+        time.store(figures::since_start_us(), Ordering::Relaxed);
         self.shared.appends.fetch_add(1, Ordering::Relaxed);
         // SeqCst pairs with the writers' sleep check: either a writer going to sleep sees the
         // new head, or its waker sees that it is asleep.
@@ -285,6 +301,22 @@ impl LogReader {
     /// How many times the room has appended so far (a line, a ping).
     pub fn appends(&self) -> u64 {
         self.shared.appends.load(Ordering::Relaxed)
+    }
+
+    /// When each frame that starts in `from..to` was appended ([`figures::since_start_us`]),
+    /// newest first, as far back as the log remembers ([`STAMPS`] appends).
+    pub fn appended_in(&self, from: u64, to: u64, mut each: impl FnMut(u64)) {
+        let count = self.appends();
+        for k in (count.saturating_sub(STAMPS as u64)..count).rev() {
+            let (offset, time) = &self.shared.stamps[k as usize % STAMPS];
+            let offset = offset.load(Ordering::Relaxed);
+            if offset < from {
+                return;
+            }
+            if offset < to {
+                each(time.load(Ordering::Relaxed));
+            }
+        }
     }
 
     /// The segments kept now, oldest first: what one writer's pass reads from.

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::event::{ClientId, Departure, Event};
-use crate::figures::{self, WriterFigures};
+use crate::figures::{self, Histogram, WriterFigures};
 use crate::send::delivery::{Delivery, Sent};
 use crate::send::gather::Gather;
 use crate::send::log::{Cursor, LogReader, Segment};
@@ -111,6 +111,7 @@ impl Writer {
             trim_due: false,
             gather: Gather::default(),
             this_pass: (0, 0),
+            delays: Histogram::default(),
             write_timeout,
             trace,
         };
@@ -212,6 +213,8 @@ struct Pump {
     gather: Gather,
     /// Sends and bytes of the pass under way, added to the figures when it ends.
     this_pass: (u64, u64),
+    /// Delivery delays of the pass under way, added to the figures when it ends.
+    delays: Histogram,
     write_timeout: Duration,
     trace: Trace,
 }
@@ -275,6 +278,7 @@ impl Pump {
         figures::add(&figures.sends, sends);
         figures::add(&figures.bytes, bytes);
         figures::add(&figures.busy_us, took.as_micros() as u64);
+        figures.delay.take(&mut self.delays);
         let clients = self.clients.len() - self.free.len();
         figures::set(&figures.clients, clients as u64);
         figures::set(&figures.busy_since_ms, 0);
@@ -387,6 +391,7 @@ impl Pump {
         if client.blocked {
             return false; // epoll says when it has room
         }
+        let from = client.delivery.at();
         match client
             .delivery
             .send(&self.snapshots[dialect], head, self.trace)
@@ -405,6 +410,14 @@ impl Pump {
             Sent::Bytes { sent, full, more } => {
                 self.this_pass.0 += 1;
                 self.this_pass.1 += sent as u64;
+                let to = client.delivery.at();
+                if to > from {
+                    let handed = figures::since_start_us();
+                    let delays = &mut self.delays;
+                    self.logs[dialect].appended_in(from, to, |appended| {
+                        delays.record(handed.saturating_sub(appended));
+                    });
+                }
                 if sent > 0 {
                     client.last_progress = now;
                 }
