@@ -491,6 +491,9 @@ struct Fanout {
     /// Commands Redis ran, and round trips it served, per line sent, when a cluster was
     /// watched.
     redis_per_line: Option<(f64, f64)>,
+    /// The server's own delivery delay over the measured phase, p50 and p99 (ms), from its
+    /// `/metrics`: its share of the latency the generator measures.
+    server_delay_ms: Option<(f64, f64)>,
 }
 
 /// The totals of one measured phase, sending and draining.
@@ -531,6 +534,7 @@ impl Fanout {
             rss_peak_kib: 0,
             evicted_after: None,
             redis_per_line: None,
+            server_delay_ms: None,
         }
     }
 }
@@ -572,6 +576,8 @@ impl Shape {
 #[derive(Clone, Copy)]
 enum Target<'a> {
     Threadchat(&'a str),
+    /// threadchat with its `/metrics` read every second, as Prometheus would.
+    Scraped(&'a str),
     Peer(&'a str),
     /// Instances of a threadchat built with the redis feature, sharing one room through
     /// the redis-server at this port.
@@ -587,6 +593,11 @@ impl Target<'_> {
     fn start(self) -> Vec<Server> {
         match self {
             Target::Threadchat(binary) => vec![Server::start(binary, &["--ping-interval", "0"])],
+            Target::Scraped(binary) => {
+                let mut server = Server::start(binary, &["--ping-interval", "0"]);
+                server.scrape_every_second();
+                vec![server]
+            }
             Target::Peer(binary) => vec![Server::start_peer(binary)],
             Target::Cluster {
                 binary,
@@ -632,6 +643,8 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
         _ => None,
     };
     let cpu_of_servers = || servers.iter().map(Server::cpu).sum::<Duration>();
+    let delays = || servers[0].metrics().map(|m| probe::delay_buckets(&m));
+    let delays_before = delays();
     let cpu_before = cpu_of_servers();
     let redis_before = redis.map(probe::Redis::commands_and_reads);
     let own_before = probe::cpu_of("/proc/self/stat");
@@ -675,6 +688,10 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
         )
     });
     let own = probe::cpu_of("/proc/self/stat") - own_before;
+    let server_delay_ms = delays_before.zip(delays()).and_then(|(before, after)| {
+        let q = |q| probe::delay_quantile(&before, &after, q);
+        Some((q(0.5)?, q(0.99)?))
+    });
     let sends = counter.and_then(|c| c.finish());
 
     let heard = load.clients.iter().filter(|c| c.reads).map(|c| c.heard);
@@ -695,6 +712,7 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
         rss_peak_kib: servers.iter().map(|s| s.status("VmHWM")).max().unwrap_or(0),
         redis_per_line,
         evicted_after: load.left_at,
+        server_delay_ms,
         ..f
     }
 }
@@ -983,6 +1001,7 @@ fn main() {
                 ),
                 p99_target,
             );
+            server_delay_row(&mut row, &name, &mine);
             row(
                 &name,
                 "server CPU per delivery (us)",
@@ -1062,6 +1081,7 @@ fn main() {
                 format!("{:.1} / {:.1} / {:.1}", f.p50_ms, f.p99_ms, f.max_ms),
                 if steady_1000 { "p99 < 50" } else { "" },
             );
+            server_delay_row(&mut row, &name, &f);
             row(
                 &name,
                 "server CPU per delivery (us)",
@@ -1293,6 +1313,35 @@ fn main() {
         }
     }
 
+    if wanted("admin") {
+        // The admin port's cost: the same run with /metrics read every second as Prometheus
+        // would, and without anyone reading it, twice each in turn.
+        let clients = if quick { 100 } else { 1000 };
+        let name = format!("admin C={clients} 200 msg/s, late");
+        let shape = Shape {
+            late: true,
+            ..Shape::new(clients, Pace::Steady(STEADY_RATE_PER_S))
+        };
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            off.push(fanout(ours, shape).server_us_per_delivery);
+            on.push(fanout(Target::Scraped(&binary), shape).server_us_per_delivery);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        row(
+            &name,
+            "CPU per delivery: unread / scraped 1/s (us)",
+            format!("{:.2} / {:.2}", mean(&off), mean(&on)),
+            "",
+        );
+        row(
+            &name,
+            "scraped / unread",
+            format!("{:.3}", mean(&on) / mean(&off)),
+            "<= 1.02",
+        );
+    }
+
     if wanted("sessions") {
         // The room holds at most half the names, sessions that wait for their clients
         // included; at the bound the rest are refused, and so is a newcomer.
@@ -1380,6 +1429,23 @@ fn main() {
     }
 
     print_table(&rows);
+}
+
+/// The server's own delivery delay (from its `/metrics`) under the generator's latency, so
+/// the two can be read together: what the server took, and what the whole trip took.
+fn server_delay_row(
+    row: &mut impl FnMut(&str, &'static str, String, &'static str),
+    name: &str,
+    run: &Fanout,
+) {
+    if let Some((p50, p99)) = run.server_delay_ms {
+        row(
+            name,
+            "server's delivery delay p50 / p99 (ms)",
+            format!("{p50:.2} / {p99:.2}"),
+            "",
+        );
+    }
 }
 
 /// Builds the server from nothing in a folder of its own, as a new user would.

@@ -1,9 +1,11 @@
 //! The server under test: started as a child process and measured from the outside,
 //! through /proc and perf, so that measuring it changes nothing inside it.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which chat server a run drives.
@@ -19,6 +21,10 @@ pub struct Server {
     child: Child,
     pub ws: SocketAddr,
     pub kind: Kind,
+    /// threadchat's admin port: every run asks for one, to read the server's own figures.
+    pub admin: Option<SocketAddr>,
+    /// While set, a thread scrapes `/metrics` every second, as Prometheus would.
+    scraping: Option<Arc<AtomicBool>>,
 }
 
 impl Server {
@@ -43,6 +49,8 @@ impl Server {
             child,
             ws,
             kind: Kind::Peer,
+            admin: None,
+            scraping: None,
         }
     }
 
@@ -51,25 +59,35 @@ impl Server {
             .args(["--http-port", "0", "--ws-port", "0", "--rate-limit", "0"])
             // Every load-generating client comes from this one machine's address.
             .args(["--max-clients-per-address", "0"])
+            .args(["--admin-port", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut ws = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("server stdout");
-            if let Some(at) = line.find("ws://") {
-                let rest = &line[at + 5..];
-                ws = rest[..rest.find('/').unwrap_or(rest.len())].parse().ok();
-                break;
+        let (mut ws, mut admin) = (None, None);
+        let after = |line: &str, scheme: &str| -> Option<SocketAddr> {
+            let rest = &line[line.find(scheme)? + scheme.len()..];
+            rest[..rest.find('/').unwrap_or(rest.len())].parse().ok()
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        while ws.is_none() || admin.is_none() {
+            let Some(Ok(line)) = lines.next() else { break };
+            if line.contains(" admin on ") {
+                admin = after(&line, "http://");
+            } else if let Some(addr) = after(&line, "ws://") {
+                ws = Some(addr);
             }
         }
+        // Nobody reads the rest; a full pipe must never block the server.
+        std::thread::spawn(move || for _ in lines {});
         Server {
             child,
             ws: ws.expect("the server printed no ws:// address"),
             kind: Kind::Threadchat,
+            admin,
+            scraping: None,
         }
     }
 
@@ -106,14 +124,98 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// `/metrics` as the server has it now.
+    pub fn metrics(&self) -> Option<String> {
+        metrics_of(self.admin?)
+    }
+
+    /// From now on, `/metrics` is read every second until the server is dropped.
+    pub fn scrape_every_second(&mut self) {
+        let (Some(admin), None) = (self.admin, &self.scraping) else {
+            return;
+        };
+        let on = Arc::new(AtomicBool::new(true));
+        self.scraping = Some(on.clone());
+        std::thread::spawn(move || {
+            while on.load(Ordering::Relaxed) {
+                let _ = metrics_of(admin);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    }
+
     /// Starts counting the server's send-like system calls, if perf is available.
     pub fn count_sends(&self) -> Option<SyscallCounter> {
         SyscallCounter::attach(self.pid())
     }
 }
 
+/// One GET of `/metrics`.
+fn metrics_of(admin: SocketAddr) -> Option<String> {
+    let mut socket = TcpStream::connect(admin).ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        socket,
+        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    socket.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// The delivery delay's histogram in an exposition: each bucket's upper bound (seconds) and
+/// cumulative count.
+pub fn delay_buckets(metrics: &str) -> Vec<(f64, f64)> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("threadchat_delivery_delay_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (bound, rest) = l.split_once('"')?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, rest.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `q` quantile of the deliveries between two snapshots of the histogram, interpolated
+/// within its bucket as Prometheus's histogram_quantile does; in milliseconds.
+pub fn delay_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(bound, n)| {
+            let was = before.iter().find(|b| b.0 == bound).map_or(0.0, |b| b.1);
+            (bound, n - was)
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(bound, cumulative) in &counts {
+        if cumulative >= rank {
+            if bound.is_infinite() {
+                return Some(lower.0 * 1000.0);
+            }
+            let share = (rank - lower.1) / (cumulative - lower.1).max(1e-9);
+            return Some((lower.0 + (bound - lower.0) * share) * 1000.0);
+        }
+        lower = (bound, cumulative);
+    }
+    None
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(on) = &self.scraping {
+            on.store(false, Ordering::Relaxed);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
