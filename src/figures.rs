@@ -116,6 +116,35 @@ impl Figures {
     }
 }
 
+/// With `--redis`: which of the cluster's threads (publisher, stream, heartbeat: one bit
+/// each) find Redis unreachable now. Process-wide, as the connection to Redis is.
+static REDIS_DOWN: AtomicU64 = AtomicU64::new(0);
+/// The cluster's threads started: Redis's reachability is a figure at all.
+static CLUSTERED: AtomicBool = AtomicBool::new(false);
+
+/// The cluster's thread `who` reached Redis (`up`), or did not.
+#[cfg(feature = "redis")]
+pub fn redis_reached(who: &str, up: bool) {
+    CLUSTERED.store(true, Ordering::Relaxed);
+    let bit = match who {
+        "publisher" => 1,
+        "stream" => 2,
+        _ => 4,
+    };
+    if up {
+        REDIS_DOWN.fetch_and(!bit, Ordering::Relaxed);
+    } else {
+        REDIS_DOWN.fetch_or(bit, Ordering::Relaxed);
+    }
+}
+
+/// With `--redis`, whether every cluster thread reaches Redis now; `None` without.
+pub fn redis_up() -> Option<bool> {
+    CLUSTERED
+        .load(Ordering::Relaxed)
+        .then(|| REDIS_DOWN.load(Ordering::Relaxed) == 0)
+}
+
 /// One more of something, as the only thread that counts it.
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);

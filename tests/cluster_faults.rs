@@ -854,3 +854,40 @@ fn a_redis_that_comes_back_as_another_run_gets_every_held_name_registered_again(
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn an_instance_is_not_ready_while_redis_is_stopped_and_ready_again_after() {
+    // README: /readyz is 503 with --redis while Redis is unreachable (a newcomer would only
+    // get 1013); the heartbeat notices within its period plus a call's timeout.
+    const NOTICED_WITHIN: Duration = Duration::from_secs(3 + 1);
+    const MARGIN: Duration = Duration::from_secs(1);
+    let Some(redis) = Redis::start() else { return };
+    let server = instance_with(&redis.url(), &["--admin-port", "0"]);
+    let admin = server.admin.expect("an admin address");
+    assert_eq!(get(admin, "/readyz").0, 200);
+    redis.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    loop {
+        let (status, _, body) = get(admin, "/readyz");
+        if status == 503 {
+            assert_eq!(body.trim(), "redis is unreachable");
+            break;
+        }
+        assert!(
+            stopped.elapsed() < NOTICED_WITHIN + MARGIN,
+            "still ready {:?} after Redis stopped",
+            stopped.elapsed()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (_, _, metrics) = get(admin, "/metrics");
+    assert!(metrics.contains("\nthreadchat_redis_up 0\n"), "{metrics}");
+    // Alive all the same: the room answers.
+    assert_eq!(get(admin, "/healthz").0, 200);
+    redis.signal(libc::SIGCONT);
+    eventually("ready again once Redis answers", || {
+        get(admin, "/readyz").0 == 200
+    });
+    let (_, _, metrics) = get(admin, "/metrics");
+    assert!(metrics.contains("\nthreadchat_redis_up 1\n"), "{metrics}");
+}

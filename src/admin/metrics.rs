@@ -160,6 +160,14 @@ pub fn render(shared: &Shared) -> String {
             get(counter),
         );
     }
+    if let Some(up) = figures::redis_up() {
+        out.one(
+            "threadchat_redis_up",
+            "gauge",
+            "With --redis: 1 while every cluster thread reaches Redis, 0 otherwise.",
+            u64::from(up),
+        );
+    }
     process(&mut out);
     out.0
 }

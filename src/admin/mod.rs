@@ -194,13 +194,17 @@ pub fn stuck(shared: &Shared) -> Option<String> {
     None
 }
 
-/// Why the server takes no newcomer now, if it takes none.
+/// Why the server takes no newcomer now, if it takes none (with `--redis`, a newcomer
+/// while Redis is away would only be refused with 1013).
 pub fn not_ready(shared: &Shared) -> Option<String> {
     if shared.figures.stopping.load(Ordering::Acquire) {
         return Some("stopping".into());
     }
     if let Some(why) = stuck(shared) {
         return Some(why);
+    }
+    if figures::redis_up() == Some(false) {
+        return Some("redis is unreachable".into());
     }
     let held = shared.connections.load(Ordering::Acquire);
     if held >= shared.max_clients {

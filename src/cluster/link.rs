@@ -71,6 +71,7 @@ pub(super) struct Reach {
 
 impl Reach {
     pub(super) fn new(who: &'static str, url: &str) -> Reach {
+        crate::figures::redis_reached(who, true);
         Reach {
             who,
             url: url.to_owned(),
@@ -81,6 +82,7 @@ impl Reach {
     }
 
     pub(super) fn up(&mut self) {
+        crate::figures::redis_reached(self.who, true);
         if self.down_since.take().is_some() {
             eprintln!("threadchat: {}: redis at {} is back", self.who, self.url);
         }
@@ -88,6 +90,7 @@ impl Reach {
     }
 
     pub(super) fn down(&mut self, why: &str) {
+        crate::figures::redis_reached(self.who, false);
         if self.down_since.is_none() {
             eprintln!(
                 "threadchat: {}: redis at {} is unreachable ({why}); retrying",
