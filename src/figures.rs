@@ -17,6 +17,31 @@ pub const REFUSAL_STATUSES: [u16; 5] = [400, 403, 426, 429, 503];
 /// a close; a close with 1001 "going away").
 pub const DEPARTURES: [&str; 3] = ["close", "lost", "going_away"];
 
+/// Why a connection ended, as `/metrics` names it: the client closed, it went away (1001),
+/// it vanished (a reset, the end of the stream), it was silent past the pong timeout, it sent
+/// a message too big, invalid UTF-8, a protocol error or binary, it flooded, it fell too far
+/// behind, it took nothing for the write timeout, the server stopped.
+pub const ENDINGS: [&str; 11] = [
+    "close",
+    "going_away",
+    "lost",
+    "silence",
+    "too_big",
+    "invalid_utf8",
+    "protocol_error",
+    "flood",
+    "too_slow",
+    "write_timeout",
+    "shutdown",
+];
+
+/// Lines a client sent that were not said, by why: over the flood limit, the room out of
+/// reach (a cluster), before its join was placed (past the 32 held).
+pub const REFUSED_LINES: [&str; 3] = ["flood", "unreachable", "not_joined"];
+
+/// The statuses the page port answers, in the order counted; anything else counts last.
+pub const PAGE_STATUSES: [u16; 9] = [200, 400, 404, 405, 408, 429, 431, 503, 505];
+
 /// Every figure of the server.
 #[derive(Default)]
 pub struct Figures {
@@ -27,6 +52,12 @@ pub struct Figures {
     pub page_refused: [AtomicU64; 2],
     /// The server is stopping: not ready for anyone.
     pub stopping: AtomicBool,
+    /// Connections of the WebSocket port that ended, by [`ENDINGS`].
+    pub endings: [AtomicU64; ENDINGS.len()],
+    /// Lines not said, by [`REFUSED_LINES`].
+    pub refused_lines: [AtomicU64; REFUSED_LINES.len()],
+    /// Page answers, by [`PAGE_STATUSES`] and one more for any other.
+    pub page_answers: [AtomicU64; PAGE_STATUSES.len() + 1],
 }
 
 /// What the room thread counts.
@@ -105,9 +136,36 @@ pub struct WriterFigures {
     pub busy_since_ms: AtomicU64,
     /// Time spent in passes, in microseconds.
     pub busy_us: AtomicU64,
+    /// Clients it evicted for falling too far behind, and closed after the write timeout.
+    pub too_slow: AtomicU64,
+    pub write_timeouts: AtomicU64,
+    /// Clients whose socket is full now, waiting for epoll to say it has room.
+    pub blocked: AtomicU64,
+    /// Whether its last pass rested so that lines gather (1) or not (0).
+    pub gathering: AtomicU64,
 }
 
 impl Figures {
+    /// One more connection ended for `why`, one of [`ENDINGS`].
+    pub fn ended(&self, why: &str) {
+        if let Some(i) = ENDINGS.iter().position(|&e| e == why) {
+            add(&self.endings[i], 1);
+        }
+    }
+
+    /// One more line not said, for `why`, one of [`REFUSED_LINES`].
+    pub fn line_refused(&self, why: &str) {
+        if let Some(i) = REFUSED_LINES.iter().position(|&e| e == why) {
+            add(&self.refused_lines[i], 1);
+        }
+    }
+
+    /// One more page answer with `status`.
+    pub fn page_answered(&self, status: u16) {
+        let i = PAGE_STATUSES.iter().position(|&s| s == status);
+        add(&self.page_answers[i.unwrap_or(PAGE_STATUSES.len())], 1);
+    }
+
     /// The counter of handshakes refused with `status` (one of [`REFUSAL_STATUSES`]; any
     /// other counts as 400).
     pub fn refused_at(&self, status: u16) -> &AtomicU64 {

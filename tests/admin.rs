@@ -404,3 +404,124 @@ fn a_real_prometheus_scrapes_what_happened() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Why a connection ended, as `/metrics` names it (README, "Seeing inside").
+const CAUSES: [&str; 11] = [
+    "close",
+    "going_away",
+    "lost",
+    "silence",
+    "too_big",
+    "invalid_utf8",
+    "protocol_error",
+    "flood",
+    "too_slow",
+    "write_timeout",
+    "shutdown",
+];
+
+/// `threadchat_connections_ended_total{cause=...}`.
+fn ended(server: &Server, cause: &str) -> f64 {
+    value(
+        server,
+        &format!("threadchat_connections_ended_total{{cause=\"{cause}\"}}"),
+    )
+}
+
+#[test]
+fn each_ending_and_each_refusal_is_counted_under_its_own_cause_and_no_other() {
+    const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+    let server = Server::start(&[
+        "--admin-port",
+        "0",
+        "--max-message-bytes",
+        "1024",
+        "--rate-limit",
+        "2",
+        "--flood-close",
+        "1",
+    ]);
+    let mut witness = server.join();
+    let mut expected: HashMap<&str, f64> = HashMap::new();
+    let check = |cause: &'static str, expected: &mut HashMap<&str, f64>| {
+        *expected.entry(cause).or_default() += 1.0;
+        eventually(&format!("the {cause} ending to be counted"), || {
+            CAUSES
+                .iter()
+                .all(|c| ended(&server, c) == expected.get(c).copied().unwrap_or(0.0))
+        });
+    };
+    // A close from the client.
+    let mut client = server.join();
+    client.ws.close(None).unwrap();
+    let _ = client.ws.flush();
+    let _ = client.ws.read();
+    check("close", &mut expected);
+    // A reset.
+    let client = server.join();
+    if let tungstenite::stream::MaybeTlsStream::Plain(socket) = client.ws.get_ref() {
+        reset_on_close(socket);
+    }
+    drop(client);
+    check("lost", &mut expected);
+    // Too big, invalid UTF-8, an unmasked frame.
+    let mut raw = RawClient::connect(server.ws);
+    raw.send_frame(0x81, MASK, &vec![b'x'; 2000]);
+    assert_eq!(raw.close_code().0, 1009);
+    check("too_big", &mut expected);
+    let mut raw = RawClient::connect(server.ws);
+    raw.send_frame(0x81, MASK, &[b'h', 0xff, 0xfe]);
+    assert_eq!(raw.close_code().0, 1007);
+    check("invalid_utf8", &mut expected);
+    let mut raw = RawClient::connect(server.ws);
+    raw.send_frame(0x81, None, b"unmasked");
+    assert_eq!(raw.close_code().0, 1002);
+    check("protocol_error", &mut expected);
+    // A flood: lines refused with a notice, then the close.
+    let mut flooder = server.join();
+    let refused = "threadchat_lines_refused_total{why=\"flood\"}";
+    let before = value(&server, refused);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match flooder.ws.send(tungstenite::Message::text("spam")) {
+            Ok(()) => {}
+            Err(_) => break,
+        }
+        if matches!(
+            flooder.ws.read(),
+            Ok(tungstenite::Message::Close(_)) | Err(_)
+        ) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never closed for flooding");
+    }
+    check("flood", &mut expected);
+    assert!(
+        value(&server, refused) > before,
+        "the refused lines were counted"
+    );
+    // Every other cause stayed where it was, and the witness is still here.
+    for cause in [
+        "silence",
+        "too_slow",
+        "write_timeout",
+        "shutdown",
+        "going_away",
+    ] {
+        assert_eq!(ended(&server, cause), 0.0, "{cause}");
+    }
+    witness.say("still here");
+    witness.until(&format!("{}: still here", witness.nickname));
+    // The page port's answers by status.
+    let (status, _, _) = get(server.http, "/");
+    assert_eq!(status, 200);
+    assert_eq!(get(server.http, "/nowhere").0, 404);
+    let post = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(http(server.http, post).0, 405);
+    eventually("the page answers to be counted", || {
+        let now = scrape(&server);
+        ["200", "404", "405"].iter().all(|s| {
+            now.get(&format!("threadchat_page_answers_total{{status=\"{s}\"}}")) == Some(&1.0)
+        })
+    });
+}

@@ -7,7 +7,9 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::context::Shared;
-use crate::figures::{self, get, DELAY_BUCKETS, DEPARTURES, REFUSAL_STATUSES};
+use crate::figures::{
+    self, get, DELAY_BUCKETS, DEPARTURES, ENDINGS, PAGE_STATUSES, REFUSAL_STATUSES, REFUSED_LINES,
+};
 
 /// The exposition, as of now.
 pub fn render(shared: &Shared) -> String {
@@ -135,6 +137,79 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
+    out.family(
+        "threadchat_writer_blocked_clients",
+        "gauge",
+        "Clients whose socket is full, waiting for room, by writer thread.",
+    );
+    for (i, w) in &writers {
+        out.sample(
+            "threadchat_writer_blocked_clients",
+            &[("writer", i)],
+            get(&w.blocked),
+        );
+    }
+    out.family(
+        "threadchat_writer_gathering",
+        "gauge",
+        "1 while a writer thread rests after its passes so lines gather, 0 while it sends at once.",
+    );
+    for (i, w) in &writers {
+        out.sample(
+            "threadchat_writer_gathering",
+            &[("writer", i)],
+            get(&w.gathering),
+        );
+    }
+    out.family(
+        "threadchat_connections_ended_total",
+        "counter",
+        "WebSocket connections that ended, by cause.",
+    );
+    for (i, cause) in ENDINGS.iter().enumerate() {
+        let by_writers: u64 = writers
+            .iter()
+            .map(|(_, w)| match *cause {
+                "too_slow" => get(&w.too_slow),
+                "write_timeout" => get(&w.write_timeouts),
+                _ => 0,
+            })
+            .sum();
+        let value = get(&figures.endings[i]) + by_writers;
+        out.sample(
+            "threadchat_connections_ended_total",
+            &[("cause", cause)],
+            value,
+        );
+    }
+    out.family(
+        "threadchat_lines_refused_total",
+        "counter",
+        "Lines a client sent that nobody heard, by why; the sender alone was told.",
+    );
+    for (why, counter) in REFUSED_LINES.iter().zip(&figures.refused_lines) {
+        out.sample(
+            "threadchat_lines_refused_total",
+            &[("why", why)],
+            get(counter),
+        );
+    }
+    out.family(
+        "threadchat_page_answers_total",
+        "counter",
+        "Requests the page port answered, by status.",
+    );
+    let statuses = PAGE_STATUSES
+        .iter()
+        .map(u16::to_string)
+        .chain(["other".to_owned()]);
+    for (status, counter) in statuses.zip(&figures.page_answers) {
+        out.sample(
+            "threadchat_page_answers_total",
+            &[("status", &status)],
+            get(counter),
+        );
+    }
     out.family(
         "threadchat_handshakes_refused_total",
         "counter",

@@ -191,8 +191,19 @@ fn run_reader(
 /// deep and its stack holds 8 KiB; with the three inlined, 3.7 KB and 12 KiB (gdb, smaps).
 #[inline(never)]
 fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
+    shared.figures.ended(match &ending {
+        Ending::Closed => "close",
+        Ending::EndedByWriter => "",
+        Ending::GoingAway => "going_away",
+        Ending::Lost => "lost",
+        Ending::Close(wire::CLOSE_GOING_AWAY, _) => "silence",
+        Ending::Close(wire::CLOSE_TOO_BIG, _) => "too_big",
+        Ending::Close(wire::CLOSE_INVALID_DATA, _) => "invalid_utf8",
+        Ending::Close(wire::CLOSE_POLICY, _) => "flood",
+        Ending::Close(_, _) => "protocol_error",
+    });
     let (last, how) = match ending {
-        Ending::Closed => (None, Departure::Left),
+        Ending::Closed | Ending::EndedByWriter => (None, Departure::Left),
         Ending::GoingAway => (None, Departure::GoingAway),
         Ending::Lost => (None, Departure::Lost),
         Ending::Close(code, reason) => {
@@ -243,8 +254,10 @@ impl Drop for ReaderEnd<'_> {
 /// How a connection ended from the reader's side.
 #[derive(Debug, PartialEq)]
 enum Ending {
-    /// The peer closed, or we have nothing more to say (the writer ended it): it left.
+    /// The peer closed: it left.
     Closed,
+    /// The writer ended it (and counted why): it left.
+    EndedByWriter,
     /// The peer closed with 1001 "going away": a browser's reload, or a closed tab.
     GoingAway,
     /// The connection is gone without a close frame (a reset, the end of the stream).
@@ -268,7 +281,7 @@ fn read_pump(
         let message = ws.read();
         // The writer may have evicted the client meanwhile: it has told the room already.
         if outbox.phase() != Phase::Open {
-            return Ending::Closed;
+            return Ending::EndedByWriter;
         }
         match message {
             Ok(Message::Text(text)) => match limit.check(Instant::now()) {
@@ -280,6 +293,7 @@ fn read_pump(
                 Verdict::Refuse => {
                     // Does not fit only while 64 frames already wait for a client that does not
                     // read them: the flood limit closes it soon enough.
+                    shared.figures.line_refused("flood");
                     let _ = writer.push(outbox, wire::notice(outbox.dialect, SLOW_DOWN));
                 }
                 Verdict::Close => {

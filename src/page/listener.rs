@@ -316,11 +316,11 @@ fn serve(
             HeadRead::Complete(end) => end,
             HeadRead::TooLarge => {
                 let line = format!("the request head is longer than {HEAD_MAX_BYTES} bytes");
-                return close_with(socket, &page::refusal_bytes(431, &line));
+                return refuse(server, socket, 431, &line);
             }
             HeadRead::BadLineEnd => {
                 let line = "the request head's lines do not end with CRLF";
-                return close_with(socket, &page::refusal_bytes(400, line));
+                return refuse(server, socket, 400, line);
             }
             HeadRead::Gone => return,
         };
@@ -328,7 +328,7 @@ fn serve(
         buffer.drain(..end);
         let request = match parsed {
             Ok(request) => request,
-            Err((status, line)) => return close_with(socket, &page::refusal_bytes(status, line)),
+            Err((status, line)) => return refuse(server, socket, status, line),
         };
         if server.trust_proxy && _address.is_none() {
             let ip = request.forwarded().unwrap_or(peer);
@@ -336,7 +336,7 @@ fn serve(
                 Ok(slot) => _address = Some(slot),
                 Err(refused) => {
                     refused.report("page port");
-                    return close_with(socket, &page::refusal_bytes(429, &refused.reason()));
+                    return refuse(server, socket, 429, &refused.reason());
                 }
             }
         }
@@ -353,6 +353,7 @@ fn serve(
             &request.method,
             &request.url,
         );
+        server.figures.page_answered(reply.status);
         let answering = Answering {
             version: request.version.clone(),
             headers: &request.headers,
@@ -376,6 +377,12 @@ fn serve(
 
 /// Sends the last response and closes, without resetting what the client may still be
 /// sending (a body we do not read, a pipelined request).
+/// Answers a request that will not be served with a one-line error, counted, and closes.
+fn refuse(server: &PageServer, socket: &TcpStream, status: u16, line: &str) {
+    server.figures.page_answered(status);
+    close_with(socket, &page::refusal_bytes(status, line));
+}
+
 fn close_with(socket: &TcpStream, response: &[u8]) {
     if (&*socket).write_all(response).is_ok() {
         discard_arrived(socket);

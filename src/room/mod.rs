@@ -411,6 +411,9 @@ impl Room {
             wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down")
         };
         let members: Vec<(ClientId, Member)> = self.members.drain().collect();
+        for _ in &members {
+            self.figures.ended("shutdown");
+        }
         for (_, member) in &members {
             self.writers[member.outbox.writer].close(&member.outbox, Some(bye.clone()));
         }

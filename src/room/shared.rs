@@ -111,6 +111,7 @@ impl Room {
             Item::Say { id, .. } => {
                 if let Some(sender) = self.members.get(&id) {
                     let outbox = sender.outbox.clone();
+                    self.figures.line_refused("unreachable");
                     let notice = wire::notice(outbox.dialect, NOT_SENT);
                     let _ = self.writers[outbox.writer].push(&outbox, notice);
                 }
@@ -189,6 +190,7 @@ impl Room {
         if early.len() < EARLY_LINES_MOST {
             return early.push(text);
         }
+        self.figures.line_refused("not_joined");
         let notice = wire::notice(outbox.dialect, NOT_YET);
         let _ = self.writers[outbox.writer].push(outbox, notice);
     }

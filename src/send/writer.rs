@@ -248,6 +248,7 @@ impl Pump {
             }
             if sent {
                 let rest = self.gather.rest_after(started, ended, appends);
+                figures::set(&self.writer.figures.gathering, u64::from(!rest.is_zero()));
                 if !rest.is_zero() {
                     thread::sleep(rest);
                 }
@@ -281,6 +282,7 @@ impl Pump {
         figures.delay.take(&mut self.delays);
         let clients = self.clients.len() - self.free.len();
         figures::set(&figures.clients, clients as u64);
+        figures::set(&figures.blocked, self.blocked as u64);
         figures::set(&figures.busy_since_ms, 0);
     }
 
@@ -444,6 +446,7 @@ impl Pump {
             return false;
         }
         let id = client.id;
+        figures::add(&self.writer.figures.too_slow, 1);
         self.trace
             .decision(client.delivery.outbox.label(), "evicted: too slow");
         self.tell_room_if_ended(id, true, false);
@@ -521,6 +524,9 @@ impl Pump {
         let id = client.id;
         let delivery = &mut client.delivery;
         let was_open = delivery.time_out();
+        if was_open {
+            figures::add(&self.writer.figures.write_timeouts, 1);
+        }
         let dialect = delivery.outbox.dialect as usize;
         let head = self.logs[dialect].head();
         let left = delivery.left(head);
