@@ -58,6 +58,8 @@ pub struct Figures {
     pub refused_lines: [AtomicU64; REFUSED_LINES.len()],
     /// Page answers, by [`PAGE_STATUSES`] and one more for any other.
     pub page_answers: [AtomicU64; PAGE_STATUSES.len() + 1],
+    /// Resumes of a session, by [`RESUMES`].
+    pub resumes: [AtomicU64; RESUMES.len()],
 }
 
 /// What the room thread counts.
@@ -160,6 +162,13 @@ impl Figures {
         }
     }
 
+    /// One more resume that ended as `how`, one of [`RESUMES`].
+    pub fn resumed(&self, how: &str) {
+        if let Some(i) = RESUMES.iter().position(|&e| e == how) {
+            add(&self.resumes[i], 1);
+        }
+    }
+
     /// One more page answer with `status`.
     pub fn page_answered(&self, status: u16) {
         let i = PAGE_STATUSES.iter().position(|&s| s == status);
@@ -202,6 +211,36 @@ pub fn redis_up() -> Option<bool> {
         .load(Ordering::Relaxed)
         .then(|| REDIS_DOWN.load(Ordering::Relaxed) == 0)
 }
+
+/// How resumes ended: the session came back, its token was unknown (a fresh session),
+/// it was resumed too often, or Redis could not be reached.
+pub const RESUMES: [&str; 4] = ["back", "unknown", "too_often", "unreachable"];
+
+/// What the cluster's threads and the room count of the cluster. Process-wide, as the
+/// connection to Redis is; zero without `--redis`.
+pub struct ClusterFigures {
+    /// Items waiting for the publisher, as of the last one handed to it.
+    pub queue: AtomicU64,
+    /// The publisher's round trips to Redis, in the delivery delay's buckets.
+    pub round_trips: SharedHistogram,
+    /// Lines of the shared order lost before this instance read them (each told once).
+    pub gaps: AtomicU64,
+    /// Times the other instances took this one for dead and fenced it.
+    pub fenced: AtomicU64,
+    /// Clients of dead instances this one announced as left.
+    pub reaped: AtomicU64,
+}
+
+pub static CLUSTER: ClusterFigures = ClusterFigures {
+    queue: AtomicU64::new(0),
+    round_trips: SharedHistogram {
+        counts: [const { AtomicU64::new(0) }; DELAY_BUCKETS.len() + 1],
+        sum_us: AtomicU64::new(0),
+    },
+    gaps: AtomicU64::new(0),
+    fenced: AtomicU64::new(0),
+    reaped: AtomicU64::new(0),
+};
 
 /// One more of something, as the only thread that counts it.
 pub fn add(counter: &AtomicU64, n: u64) {

@@ -525,3 +525,42 @@ fn each_ending_and_each_refusal_is_counted_under_its_own_cause_and_no_other() {
         })
     });
 }
+
+#[test]
+fn resumes_are_counted_by_how_they_ended() {
+    use common::resumable::{Resumable, SUBPROTOCOL};
+    let server = Server::start(&["--admin-port", "0"]);
+    let resumes = |how: &str| {
+        value(
+            &server,
+            &format!("threadchat_resumes_total{{how=\"{how}\"}}"),
+        )
+    };
+    let page = Resumable::new_session(&server);
+    let (token, _, position) = page.cut();
+    // Back, once; the same token again at once, and again: the third is one too often.
+    let (_ws, first) = Resumable::back(&server, &token, &position);
+    assert_eq!(first, "resumed 0");
+    eventually("one resume counted back", || resumes("back") == 1.0);
+    let mut too_often = 0;
+    for _ in 0..3 {
+        let mut ws = handshake(&server.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
+        ws.send(tungstenite::Message::text(format!(
+            "resume {token} {position}"
+        )))
+        .unwrap();
+        if let Ok(tungstenite::Message::Close(_)) = ws.read() {
+            too_often += 1;
+        }
+    }
+    assert!(too_often >= 1, "a burst of two, then once a second");
+    // A token nobody has: a fresh session.
+    let (_ws, first) = Resumable::back(&server, &"0".repeat(32), "1");
+    assert_eq!(first, "missed");
+    eventually("every resume counted by how it ended", || {
+        resumes("too_often") == too_often as f64
+            && resumes("unknown") == 1.0
+            && resumes("back") == 4.0 - too_often as f64
+    });
+    assert_eq!(resumes("unreachable"), 0.0);
+}

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 
 use crate::context::Shared;
 use crate::figures::{
-    self, get, DELAY_BUCKETS, DEPARTURES, ENDINGS, PAGE_STATUSES, REFUSAL_STATUSES, REFUSED_LINES,
+    self, get, SharedHistogram, CLUSTER, DELAY_BUCKETS, DEPARTURES, ENDINGS, PAGE_STATUSES,
+    REFUSAL_STATUSES, REFUSED_LINES, RESUMES,
 };
 
 /// The exposition, as of now.
@@ -235,34 +236,42 @@ pub fn render(shared: &Shared) -> String {
             get(counter),
         );
     }
+    out.family(
+        "threadchat_resumes_total",
+        "counter",
+        "Resumes of a session, by how they ended.",
+    );
+    for (how, counter) in RESUMES.iter().zip(&figures.resumes) {
+        out.sample("threadchat_resumes_total", &[("how", how)], get(counter));
+    }
     if let Some(up) = figures::redis_up() {
-        out.one(
-            "threadchat_redis_up",
-            "gauge",
-            "With --redis: 1 while every cluster thread reaches Redis, 0 otherwise.",
-            u64::from(up),
-        );
+        cluster(&mut out, up);
     }
     process(&mut out);
     out.0
 }
 
-/// The delivery delay, every writer's histogram summed: buckets cumulative, as Prometheus
-/// reads them.
+/// The delivery delay, every writer's histogram summed.
 fn delivery_delay(out: &mut Exposition, writers: &[(String, &crate::figures::WriterFigures)]) {
-    let name = "threadchat_delivery_delay_seconds";
-    out.family(
-        name,
-        "histogram",
+    let all: Vec<&SharedHistogram> = writers.iter().map(|(_, w)| &w.delay).collect();
+    histogram(
+        out,
+        "threadchat_delivery_delay_seconds",
         "From a frame's append to the log to its bytes handed to the kernel, for each client.",
+        &all,
     );
+}
+
+/// A histogram, the sum of `parts`: buckets cumulative, as Prometheus reads them.
+fn histogram(out: &mut Exposition, name: &str, help: &str, parts: &[&SharedHistogram]) {
+    out.family(name, "histogram", help);
     let mut counts = [0u64; DELAY_BUCKETS.len() + 1];
     let mut sum_us = 0;
-    for (_, w) in writers {
-        for (total, count) in counts.iter_mut().zip(&w.delay.counts) {
+    for part in parts {
+        for (total, count) in counts.iter_mut().zip(&part.counts) {
             *total += get(count);
         }
-        sum_us += get(&w.delay.sum_us);
+        sum_us += get(&part.sum_us);
     }
     let bucket = format!("{name}_bucket");
     let mut cumulative = 0;
@@ -274,6 +283,47 @@ fn delivery_delay(out: &mut Exposition, writers: &[(String, &crate::figures::Wri
     out.sample(&bucket, &[("le", "+Inf")], cumulative);
     out.float(&format!("{name}_sum"), &[], sum_us as f64 / 1e6);
     out.sample(&format!("{name}_count"), &[], cumulative);
+}
+
+/// With `--redis`: Redis's reach and what the cluster's threads count.
+fn cluster(out: &mut Exposition, up: bool) {
+    let cluster = &CLUSTER;
+    out.one(
+        "threadchat_redis_up",
+        "gauge",
+        "With --redis: 1 while every cluster thread reaches Redis, 0 otherwise.",
+        u64::from(up),
+    );
+    out.one(
+        "threadchat_publisher_queue",
+        "gauge",
+        "Items waiting for the publisher to send them to Redis.",
+        get(&cluster.queue),
+    );
+    histogram(
+        out,
+        "threadchat_redis_round_trip_seconds",
+        "The publisher's round trips to Redis, each carrying every item waiting.",
+        &[&cluster.round_trips],
+    );
+    out.one(
+        "threadchat_gaps_total",
+        "counter",
+        "Times lines of the shared order were lost before this instance read them.",
+        get(&cluster.gaps),
+    );
+    out.one(
+        "threadchat_fenced_total",
+        "counter",
+        "Times the other instances took this one for dead and fenced it.",
+        get(&cluster.fenced),
+    );
+    out.one(
+        "threadchat_reaped_clients_total",
+        "counter",
+        "Clients of dead instances this instance announced as left.",
+        get(&cluster.reaped),
+    );
 }
 
 /// The process figures under the names every exporter uses.

@@ -117,6 +117,7 @@ impl Heartbeat {
                 return;
             };
             if let Some(count) = Some(reaped).filter(|n| *n >= 0) {
+                crate::figures::add(&crate::figures::CLUSTER.reaped, count as u64);
                 eprintln!(
                     "threadchat: instance {dead} is gone; announced its {count} client(s) as left"
                 );

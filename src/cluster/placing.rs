@@ -96,7 +96,12 @@ impl Desk {
                 item,
             });
         }
-        let replies: Vec<Value> = match pipe.query(&mut connection) {
+        let asked = Instant::now();
+        let replied = pipe.query(&mut connection);
+        let mut round_trip = crate::figures::Histogram::default();
+        round_trip.record(asked.elapsed().as_micros() as u64);
+        crate::figures::CLUSTER.round_trips.take(&mut round_trip);
+        let replies: Vec<Value> = match replied {
             Ok(replies) => replies,
             Err(e) => {
                 // Applied or not, nobody knows: settled once Redis answers again. A leave is

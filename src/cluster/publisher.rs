@@ -126,7 +126,9 @@ impl Publisher {
         if full && !matches!(item, Item::Leave { .. } | Item::Detach { .. }) {
             return Placement::Refused(item, Refusal::Unreachable);
         }
-        match self.jobs.send(Job::Item(item)) {
+        let sent = self.jobs.send(Job::Item(item));
+        crate::figures::set(&crate::figures::CLUSTER.queue, self.jobs.len() as u64);
+        match sent {
             Ok(()) => Placement::Later,
             Err(crossbeam_channel::SendError(Job::Item(item))) => {
                 Placement::Refused(item, Refusal::Unreachable)

@@ -174,6 +174,7 @@ impl Room {
                     Ok(Event::Stream(entries)) => entries.into_iter().for_each(|e| self.placed(e)),
                     Ok(Event::Refused(item, why)) => self.refused(item, why),
                     Ok(Event::Gap) => {
+                        figures::add(&figures::CLUSTER.gaps, 1);
                         self.append(&wire::text_frame(MISSED), &wire::text_frame(MISSED_MARK));
                     }
                     Ok(Event::Fenced) => self.restart_everyone(),

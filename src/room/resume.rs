@@ -60,10 +60,14 @@ impl Room {
         let (nickname, number, holder, before) =
             match self.sessions.attach(token, id, Instant::now()) {
                 Attach::Unknown => {
-                    return self.handle_new_connection(id, from, outbox, seat, Some(true))
+                    self.figures.resumed("unknown");
+                    return self.handle_new_connection(id, from, outbox, seat, Some(true));
                 }
                 // Each resume may replay lines: one that comes too often waits, session kept.
-                Attach::TooOften => return self.turn_away(id, &outbox, RESUMING_TOO_OFTEN),
+                Attach::TooOften => {
+                    self.figures.resumed("too_often");
+                    return self.turn_away(id, &outbox, RESUMING_TOO_OFTEN);
+                }
                 Attach::Back { session, before } => (
                     session.nickname.clone(),
                     session.number,
@@ -105,6 +109,7 @@ impl Room {
         position: Position,
         floor: u64,
     ) {
+        self.figures.resumed("back");
         let outbox = member.outbox.clone();
         let _ = outbox.nickname.set(member.nickname.clone());
         eprintln!("back  {} from {}", member.nickname, member.from);

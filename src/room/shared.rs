@@ -122,16 +122,22 @@ impl Room {
                 };
                 match (resumer.gone, why) {
                     // Unknown: a fresh session, after the mark. Never an error loop.
-                    (None, Refusal::Unknown) => self.handle_new_connection(
-                        id,
-                        resumer.from,
-                        resumer.outbox,
-                        resumer.seat,
-                        Some(true),
-                    ),
+                    (None, Refusal::Unknown) => {
+                        self.figures.resumed("unknown");
+                        self.handle_new_connection(
+                            id,
+                            resumer.from,
+                            resumer.outbox,
+                            resumer.seat,
+                            Some(true),
+                        )
+                    }
                     // Redis out of reach: close 1013, and the session is still there to
                     // resume once it is back.
-                    _ => self.turn_away(id, &resumer.outbox, UNREACHABLE),
+                    _ => {
+                        self.figures.resumed("unreachable");
+                        self.turn_away(id, &resumer.outbox, UNREACHABLE)
+                    }
                 }
             }
             // An order keeps a leave until it can place it.
@@ -143,6 +149,7 @@ impl Room {
     /// this instance for dead): every member must come back as a newcomer. Close 1012
     /// "service restart" tells browsers and scripts to reconnect.
     pub(super) fn restart_everyone(&mut self) {
+        crate::figures::add(&crate::figures::CLUSTER.fenced, 1);
         eprintln!("threadchat: the other instances took this one for dead; closing every client");
         let restart = wire::close_frame(wire::CLOSE_SERVICE_RESTART, "service restart");
         for (_, member) in self.members.drain() {
