@@ -229,6 +229,9 @@ pub struct ClusterFigures {
     pub fenced: AtomicU64,
     /// Clients of dead instances this one announced as left.
     pub reaped: AtomicU64,
+    /// 1 from the moment this instance finds itself fenced until the room has closed every
+    /// client and the publisher starts afresh: it takes no newcomer meanwhile.
+    pub fencing: AtomicU64,
 }
 
 pub static CLUSTER: ClusterFigures = ClusterFigures {
@@ -240,6 +243,7 @@ pub static CLUSTER: ClusterFigures = ClusterFigures {
     gaps: AtomicU64::new(0),
     fenced: AtomicU64::new(0),
     reaped: AtomicU64::new(0),
+    fencing: AtomicU64::new(0),
 };
 
 /// One more of something, as the only thread that counts it.

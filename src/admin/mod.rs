@@ -206,6 +206,9 @@ pub fn not_ready(shared: &Shared) -> Option<String> {
     if figures::redis_up() == Some(false) {
         return Some("redis is unreachable".into());
     }
+    if get(&figures::CLUSTER.fencing) == 1 {
+        return Some("fenced: the other instances took this one for dead".into());
+    }
     let held = shared.connections.load(Ordering::Acquire);
     if held >= shared.max_clients {
         return Some(format!("full: {held} of {} clients", shared.max_clients));

@@ -298,6 +298,7 @@ impl Desk {
             );
         }
         self.fenced = true;
+        crate::figures::set(&crate::figures::CLUSTER.fencing, 1);
         self.held.clear();
         self.owed.clear();
         self.number = 0;

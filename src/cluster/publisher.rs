@@ -327,7 +327,10 @@ impl Desk {
                 Job::Item(item) => items.push(item),
                 Job::Register => register = true,
                 Job::Fenced(instance) => self.fenced(&instance),
-                Job::Restarted => self.fenced = false,
+                Job::Restarted => {
+                    self.fenced = false;
+                    crate::figures::set(&crate::figures::CLUSTER.fencing, 0);
+                }
                 Job::Holds(nickname, Some(id)) => drop(self.held.insert(nickname, id)),
                 Job::Holds(nickname, None) => drop(self.held.remove(&nickname)),
                 Job::Flush(done) => flushes.push(done),
