@@ -145,6 +145,8 @@ pub struct WriterFigures {
     pub blocked: AtomicU64,
     /// Whether its last pass rested so that lines gather (1) or not (0).
     pub gathering: AtomicU64,
+    /// How far behind the head its furthest client was in the last pass, in bytes.
+    pub furthest_lag: AtomicU64,
 }
 
 impl Figures {

@@ -151,6 +151,19 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     out.family(
+        "threadchat_writer_furthest_lag_bytes",
+        "gauge",
+        "How far behind the log's head each writer's furthest client was in its last pass.",
+    );
+    for (i, w) in &writers {
+        let lag = get(&w.furthest_lag);
+        out.sample(
+            "threadchat_writer_furthest_lag_bytes",
+            &[("writer", i)],
+            lag,
+        );
+    }
+    out.family(
         "threadchat_writer_gathering",
         "gauge",
         "1 while a writer thread rests after its passes so lines gather, 0 while it sends at once.",

@@ -112,6 +112,7 @@ impl Writer {
             gather: Gather::default(),
             this_pass: (0, 0),
             delays: Histogram::default(),
+            furthest_lag: 0,
             write_timeout,
             trace,
         };
@@ -215,6 +216,8 @@ struct Pump {
     this_pass: (u64, u64),
     /// Delivery delays of the pass under way, added to the figures when it ends.
     delays: Histogram,
+    /// The furthest any client served in the pass under way was behind, in bytes.
+    furthest_lag: u64,
     write_timeout: Duration,
     trace: Trace,
 }
@@ -283,6 +286,7 @@ impl Pump {
         let clients = self.clients.len() - self.free.len();
         figures::set(&figures.clients, clients as u64);
         figures::set(&figures.blocked, self.blocked as u64);
+        figures::set(&figures.furthest_lag, mem::take(&mut self.furthest_lag));
         figures::set(&figures.busy_since_ms, 0);
     }
 
@@ -386,7 +390,9 @@ impl Pump {
         if !client.blocked || delivery.outbox.phase() != Phase::Open {
             delivery.collect();
         }
-        if delivery.is_open() && delivery.behind(head) > retention {
+        let behind = delivery.behind(head);
+        self.furthest_lag = self.furthest_lag.max(behind);
+        if delivery.is_open() && behind > retention {
             self.evict(slot);
             return false;
         }
