@@ -3,9 +3,10 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use super::{eventually, Server};
+use super::{wait_at_most, Server, PATIENCE};
 
 pub struct Redis {
     child: Child,
@@ -16,11 +17,12 @@ impl Redis {
     /// A fresh redis-server, or None (with a loud warning) where there is none and this is
     /// not CI.
     pub fn start() -> Option<Redis> {
-        if Command::new("redis-server")
+        let found = Command::new("redis-server")
             .arg("--version")
-            .output()
-            .is_err()
-        {
+            .stdout(Stdio::null())
+            .spawn()
+            .map(|mut version| wait_at_most(&mut version, PATIENCE));
+        if found.is_err() {
             assert!(
                 std::env::var("CI").unwrap_or_default().is_empty(),
                 "redis-server is missing; make test installs it"
@@ -28,29 +30,65 @@ impl Redis {
             eprintln!("WARNING: redis-server not found; the cluster tests are SKIPPED");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        Some(Redis::start_on(port))
+        // redis-server cannot be given port 0 (that turns TCP off), so it gets a port that was
+        // free a moment ago; should another process take it first, this one exits, and
+        // another port is tried.
+        let mut tried = Vec::new();
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            match Redis::try_start_on(port) {
+                Ok(redis) => return Some(redis),
+                Err(why) => tried.push(why),
+            }
+        }
+        panic!("no redis-server started: {tried:?}");
     }
 
     /// A redis-server on `port`, empty.
     pub fn start_on(port: u16) -> Redis {
+        Redis::try_start_on(port).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// A redis-server on `port`, once it answers as itself (its process id), so a test
+    /// never talks to another process that holds the port; or why not, within PATIENCE.
+    fn try_start_on(port: u16) -> Result<Redis, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        let redis = Redis { child, port };
-        eventually("redis-server to answer", || {
-            redis::Client::open(redis.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
-        redis
+        let mut redis = Redis { child, port };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = redis.child.try_wait().expect("redis-server's status") {
+                return Err(format!("redis-server on {port} exited at start ({status})"));
+            }
+            if redis.answers_as_itself() {
+                return Ok(redis);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server on {port} did not answer within {PATIENCE:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process answering on the port is this one.
+    fn answers_as_itself(&self) -> bool {
+        let info = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(1)))?;
+                redis::cmd("INFO").arg("server").query::<String>(&mut c)
+            });
+        let own = format!("process_id:{}", self.child.id());
+        info.is_ok_and(|info| info.lines().any(|line| line.trim_end() == own))
     }
 
     pub fn url(&self) -> String {
