@@ -139,10 +139,7 @@ impl Server {
 
     /// Sends a signal and waits (with a deadline) for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        signal_process(self.child.id(), signal);
         wait_at_most(&mut self.child, PATIENCE)
             .unwrap_or_else(|| panic!("server did not exit within {PATIENCE:?} of SIG{signal}"))
     }
@@ -636,11 +633,23 @@ pub fn raise_own_open_file_limit() {
 
 /// Sends a signal by name (`STOP`, `CONT`, `KILL`...) to a process.
 pub fn signal_process(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
+    let signal = match name {
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "KILL" => libc::SIGKILL,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        other => panic!("no signal SIG{other} here"),
+    };
+    let pid = libc::pid_t::try_from(pid).expect("a process id");
+    // SAFETY: kill(2) takes plain integers; the process is one this test started.
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        sent,
+        0,
+        "kill -{name} {pid}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Stops the process for `pause` and continues it, as Ctrl-Z then `fg`, `docker pause`, or a
