@@ -359,6 +359,9 @@ pub fn handshake(
         .expect("an address for the host");
     let socket = tcp_connect(addr).map_err(tungstenite::Error::Io)?;
     socket.set_write_timeout(Some(PATIENCE)).unwrap();
+    // As tungstenite::connect does: each frame goes out when it is written, not held back
+    // for the acknowledgement of the one before.
+    socket.set_nodelay(true).unwrap();
     match tungstenite::client(request, MaybeTlsStream::Plain(socket)) {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::HandshakeError::Failure(err)) => Err(err),
