@@ -259,10 +259,7 @@ fn the_www_folder_is_served_with_404s_and_no_way_out() {
 
 #[test]
 fn help_lists_every_flag() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_threadchat"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = run_to_exit(&["--help"], PATIENCE);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -280,10 +277,7 @@ fn help_lists_every_flag() {
     ] {
         assert!(text.contains(flag), "--help does not mention {flag}");
     }
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_threadchat"))
-        .args(["--ws-port", "nope"])
-        .output()
-        .unwrap();
+    let bad = run_to_exit(&["--ws-port", "nope"], PATIENCE);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--ws-port"));
 }

@@ -578,12 +578,24 @@ fn cut_off_from_redis_an_instance_refuses_aloud_then_misses_nothing_and_pays_its
     a.say("during 0");
     eventually("the instance to notice", || publisher_gone(&one));
     for i in 1..DURING {
+        let sent = Instant::now();
         a.say(&format!("during {i}"));
         assert_eq!(a.line(), NOT_SENT, "during {i}");
+        let took = sent.elapsed();
+        assert!(
+            took <= PROMISED_ATTEMPT + MARGIN,
+            "line {i} was refused {took:?} after it was sent"
+        );
     }
-    // A newcomer is told to try again later.
+    // A newcomer is told to try again later, at once.
+    let asked = Instant::now();
     let mut newcomer = handshake(&one.ws_url("/"), &[]).expect("the upgrade itself works");
     assert_eq!(expect_close(&mut newcomer).0, 1013);
+    assert!(
+        asked.elapsed() <= MARGIN,
+        "told to come back {:?} after it asked",
+        asked.elapsed()
+    );
     // d leaves while its instance cannot tell anyone.
     let d_name = d.nickname.clone();
     drop(d);

@@ -201,7 +201,13 @@ fn a_full_page_server_answers_503_only_when_every_connection_is_being_answered()
             socket
         })
         .collect();
+    let asked = Instant::now();
     let (status, head, body) = http_over(connect_from(loopback(4), server.http), get_request());
+    assert!(
+        asked.elapsed() < AT_ONCE,
+        "answered after {:?}",
+        asked.elapsed()
+    );
     assert_eq!(status, 503, "{head}");
     assert_eq!(body.lines().count(), 1, "{body:?}");
     assert!(body.contains("busy"), "{body:?}");
@@ -368,7 +374,14 @@ fn one_address_gets_its_share_of_the_websocket_port_and_429_past_it() {
     let mut first = server.join();
     let second = server.join();
     for _ in 0..5 {
+        // At once, from the accepting thread: not when some deadline passes.
+        let asked = Instant::now();
         let (status, body) = refused_handshake(&url, &[]);
+        assert!(
+            asked.elapsed() < AT_ONCE,
+            "answered after {:?}",
+            asked.elapsed()
+        );
         assert_eq!(status, 429);
         assert_eq!(body.lines().count(), 1, "{body:?}");
         assert!(body.contains("at most 2 per address"), "{body:?}");
@@ -430,7 +443,13 @@ fn one_address_gets_its_share_of_the_page_port_and_429_past_it() {
     let _hanging: Vec<TcpStream> = (0..2)
         .map(|_| slow_page_connection(TcpStream::connect(server.http).unwrap()))
         .collect();
+    let asked = Instant::now();
     let (status, _, body) = get(server.http, "/");
+    assert!(
+        asked.elapsed() < AT_ONCE,
+        "answered after {:?}",
+        asked.elapsed()
+    );
     assert_eq!(status, 429);
     assert_eq!(body.lines().count(), 1, "{body:?}");
 

@@ -446,12 +446,18 @@ fn a_client_connected_longer_than_the_write_timeout_may_fall_behind_for_a_moment
 
 #[test]
 fn a_silent_dead_peer_is_dropped_with_1001_while_a_live_one_stays() {
+    const PONG_TIMEOUT: Duration = Duration::from_millis(500);
     let server = Server::start(&["--ping-interval", "0.1", "--pong-timeout", "0.5"]);
     let mut witness = server.join();
+    let connected = Instant::now();
     let mut dead = RawClient::connect(server.ws); // never answers a ping
     let offender = offender_joined(&mut witness);
-    // The witness answers pings as it reads, so it outlives the dead one.
-    assert_eq!(witness.line(), format!(" .... {offender} has left."));
+    // The witness answers pings as it reads, so it outlives the dead one, which is dropped
+    // once it has been silent for the pong timeout.
+    let by = connected + PONG_TIMEOUT + MARGIN;
+    let left = line_by(&mut witness, by)
+        .unwrap_or_else(|| panic!("not dropped within {PONG_TIMEOUT:?} + {MARGIN:?}"));
+    assert_eq!(left, format!(" .... {offender} has left."));
     let mut saw_ping = false;
     witness.say("alive");
     loop {
@@ -471,10 +477,13 @@ fn a_silent_dead_peer_is_dropped_with_1001_while_a_live_one_stays() {
 
 #[test]
 fn a_flood_is_refused_with_a_private_notice_and_then_closed_with_1008() {
+    const FLOOD_CLOSE: Duration = Duration::from_secs(1);
     let server = Server::start(&["--rate-limit", "5", "--flood-close", "1"]);
     let mut witness = server.join();
     let mut flooder = server.join();
     let offender = offender_joined(&mut witness);
+    // The flood starts with the first refusal, a little after this.
+    let flooding = Instant::now();
     for i in 0..30 {
         flooder.say(&format!("spam {i}"));
     }
@@ -492,8 +501,14 @@ fn a_flood_is_refused_with_a_private_notice_and_then_closed_with_1008() {
         }
     }
     assert!(notices >= 15, "only {notices} refusals");
-    // Keep flooding until the server closes the connection.
+    // Keep flooding until the server closes the connection, once the flood has lasted
+    // --flood-close.
     let closed = loop {
+        assert!(
+            flooding.elapsed() < FLOOD_CLOSE + MARGIN,
+            "still open {:?} into the flood",
+            flooding.elapsed()
+        );
         if flooder.ws.send(Message::text("more")).is_err() {
             break expect_close(&mut flooder.ws);
         }

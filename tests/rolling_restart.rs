@@ -67,7 +67,36 @@ impl Nginx {
             .find(|b| b.contains("upstream threadchat_ws"))
             .and_then(|b| b.split("```").next())
             .expect("a cluster nginx block in docs/DEPLOY.md");
-        let port = free_port();
+        let dir = TempDir::new();
+        // nginx cannot be given port 0, so it gets a port that was free a moment ago; should
+        // another process take it first, nginx gives up, and another port is tried.
+        let mut tried = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            match Nginx::try_start(nginx, block, pages, sockets, port, &dir) {
+                Ok(child) => {
+                    return Some(Nginx {
+                        child,
+                        port,
+                        _dir: dir,
+                    })
+                }
+                Err(why) => tried.push(why),
+            }
+        }
+        panic!("nginx did not start: {tried:?}");
+    }
+
+    /// nginx listening on `port`, once it has written its pid file: it writes it after it
+    /// has bound every listening socket, so the port is its own.
+    fn try_start(
+        nginx: &str,
+        block: &str,
+        pages: [u16; 2],
+        sockets: [u16; 2],
+        port: u16,
+        dir: &TempDir,
+    ) -> Result<Child, String> {
         let site: String = block
             .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port};"))
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", pages[0]))
@@ -82,7 +111,6 @@ impl Nginx {
             site.contains(&format!("127.0.0.1:{}", sockets[1])),
             "{site}"
         );
-        let dir = TempDir::new();
         let root = dir.path.display().to_string();
         let user = if unsafe { libc::geteuid() } == 0 {
             "user root;"
@@ -97,21 +125,33 @@ impl Nginx {
              uwsgi_temp_path {root}/uwsgi;\n scgi_temp_path {root}/scgi;\n{site}\n}}\n"
         );
         std::fs::write(format!("{root}/nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx)
+        let pid_file = format!("{root}/nginx.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let mut child = Command::new(nginx)
             .args(["-p", &root, "-e", &format!("{root}/error.log")])
             .args(["-c", &format!("{root}/nginx.conf")])
             .stdout(Stdio::null())
             .spawn()
             .expect("start nginx");
-        let nginx = Nginx {
-            child,
-            port,
-            _dir: dir,
-        };
-        eventually("nginx to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Some(nginx)
+        let own = child.id().to_string();
+        // nginx tries a taken port for about 2.5 s before it gives up.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let written = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if written.trim() == own {
+                return Ok(child);
+            }
+            if let Some(status) = child.try_wait().expect("nginx's status") {
+                let log = std::fs::read_to_string(format!("{root}/error.log")).unwrap_or_default();
+                return Err(format!("nginx on {port} exited ({status}): {log}"));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("nginx on {port} did not start within {PATIENCE:?}"));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn ws_url(&self) -> String {
@@ -354,18 +394,16 @@ fn wait_for(shared: &Shared, what: &str, deadline: Instant, condition: impl Fn()
 #[test]
 fn a_rolling_restart_behind_nginx_is_noticed_by_nobody() {
     let Some(redis) = Redis::start() else { return };
-    let (pages, sockets) = ([free_port(), free_port()], [free_port(), free_port()]);
+    let args = ["--rate-limit", "0", "--redis", &redis.url()];
+    // First on free ports; a restarted instance takes its predecessor's ports again, which
+    // nginx knows.
+    let mut instances = [Server::start(&args), Server::start(&args)];
+    let pages = [instances[0].http.port(), instances[1].http.port()];
+    let sockets = [instances[0].ws.port(), instances[1].ws.port()];
     let Some(nginx) = Nginx::start(pages, sockets) else {
         return;
     };
-    let start = |i: usize| {
-        Server::start_on(
-            pages[i],
-            sockets[i],
-            &["--rate-limit", "0", "--redis", &redis.url()],
-        )
-    };
-    let mut instances = [start(0), start(1)];
+    let start = |i: usize| Server::start_on(pages[i], sockets[i], &args);
     let deadline = Instant::now() + WHOLE_RUN;
     let shared = Arc::new(Shared {
         url: nginx.ws_url(),

@@ -22,7 +22,10 @@ function startBehindProxy() {
   });
   return new Promise((resolve, reject) => {
     let out = "";
-    const timer = setTimeout(() => reject(new Error("the proxy did not start: " + out)), PATIENCE_MS);
+    const timer = setTimeout(() => {
+      process.kill(-child.pid, "SIGTERM"); // the script, nginx and threadchat
+      reject(new Error("the proxy did not start: " + out));
+    }, PATIENCE_MS);
     child.on("exit", (code) => {
       clearTimeout(timer);
       // 77: skipped, nginx or openssl missing (never under CI, where serve.sh fails instead).

@@ -92,7 +92,10 @@ function startServer(relay, extra = []) {
   });
   return new Promise((resolve, reject) => {
     let out = "";
-    const timer = setTimeout(() => reject(new Error("server did not start: " + out)), PATIENCE_MS);
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL"); // or it would keep the test running
+      reject(new Error("server did not start: " + out));
+    }, PATIENCE_MS);
     child.on("exit", (code) => reject(new Error("server exited with " + code + ": " + out)));
     child.stdout.on("data", (chunk) => {
       out += chunk;

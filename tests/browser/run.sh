@@ -23,4 +23,6 @@ if [ ! -d node_modules/playwright-core ]; then
   # --ignore-scripts: playwright-core must never try to download a browser.
   npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 fi
-node --test chat.test.mjs proxy.test.mjs resume.test.mjs admin.test.mjs
+# Each test ends within TEST_DEADLINE_MS whatever the page or the server does; every wait in
+# it has a shorter deadline of its own.
+node --test --test-timeout="${TEST_DEADLINE_MS:-120000}" chat.test.mjs proxy.test.mjs resume.test.mjs admin.test.mjs

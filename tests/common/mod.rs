@@ -8,9 +8,10 @@ pub mod redis_server;
 pub mod resumable;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::FromRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -78,27 +79,43 @@ impl Server {
             .spawn()
             .expect("start threadchat");
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
+        drain_into(child.stderr.take().unwrap(), stderr.clone());
+        // The startup lines come through a channel, so that waiting for them has a deadline
+        // even when the server prints nothing and does not exit.
+        let (lines_tx, lines_rx) = mpsc::channel();
+        let out_pipe = child.stdout.take().unwrap();
+        // Keeps reading after the startup lines, so the server never blocks on a full pipe.
         thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            for line in BufReader::new(out_pipe).lines() {
+                let Ok(line) = line else { break };
+                let _ = lines_tx.send(line);
             }
         });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + PATIENCE;
         let mut startup = Vec::new();
         let (mut http, mut ws, mut admin) = (None, None, None);
         while http.is_none() || ws.is_none() || (wants_admin && admin.is_none()) {
-            let line = lines
-                .next()
-                .expect("threadchat exited before printing its addresses")
-                .unwrap();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match lines_rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "threadchat printed no addresses within {PATIENCE:?}; killed it. \
+                         stdout {startup:?}, stderr {:?}",
+                        stderr.lock().unwrap()
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = wait_at_most(&mut child, PATIENCE);
+                    panic!(
+                        "threadchat exited ({status:?}) before printing its addresses: \
+                         stdout {startup:?}, stderr {:?}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            };
             if line.contains(" admin on ") {
                 admin = address_after(&line, "http://");
             } else if let Some(addr) = address_after(&line, "http://") {
@@ -109,8 +126,6 @@ impl Server {
             }
             startup.push(line);
         }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
         Server {
             child,
             http: http.unwrap(),
@@ -140,21 +155,9 @@ impl Server {
 
     /// Sends a signal and waits (with a deadline) for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after SIG{signal}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        signal_process(self.child.id(), signal);
+        wait_at_most(&mut self.child, PATIENCE)
+            .unwrap_or_else(|| panic!("server did not exit within {PATIENCE:?} of SIG{signal}"))
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -169,6 +172,76 @@ impl Drop for Server {
     }
 }
 
+/// Appends everything `pipe` yields to `sink`, on a thread of its own, until it ends.
+fn drain_into(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+}
+
+/// Waits for `child` to exit, for at most `most`; None if it is still running then.
+pub fn wait_at_most(child: &mut Child, most: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + most;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the binary with `args` until it exits, and returns what it printed. It gets free
+/// ports (`--http-port 0 --ws-port 0`, before `args`), so a run that should have ended at
+/// once but went on to serve takes nobody's port; one still running after `deadline` is
+/// killed and fails the test.
+pub fn run_to_exit(args: &[&str], deadline: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_threadchat"))
+        .args(["--http-port", "0", "--ws-port", "0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start threadchat");
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    drain_into(child.stdout.take().unwrap(), stdout.clone());
+    drain_into(child.stderr.take().unwrap(), Arc::clone(&stderr));
+    let Some(status) = wait_at_most(&mut child, deadline) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "threadchat {args:?} was still running after {deadline:?}; killed it. \
+             stdout {:?}, stderr {:?}",
+            stdout.lock().unwrap(),
+            stderr.lock().unwrap()
+        );
+    };
+    // The pipes end with the process; what is left in them is read by now or very soon.
+    let ended = |pipe: &Arc<Mutex<String>>| Arc::strong_count(pipe) == 1;
+    let drained = Instant::now() + PATIENCE;
+    while !(ended(&stdout) && ended(&stderr)) && Instant::now() < drained {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let take = |pipe: &Arc<Mutex<String>>| pipe.lock().unwrap().clone().into_bytes();
+    Output {
+        status,
+        stdout: take(&stdout),
+        stderr: take(&stderr),
+    }
+}
+
 fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
     let start = line.find(scheme)? + scheme.len();
     let rest = &line[start..];
@@ -176,13 +249,22 @@ fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
 }
 
 /// Polls `condition` until it holds or the deadline passes.
-pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
+pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_by(what, Instant::now() + PATIENCE, condition);
+}
+
+/// Polls `condition` until it holds, failing the test if it does not by `deadline`: for what
+/// README promises by a given time.
+pub fn eventually_by(what: &str, deadline: Instant, mut condition: impl FnMut() -> bool) {
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// What README calls "at once", on a loaded two-core machine: promised 0, plus a margin of
+/// one second for a debug build whose cores other work shares.
+pub const AT_ONCE: Duration = Duration::from_secs(1);
 
 /// A chat client over tungstenite.
 pub struct Client {
@@ -278,11 +360,43 @@ pub fn handshake(
         let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
         request.headers_mut().insert(name, value.parse().unwrap());
     }
-    let (ws, _) = tungstenite::connect(request)?;
-    if let MaybeTlsStream::Plain(socket) = ws.get_ref() {
-        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    // tungstenite::connect would wait without a deadline, for the connection and for the
+    // answer: the harness connects, and every read and write has PATIENCE.
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .expect("a host in the URL")
+        .trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(tungstenite::Error::Io)?
+        .next()
+        .expect("an address for the host");
+    let socket = tcp_connect(addr).map_err(tungstenite::Error::Io)?;
+    socket.set_write_timeout(Some(PATIENCE)).unwrap();
+    // As tungstenite::connect does: each frame goes out when it is written, not held back
+    // for the acknowledgement of the one before.
+    socket.set_nodelay(true).unwrap();
+    match tungstenite::client(request, MaybeTlsStream::Plain(socket)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(err)) => Err(err),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            Err(tungstenite::Error::Io(std::io::Error::new(
+                ErrorKind::TimedOut,
+                format!("no answer to the upgrade within {PATIENCE:?}"),
+            )))
+        }
     }
-    Ok(ws)
+}
+
+/// A TCP connection to `addr` that reads with PATIENCE; connecting itself gives up after
+/// PATIENCE too (a listener whose backlog is full drops the SYN, and the kernel's own
+/// retries last minutes).
+pub fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpStream::connect_timeout(&addr, PATIENCE)?;
+    socket.set_read_timeout(Some(PATIENCE))?;
+    Ok(socket)
 }
 
 pub fn read_text<S: Read + Write>(ws: &mut WebSocket<S>) -> String {
@@ -324,7 +438,7 @@ pub fn settle(clients: &mut [Client]) {
 
 /// One raw HTTP/1.1 exchange; returns the status code, the headers and the body.
 pub fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    http_over(TcpStream::connect(addr).unwrap(), request)
+    http_over(tcp_connect(addr).unwrap(), request)
 }
 
 /// [`http`] over a connection already made, e.g. by [`connect_from`].
@@ -358,8 +472,7 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
-        let mut socket = TcpStream::connect(addr).unwrap();
-        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut socket = tcp_connect(addr).unwrap();
         socket
             .write_all(
                 format!(
@@ -539,11 +652,23 @@ pub fn raise_own_open_file_limit() {
 
 /// Sends a signal by name (`STOP`, `CONT`, `KILL`...) to a process.
 pub fn signal_process(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
+    let signal = match name {
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "KILL" => libc::SIGKILL,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        other => panic!("no signal SIG{other} here"),
+    };
+    let pid = libc::pid_t::try_from(pid).expect("a process id");
+    // SAFETY: kill(2) takes plain integers; the process is one this test started.
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        sent,
+        0,
+        "kill -{name} {pid}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Stops the process for `pause` and continues it, as Ctrl-Z then `fg`, `docker pause`, or a

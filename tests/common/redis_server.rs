@@ -4,9 +4,10 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use super::{eventually, Server};
+use super::{wait_at_most, Server, PATIENCE};
 
 pub struct Redis {
     child: Child,
@@ -20,28 +21,22 @@ impl Redis {
     /// A fresh redis-server, or None (with a loud warning) where there is none and this is
     /// not CI.
     pub fn start() -> Option<Redis> {
-        let port = Redis::free_port()?;
-        Some(Redis::start_on(port))
+        Redis::start_saving(false)
     }
 
     /// A fresh redis-server that saves its data in a folder of its own when asked (SAVE),
     /// for [`Redis::restart_from_dump`]; or None, as [`Redis::start`].
     pub fn start_with_dump() -> Option<Redis> {
-        let port = Redis::free_port()?;
-        let dir =
-            std::env::temp_dir().join(format!("threadchat-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a folder for the dump");
-        Some(Redis::start_in(port, Some(dir)))
+        Redis::start_saving(true)
     }
 
-    /// A free port for a redis-server, or None (with a loud warning) where there is no
-    /// redis-server and this is not CI.
-    fn free_port() -> Option<u16> {
-        if Command::new("redis-server")
+    fn start_saving(dump: bool) -> Option<Redis> {
+        let found = Command::new("redis-server")
             .arg("--version")
-            .output()
-            .is_err()
-        {
+            .stdout(Stdio::null())
+            .spawn()
+            .map(|mut version| wait_at_most(&mut version, PATIENCE));
+        if found.is_err() {
             assert!(
                 std::env::var("CI").unwrap_or_default().is_empty(),
                 "redis-server is missing; make test installs it"
@@ -49,20 +44,37 @@ impl Redis {
             eprintln!("WARNING: redis-server not found; the cluster tests are SKIPPED");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        Some(port)
+        // redis-server cannot be given port 0 (that turns TCP off), so it gets a port that was
+        // free a moment ago; should another process take it first, this one exits, and
+        // another port is tried.
+        let mut tried = Vec::new();
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let dir = dump.then(|| {
+                let dir = std::env::temp_dir()
+                    .join(format!("threadchat-redis-{}-{port}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("a folder for the dump");
+                dir
+            });
+            match Redis::try_start_on(port, dir) {
+                Ok(redis) => return Some(redis),
+                Err(why) => tried.push(why),
+            }
+        }
+        panic!("no redis-server started: {tried:?}");
     }
 
     /// A redis-server on `port`, empty.
     pub fn start_on(port: u16) -> Redis {
-        Redis::start_in(port, None)
+        Redis::try_start_on(port, None).unwrap_or_else(|why| panic!("{why}"))
     }
 
-    /// A redis-server on `port`, with what `dump_dir` holds, if anything.
-    fn start_in(port: u16, dump_dir: Option<PathBuf>) -> Redis {
+    /// A redis-server on `port`, once it answers as itself (its process id), so a test
+    /// never talks to another process that holds the port; or why not, within PATIENCE.
+    fn try_start_on(port: u16, dump_dir: Option<PathBuf>) -> Result<Redis, String> {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -77,18 +89,38 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        let redis = Redis {
+        let mut redis = Redis {
             child,
             port,
             dump_dir,
         };
-        eventually("redis-server to answer", || {
-            redis::Client::open(redis.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
-        redis
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = redis.child.try_wait().expect("redis-server's status") {
+                return Err(format!("redis-server on {port} exited at start ({status})"));
+            }
+            if redis.answers_as_itself() {
+                return Ok(redis);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server on {port} did not answer within {PATIENCE:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process answering on the port is this one.
+    fn answers_as_itself(&self) -> bool {
+        let info = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(1)))?;
+                redis::cmd("INFO").arg("server").query::<String>(&mut c)
+            });
+        let own = format!("process_id:{}", self.child.id());
+        info.is_ok_and(|info| info.lines().any(|line| line.trim_end() == own))
     }
 
     pub fn url(&self) -> String {
@@ -163,7 +195,7 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = self.dump_dir.take();
-        *self = Redis::start_in(self.port, dir);
+        *self = Redis::try_start_on(self.port, dir).unwrap_or_else(|why| panic!("{why}"));
     }
 }
 

@@ -13,7 +13,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# The script's own stderr, for fail: it still reaches the log from a condition that wait_for
+# runs with its output discarded.
+exec {FAIL_FD}>&2
+fail() { echo "FAIL: $*" >&"$FAIL_FD"; exit 1; }
 
 # skip WHAT: a tool the test needs is missing. Under CI (any non-empty value) that fails the
 # test; elsewhere the test is skipped, loudly, with the status run.sh counts as skipped.
@@ -32,6 +35,10 @@ wait_for() {
     sleep 0.05
   done
 }
+
+# curl gives up after PATIENCE_S, as every wait here does, rather than wait on a server
+# that accepted and never answers.
+curl() { command curl --max-time "$PATIENCE_S" "$@"; }
 
 # start_server [FLAGS...]: sets HTTP_URL and WS_URL from the startup lines.
 start_server() {

@@ -9,6 +9,13 @@ proxy_tools_or_skip() {
   skip "nginx or openssl not found"
 }
 
+# nginx_owns_its_port PID: nginx PID has written its pid file; fails the test if it has exited
+# (its port was taken: nginx says so in its error log).
+nginx_owns_its_port() {
+  kill -0 "$1" 2>/dev/null || fail "nginx exited: $(cat "$WORK/nginx-error.log" 2>/dev/null)"
+  [ "$(cat "$WORK/nginx.pid" 2>/dev/null)" = "$1" ]
+}
+
 # start_behind_proxy: starts threadchat and nginx in front of it; sets HTTPS_URL, WSS_URL
 # and SERVER_PID.
 start_behind_proxy() {
@@ -46,7 +53,11 @@ http {
 CONF
   } >"$WORK/nginx.conf"
   nginx -p "$WORK/nginx" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" &
-  PIDS+=($!)
+  local nginx_pid=$!
+  PIDS+=($nginx_pid)
+  # nginx writes its pid file once it has bound its port: then the port is its own, not that
+  # of a process that took it since free_port saw it free.
+  wait_for "nginx to bind 127.0.0.1:$tls_port" nginx_owns_its_port "$nginx_pid"
   HTTPS_URL="https://127.0.0.1:$tls_port/"
   WSS_URL="wss://127.0.0.1:$tls_port/ws"
   wait_for "nginx in front of threadchat" curl -sfk "${HTTPS_URL}config.js"
