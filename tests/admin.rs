@@ -564,3 +564,77 @@ fn resumes_are_counted_by_how_they_ended() {
     });
     assert_eq!(resumes("unreachable"), 0.0);
 }
+
+#[test]
+fn each_handshake_refusal_is_counted_under_its_status_and_silence_and_going_away_as_theirs() {
+    let server = Server::start(&[
+        "--admin-port",
+        "0",
+        "--max-clients",
+        "2",
+        "--ping-interval",
+        "0.1",
+        "--pong-timeout",
+        "0.5",
+    ]);
+    let url = server.ws_url("/");
+    let status = |headers: &[(&str, &str)]| match handshake(&url, headers) {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status(&[("Origin", "http://evil.example")]), 403);
+    let plain = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.ws
+    );
+    assert_eq!(http(server.ws, &plain).0, 426);
+    let bad = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.ws
+    );
+    assert_eq!(http(server.ws, &bad).0, 400);
+    // A peer that never answers a ping holds one seat until it has been silent past the
+    // pong timeout; a client holds the other; a third is refused with 503.
+    let _dead = RawClient::connect(server.ws);
+    let held = server.join();
+    let full = handshake(&url, &[]);
+    assert!(
+        matches!(&full, Err(tungstenite::Error::Http(r)) if r.status() == 503),
+        "{full:?}"
+    );
+    drop(held);
+    let ended = |cause: &str| {
+        value(
+            &server,
+            &format!("threadchat_connections_ended_total{{cause=\"{cause}\"}}"),
+        )
+    };
+    eventually("the silent peer dropped", || ended("silence") == 1.0);
+    // A client that goes away with 1001.
+    let mut away = server.join();
+    let bye = CloseFrame {
+        code: CloseCode::Away,
+        reason: "".into(),
+    };
+    away.ws.close(Some(bye)).unwrap();
+    let _ = away.ws.flush();
+    let _ = away.ws.read();
+    eventually("each cause counted as itself", || {
+        let now = scrape(&server);
+        let refused = |s: &str| {
+            now.get(&format!(
+                "threadchat_handshakes_refused_total{{status=\"{s}\"}}"
+            ))
+            .copied()
+        };
+        refused("403") == Some(1.0)
+            && refused("426") == Some(1.0)
+            && refused("400") == Some(1.0)
+            && refused("503") == Some(1.0)
+            && refused("429") == Some(0.0)
+            && ended("going_away") == 1.0
+            && ended("silence") == 1.0
+    });
+}
