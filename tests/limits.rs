@@ -322,7 +322,14 @@ fn a_client_that_stops_reading_is_evicted_with_1008_and_memory_stays_bounded() {
     const WORKING_SET_KIB: u64 = 8 * 1024;
     const LINES: usize = 6000;
     const LINE_BYTES: usize = 8 * 1024;
-    let server = Server::start(&["--rate-limit", "0", "--write-timeout", "60"]);
+    let server = Server::start(&[
+        "--rate-limit",
+        "0",
+        "--write-timeout",
+        "60",
+        "--admin-port",
+        "0",
+    ]);
     let mut witness = server.join();
     let mut stalled = stalled_client(&server);
     let offender = offender_joined(&mut witness);
@@ -339,6 +346,28 @@ fn a_client_that_stops_reading_is_evicted_with_1008_and_memory_stays_bounded() {
     );
     // Now the stalled client reads: what was already written, then the close.
     assert_eq!(expect_close(&mut stalled), (1008, "too slow".to_owned()));
+    // The admin port counts it under its cause, and not as timed out (the witness, dropped
+    // by the flood's end, counts as lost).
+    let ended = ended_as(&server);
+    assert!(ended.contains(&("too_slow".to_owned(), 1)), "{ended:?}");
+    assert!(
+        !ended.iter().any(|(c, _)| c == "write_timeout"),
+        "{ended:?}"
+    );
+}
+
+/// The causes the admin port has counted connections as ended for, those above 0.
+fn ended_as(server: &Server) -> Vec<(String, u64)> {
+    let (_, _, metrics) = get(server.admin.expect("an admin port"), "/metrics");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("threadchat_connections_ended_total{cause=\""))
+        .filter_map(|l| {
+            let (cause, count) = l.split_once("\"} ")?;
+            Some((cause.to_owned(), count.parse().ok()?))
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect()
 }
 
 #[test]
@@ -706,6 +735,8 @@ fn a_sender_that_never_reads_is_closed_after_the_write_timeout_and_can_read_its_
         "2",
         "--max-lag-bytes",
         "1073741824",
+        "--admin-port",
+        "0",
     ]);
     let mut witness = server.join();
     let socket = tiny_window_connect(server.ws);
@@ -788,4 +819,10 @@ fn a_sender_that_never_reads_is_closed_after_the_write_timeout_and_can_read_its_
 
     // It reads at last: whole lines, then its close frame and reason.
     assert_eq!(expect_close(&mut flooder), (1008, "not reading".to_owned()));
+    let ended = ended_as(&server);
+    assert!(
+        ended.contains(&("write_timeout".to_owned(), 1)),
+        "{ended:?}"
+    );
+    assert!(!ended.iter().any(|(c, _)| c == "too_slow"), "{ended:?}");
 }
