@@ -74,6 +74,8 @@ pub struct RoomFigures {
     pub joins: AtomicU64,
     /// Members that left, by [`DEPARTURES`].
     pub leaves: [AtomicU64; 3],
+    /// Sessions whose window ended without their client: their leave is announced then.
+    pub windows_ended: AtomicU64,
     /// Lines appended (joins, lines, leaves), and their bytes in the plain log.
     pub lines: AtomicU64,
     pub bytes_appended: AtomicU64,

@@ -638,3 +638,19 @@ fn each_handshake_refusal_is_counted_under_its_status_and_silence_and_going_away
             && ended("silence") == 1.0
     });
 }
+
+#[test]
+fn a_session_whose_window_ends_is_counted_once_as_window_ended() {
+    use common::resumable::Resumable;
+    let server = Server::start(&["--admin-port", "0", "--resume-window", "1"]);
+    let mut witness = server.join();
+    let page = Resumable::new_session(&server);
+    let (_, nickname, _) = page.cut();
+    witness.until(&format!(" .... {nickname} has left."));
+    let ended = "threadchat_leaves_total{cause=\"window_ended\"}";
+    eventually("the window's end counted", || value(&server, ended) == 1.0);
+    assert_eq!(
+        value(&server, "threadchat_leaves_total{cause=\"lost\"}"),
+        1.0
+    );
+}

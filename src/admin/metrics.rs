@@ -60,11 +60,18 @@ pub fn render(shared: &Shared) -> String {
         "threadchat_leaves_total",
         "counter",
         "Members that left, by how: a close or an end by the server, a connection lost \
-         without a close, a close with 1001 going away.",
+         without a close, a close with 1001 going away; and sessions whose window ended \
+         without their client, announced then.",
     );
     for (cause, counter) in DEPARTURES.iter().zip(&room.leaves) {
         out.sample("threadchat_leaves_total", &[("cause", cause)], get(counter));
     }
+    let ended = get(&room.windows_ended);
+    out.sample(
+        "threadchat_leaves_total",
+        &[("cause", "window_ended")],
+        ended,
+    );
     out.one(
         "threadchat_lines_total",
         "counter",

@@ -150,6 +150,7 @@ impl Room {
         let now = Instant::now();
         self.waiting_seats.retain(|_, (until, _)| *until > now);
         for session in self.sessions.expired(now) {
+            crate::figures::add(&self.figures.room.windows_ended, 1);
             self.announce_leave(
                 session.holder,
                 session.number,
