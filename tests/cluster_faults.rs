@@ -873,7 +873,8 @@ fn an_instance_is_not_ready_while_redis_is_stopped_and_ready_again_after() {
     let server = instance_with(&redis.url(), &["--admin-port", "0"]);
     let admin = server.admin.expect("an admin address");
     assert_eq!(get(admin, "/readyz").0, 200);
-    // A line through Redis: one round trip of the publisher, at least.
+    // A join and a line through Redis: one round trip of the publisher at least (both may
+    // share one).
     let mut client = server.join();
     client.say("through redis");
     client.until(&format!("{}: through redis", client.nickname));
@@ -882,7 +883,7 @@ fn an_instance_is_not_ready_while_redis_is_stopped_and_ready_again_after() {
         .lines()
         .find_map(|l| l.strip_prefix("threadchat_redis_round_trip_seconds_count "))
         .and_then(|n| n.parse::<u64>().ok());
-    assert!(round_trips.is_some_and(|n| n >= 2), "{metrics}");
+    assert!(round_trips.is_some_and(|n| n >= 1), "{metrics}");
     assert!(
         metrics.contains("\nthreadchat_publisher_queue "),
         "{metrics}"

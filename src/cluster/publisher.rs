@@ -315,6 +315,7 @@ impl Desk {
     }
 
     pub(super) fn handle(&mut self, jobs: Vec<Job>) {
+        crate::figures::set(&crate::figures::CLUSTER.queue, self.inbox.len() as u64);
         let mut items = Vec::new();
         let mut flushes = Vec::new();
         let mut register = false;
