@@ -73,17 +73,22 @@ chromium:
 	@bash tests/browser/ensure-chromium.sh
 
 ## bench: drive the release server with up to 10,000 clients, beside a peer server
-## (tokio-tungstenite's example chat, built from crates.io); prints one table (~15 min)
+## (tokio-tungstenite's example chat, built from crates.io); prints one table (~15 min).
+## Then a Go generator, on core 1, drives threadchat and a gorilla/websocket hub server, each on
+## core 0 (Debian's golang-go and gorilla/websocket, installed when missing): a second
+## table (~3 min)
 bench: rust
 	cargo build --release
 	cargo build --release --no-default-features --target-dir target/untraced
 	cargo build --release --features redis --target-dir target/redis
 	cargo build --release --manifest-path tests/loadgen/Cargo.toml --target-dir target
 	bash tests/loadgen/peer/build.sh
+	bash tests/loadgen/go/build.sh
 	@bash tests/loadgen/ensure-perf.sh
 	@bash tests/shell/cluster/ensure-redis.sh
 	target/release/threadchat-loadgen target/release/threadchat target/untraced/release/threadchat \
 	  target/release/tokio-tungstenite-chat target/redis/release/threadchat | tee target/bench.md
+	bash tests/loadgen/go/run.sh target/release/threadchat | tee -a target/bench.md
 
 ## trace-session: print the --trace session that docs/WALKTHROUGH.md quotes
 trace-session:
