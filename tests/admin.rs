@@ -596,7 +596,9 @@ fn each_handshake_refusal_is_counted_under_its_status_and_silence_and_going_away
     );
     assert_eq!(http(server.ws, &bad).0, 400);
     // The refused ones' threads let go of their seats as they end.
-    eventually("every seat free again", || value(&server, "threadchat_seats") == 0.0);
+    eventually("every seat free again", || {
+        value(&server, "threadchat_seats") == 0.0
+    });
     // A peer that never answers a ping holds one seat until it has been silent past the
     // pong timeout; a client holds the other; a third is refused with 503.
     let _dead = RawClient::connect(server.ws);
@@ -614,7 +616,9 @@ fn each_handshake_refusal_is_counted_under_its_status_and_silence_and_going_away
         )
     };
     eventually("the silent peer dropped", || ended("silence") == 1.0);
-    eventually("its seat free again", || value(&server, "threadchat_seats") == 0.0);
+    eventually("its seat free again", || {
+        value(&server, "threadchat_seats") == 0.0
+    });
     // A client that goes away with 1001.
     let mut away = server.join();
     let bye = CloseFrame {
