@@ -363,3 +363,24 @@ fn a_resume_on_another_instance_from_before_its_join_gets_no_earlier_line() {
     witness.say("now");
     assert_eq!(back.line(), format!("{}: now", witness.nickname));
 }
+
+/// README: an unknown or expired token "gets a fresh session after `missed`, never an error
+/// to retry". In a cluster it is Redis that does not know it: the resume is refused as
+/// unknown, not as Redis being away (close 1013), and the newcomer's join is heard on every
+/// instance.
+#[test]
+fn a_token_redis_does_not_know_gets_a_fresh_session_and_the_mark() {
+    let Some(redis) = Redis::start() else { return };
+    let (one, two) = (instance(&redis, &[]), instance(&redis, &[]));
+    let mut witness = two.join();
+    let (mut ws, first) = Resumable::back(&one, &"0".repeat(32), "1700000000000-3");
+    assert_eq!(first, "missed");
+    let session = read_text(&mut ws);
+    assert!(session.starts_with("session "), "{session:?}");
+    let join = read_text(&mut ws);
+    let (_, join) = join
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("no position in {join:?}"));
+    assert!(join.ends_with(" has joined."), "{join:?}");
+    assert_eq!(witness.line(), join);
+}

@@ -723,7 +723,8 @@ pub fn reset_on_close(socket: &TcpStream) {
 /// Connects and says `text` the moment the upgrade is answered, before reading anything, so
 /// that the line reaches the server right behind the handshake, before the room may have
 /// placed the client's join. Returns the client's name once its own line came back after its
-/// join, or what it heard instead (a notice, or a close).
+/// join, or what it heard instead (a notice, or a close). Others' joins and leaves pass by:
+/// the client before it may be announced as gone after this one has joined.
 pub fn say_at_once(url: &str, text: &str) -> Result<String, String> {
     let mut ws = handshake(url, &[]).expect("handshake");
     ws.send(Message::text(text)).expect("send");
@@ -741,10 +742,14 @@ pub fn say_at_once(url: &str, text: &str) -> Result<String, String> {
                         None => return Err(line.to_owned()),
                     },
                     Some(me) if line == format!("{me}: {text}") => return Ok(me.clone()),
-                    // Another's join or leave (an earlier client of the test, say).
-                    Some(_) if line.ends_with(" has joined.") || line.ends_with(" has left.") => {}
-                    // A notice for it alone: its line was not sent.
-                    Some(_) if line.starts_with(" .... ") => return Err(line.to_owned()),
+                    Some(me)
+                        if line.starts_with(" .... ")
+                            && !line.ends_with(" has joined.")
+                            && (!line.ends_with(" has left.")
+                                || line == format!(" .... {me} has left.")) =>
+                    {
+                        return Err(line.to_owned())
+                    }
                     Some(_) => {} // someone else's line
                 }
             }
