@@ -91,6 +91,16 @@ pub fn refuse_at_once(socket: &TcpStream, status: u16, line: &str) {
     let _ = socket.shutdown(Shutdown::Write);
 }
 
+/// Writes a whole answer, then ends the stream so the client reads it all before the end: what
+/// arrived meanwhile is read and dropped first, since closing with input unread resets the
+/// connection, and a reset can destroy the answer before the client has read it.
+pub fn close_with(socket: &TcpStream, response: &[u8]) {
+    if (&*socket).write_all(response).is_ok() {
+        discard_arrived(socket);
+        let _ = socket.shutdown(Shutdown::Write);
+    }
+}
+
 /// Reads and drops what has arrived, without waiting for more; the socket is left
 /// non-blocking, to be closed. Closing a socket with unread bytes resets the connection, and
 /// a reset can destroy the answer before the client has read it.

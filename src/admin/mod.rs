@@ -15,15 +15,14 @@
 
 pub mod metrics;
 
-use std::io::Write;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tiny_http::{HTTPVersion, Method};
 
-use crate::accept::{accept_each, discard_arrived, refuse_at_once, Door};
+use crate::accept::{accept_each, close_with, refuse_at_once, Door};
 use crate::context::Shared;
 use crate::figures::{self, get};
 use crate::limits::addresses::AddressTable;
@@ -120,13 +119,6 @@ fn serve(admin: &Admin, socket: &TcpStream) {
     };
     if socket.set_write_timeout(Some(HEAD_TIMEOUT)).is_ok() {
         close_with(socket, &page::response_bytes(reply, &answering));
-    }
-}
-
-fn close_with(socket: &TcpStream, response: &[u8]) {
-    if (&*socket).write_all(response).is_ok() {
-        discard_arrived(socket);
-        let _ = socket.shutdown(Shutdown::Write);
     }
 }
 

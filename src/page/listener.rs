@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Method;
 
-use crate::accept::{accept_each, discard_arrived, refuse_at_once, Door};
+use crate::accept::{accept_each, close_with, refuse_at_once, Door};
 use crate::figures::{self, Figures};
 use crate::limits::addresses::{self, AddressTable};
 use crate::page::head::{parse_head, read_head, HeadRead, Wait, HEAD_MAX_BYTES};
@@ -375,19 +375,10 @@ fn serve(
     }
 }
 
-/// Sends the last response and closes, without resetting what the client may still be
-/// sending (a body we do not read, a pipelined request).
 /// Answers a request that will not be served with a one-line error, counted, and closes.
 fn refuse(server: &PageServer, socket: &TcpStream, status: u16, line: &str) {
     server.figures.page_answered(status);
     close_with(socket, &page::refusal_bytes(status, line));
-}
-
-fn close_with(socket: &TcpStream, response: &[u8]) {
-    if (&*socket).write_all(response).is_ok() {
-        discard_arrived(socket);
-        let _ = socket.shutdown(Shutdown::Write);
-    }
 }
 
 #[cfg(test)]
