@@ -362,10 +362,11 @@ impl Room {
     /// Appends a frame for each dialect (the numbered one only while there are sessions)
     /// and wakes any writer that is asleep. Returns where the plain one starts.
     fn append(&mut self, plain: &[u8], numbered: &[u8]) -> u64 {
-        let at = self.logs[0].append(plain);
+        let now = figures::since_start_us();
+        let at = self.logs[0].append_at(plain, now);
         figures::add(&self.figures.room.bytes_appended, plain.len() as u64);
         if self.numbering() && !numbered.is_empty() {
-            self.logs[1].append(numbered);
+            self.logs[1].append_at(numbered, now);
         }
         for writer in &self.writers {
             writer.wake();

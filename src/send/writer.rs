@@ -78,104 +78,6 @@ pub struct Writer {
     pub figures: WriterFigures,
 }
 
-impl Writer {
-    /// Starts writer thread `index`, reading the logs of both dialects. It tells the room
-    /// through `events` of the clients it evicts or loses.
-    pub fn spawn(
-        index: usize,
-        logs: [LogReader; 2],
-        events: Sender<Event>,
-        write_timeout: Duration,
-        trace: Trace,
-    ) -> io::Result<Arc<Writer>> {
-        let (jobs, inbox) = crossbeam_channel::unbounded();
-        let writer = Arc::new(Writer {
-            jobs,
-            asleep: AtomicBool::new(false),
-            poller: Poller::new()?,
-            figures: WriterFigures::default(),
-        });
-        let pump = Pump {
-            writer: writer.clone(),
-            inbox,
-            logs,
-            events,
-            clients: Vec::new(),
-            free: Vec::new(),
-            blocked: 0,
-            draining: Vec::new(),
-            leaves: VecDeque::new(),
-            snapshots: [Vec::new(), Vec::new()],
-            heads: [0, 0],
-            due: Vec::new(),
-            trim_due: false,
-            gather: Gather::default(),
-            this_pass: (0, 0),
-            delays: Histogram::default(),
-            furthest_lag: 0,
-            write_timeout,
-            trace,
-        };
-        thread::Builder::new()
-            .name(format!("writer-{index}"))
-            .spawn(move || pump.run())?;
-        Ok(writer)
-    }
-
-    /// Hands a newly joined client to this writer.
-    pub fn add(&self, id: ClientId, outbox: Arc<Outbox>, cursor: Cursor) {
-        self.send(Job::Add(id, outbox, cursor));
-    }
-
-    /// Queues a frame for one client alone.
-    pub fn push(&self, outbox: &Arc<Outbox>, frame: Frame) -> Result<(), Refused> {
-        let wake = outbox.push(frame)?;
-        self.ready(outbox, wake);
-        Ok(())
-    }
-
-    /// Queues a frame for one client alone before the line at log offset `at`.
-    pub fn push_before(
-        &self,
-        outbox: &Arc<Outbox>,
-        frame: Frame,
-        at: Option<u64>,
-    ) -> Result<(), Refused> {
-        let wake = outbox.push_before(frame, at)?;
-        self.ready(outbox, wake);
-        Ok(())
-    }
-
-    /// Ends the client's open phase with `last` as its final frame. Returns whether this
-    /// call ended it: then the caller tells the room, if it is not the room.
-    pub fn close(&self, outbox: &Arc<Outbox>, last: Option<Frame>) -> bool {
-        let (ended, wake) = outbox.close(last);
-        self.ready(outbox, wake);
-        ended
-    }
-
-    /// The outbox said the writer must look at it.
-    fn ready(&self, outbox: &Arc<Outbox>, wake: Wake) {
-        if wake == Wake::Writer {
-            self.send(Job::Ready(outbox.clone()));
-        }
-    }
-
-    /// The log grew: make sure the writer is not sleeping through it.
-    pub fn wake(&self) {
-        if self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst) {
-            self.poller.wake();
-        }
-    }
-
-    fn send(&self, job: Job) {
-        // Fails only if the writer thread is gone, when the process is ending.
-        let _ = self.jobs.send(job);
-        fence(Ordering::SeqCst);
-        self.wake();
-    }
-}
-
 /// A client as its writer sees it.
 struct Client {
     id: ClientId,
@@ -638,5 +540,6 @@ fn after_pause(since: Instant, gap: Duration, now: Instant) -> Instant {
     (since + gap).min(now)
 }
 
+mod handle;
 #[cfg(test)]
 mod tests;
