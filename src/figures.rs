@@ -1,9 +1,11 @@
 //! The figures an operator reads on the admin port.
 //!
-//! Each counter is moved by the one thread whose work it counts (the room, a writer, an
-//! upgrade thread for a refusal), with a relaxed atomic add, and read only when the admin
-//! port is scraped. Nothing here is touched per delivery: a writer adds its sends and bytes
-//! once per pass. A leaf module: anything may count into it.
+//! A counter is moved with a relaxed atomic add by the threads whose work it counts: the
+//! room's and each writer's by that thread alone; refusals, endings and page answers by the
+//! connection threads they happen on. It is read only when the admin port is scraped. No
+//! counter is touched per delivery: a writer adds its sends, bytes and delays once per pass
+//! (it reads the log's append stamps for the frames it sends). A leaf module: anything may
+//! count into it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -140,8 +142,10 @@ pub struct WriterFigures {
     pub busy_since_ms: AtomicU64,
     /// Time spent in passes, in microseconds.
     pub busy_us: AtomicU64,
-    /// Clients it evicted for falling too far behind, and closed after the write timeout.
+    /// Clients it evicted for falling too far behind, and closed after the write timeout;
+    /// and clients whose connection it found broken (a reset) before their reader did.
     pub too_slow: AtomicU64,
+    pub lost: AtomicU64,
     pub write_timeouts: AtomicU64,
     /// Clients whose socket is full now, waiting for epoll to say it has room.
     pub blocked: AtomicU64,
@@ -250,7 +254,7 @@ pub static CLUSTER: ClusterFigures = ClusterFigures {
     fencing: AtomicU64::new(0),
 };
 
-/// One more of something, as the only thread that counts it.
+/// One more of something.
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }

@@ -248,7 +248,10 @@ pub fn notify_systemd(state: &str) {
             Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name).ok()?,
             None => SocketAddr::from_pathname(&name).ok()?,
         };
-        Some((UnixDatagram::unbound().ok()?, addr))
+        let socket = UnixDatagram::unbound().ok()?;
+        // The room thread sends: it must never wait on systemd.
+        socket.set_nonblocking(true).ok()?;
+        Some((socket, addr))
     });
     if let Some((socket, addr)) = target {
         let _ = socket.send_to_addr(state.as_bytes(), addr);

@@ -60,8 +60,8 @@ pub fn render(shared: &Shared) -> String {
         "threadchat_leaves_total",
         "counter",
         "Members that left, by how: a close or an end by the server, a connection lost \
-         without a close, a close with 1001 going away; and sessions whose window ended \
-         without their client, announced then.",
+         without a close, a close with 1001 going away (a session's drop counts here too); and \
+         sessions whose window then ended without their client, when their leave is announced.",
     );
     for (cause, counter) in DEPARTURES.iter().zip(&room.leaves) {
         out.sample("threadchat_leaves_total", &[("cause", cause)], get(counter));
@@ -192,6 +192,7 @@ pub fn render(shared: &Shared) -> String {
             .iter()
             .map(|(_, w)| match *cause {
                 "too_slow" => get(&w.too_slow),
+                "lost" => get(&w.lost),
                 "write_timeout" => get(&w.write_timeouts),
                 _ => 0,
             })

@@ -10,8 +10,9 @@
 //! - `/`: a page that plots the figures live, for people.
 //!
 //! It runs the accept loop both other ports run, one short-lived thread per connection, at
-//! most [`CONNECTIONS_MOST`] at once, each request head within [`HEAD_TIMEOUT`]: a few idle
-//! connections cannot keep a load balancer's health check waiting.
+//! most [`CONNECTIONS_MOST`] at once, each request head within [`HEAD_TIMEOUT`]: idle
+//! connections cannot keep a health check waiting; the ninth is answered 503 at once, and a
+//! place frees within 2 s. It is local by default because a local process can do that.
 
 pub mod metrics;
 
@@ -73,13 +74,15 @@ pub fn run(listener: TcpListener, admin: Arc<Admin>) {
             admin.serving.fetch_sub(1, Ordering::AcqRel);
             return refuse_at_once(&socket, 503, "the admin port is busy; try again");
         }
-        let admin = admin.clone();
+        let serving = admin.clone();
         let served = sys::spawn_named("admin-request", move || {
             let _address = address;
-            serve(&admin, &socket);
-            admin.serving.fetch_sub(1, Ordering::AcqRel);
+            serve(&serving, &socket);
+            serving.serving.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(err) = served {
+            // The closure, which would have given the place back, never ran.
+            admin.serving.fetch_sub(1, Ordering::AcqRel);
             eprintln!("threadchat: {err}");
         }
     });
@@ -149,11 +152,12 @@ fn answer(admin: &Admin, method: &Method, url: &str) -> Reply {
         #[cfg(debug_assertions)]
         "/debug/pause-room" => {
             // Tests only (debug builds): the room thread sleeps, as a stuck one would.
-            let ms = url
+            let ms: u64 = url
                 .split("ms=")
                 .nth(1)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
+            let ms = ms.min(10_000);
             let pause = crate::event::Event::Pause(Duration::from_millis(ms));
             match shared.events.send(pause) {
                 Ok(()) => Reply::ok("text/plain; charset=utf-8", b"paused\n".to_vec()),

@@ -46,6 +46,10 @@ use crate::sys;
 use crate::trace::Trace;
 use crate::wire::{self, NICKNAME_SPACE};
 
+/// A writer's pass takes milliseconds: one that has lasted this long is stuck, and systemd's
+/// watchdog is no longer fed (the admin port's `/healthz` uses the same bound).
+pub const WRITER_PASS_MOST_MS: u64 = 3_000;
+
 /// How often the room publishes its gauges (members, sessions, names) and shows it is alive.
 const PULSE_EVERY: Duration = Duration::from_secs(1);
 
@@ -388,8 +392,16 @@ impl Room {
         figures::set(&room.sessions_waiting, waiting as u64);
         figures::set(&room.nicknames, self.taken.len() as u64);
         figures::set(&room.alive_ms, figures::since_start_ms());
-        // systemd's watchdog is fed here, so it restarts a server whose room is stuck.
-        sys::notify_systemd("WATCHDOG=1");
+        // systemd's watchdog is fed here, so it restarts a server whose room is stuck, or
+        // whose writer has been in one pass for longer than a live one ever is.
+        let now = figures::since_start_ms();
+        let stuck = self.writers.iter().any(|w| {
+            let since = figures::get(&w.figures.busy_since_ms);
+            since != 0 && now.saturating_sub(since) > WRITER_PASS_MOST_MS
+        });
+        if !stuck {
+            sys::notify_systemd("WATCHDOG=1");
+        }
     }
 
     /// One shared ping in the log, for everyone.

@@ -278,7 +278,8 @@ impl Log {
         let (offset, time) = &self.shared.stamps[count as usize % STAMPS];
         offset.store(start, Ordering::Relaxed);
         time.store(now_us, Ordering::Relaxed);
-        self.shared.appends.fetch_add(1, Ordering::Relaxed);
+        // Release: a writer that reads this count also sees the stamp.
+        self.shared.appends.fetch_add(1, Ordering::Release);
         // SeqCst pairs with the writers' sleep check: either a writer going to sleep sees the
         // new head, or its waker sees that it is asleep.
         self.shared
@@ -306,22 +307,33 @@ impl LogReader {
 
     /// How many times the room has appended so far (a line, a ping).
     pub fn appends(&self) -> u64 {
-        self.shared.appends.load(Ordering::Relaxed)
+        self.shared.appends.load(Ordering::Acquire)
     }
 
     /// When each frame that starts in `from..to` was appended (as [`Log::append_at`] was told),
     /// newest first, as far back as the log remembers ([`STAMPS`] appends).
-    pub fn appended_in(&self, from: u64, to: u64, mut each: impl FnMut(u64)) {
-        let count = self.appends();
-        for k in (count.saturating_sub(STAMPS as u64)..count).rev() {
-            let (offset, time) = &self.shared.stamps[k as usize % STAMPS];
-            let offset = offset.load(Ordering::Relaxed);
-            if offset < from {
+    /// `appends` is [`LogReader::appends`] as of the writer's pass, read after the head it
+    /// sends up to: every frame before that head is stamped by then. Appends are in offset
+    /// order, so the frames in `from..to` are found by a binary search, then read newest
+    /// first. A frame older than the last [`STAMPS`] appends is not counted.
+    pub fn appended_in(&self, appends: u64, from: u64, to: u64, mut each: impl FnMut(u64)) {
+        let stamp = |k: u64| &self.shared.stamps[k as usize % STAMPS];
+        let oldest = appends.saturating_sub(STAMPS as u64);
+        let (mut low, mut high) = (oldest, appends);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if stamp(middle).0.load(Ordering::Acquire) < to {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        for k in (oldest..low).rev() {
+            let (offset, time) = stamp(k);
+            if offset.load(Ordering::Acquire) < from {
                 return;
             }
-            if offset < to {
-                each(time.load(Ordering::Relaxed));
-            }
+            each(time.load(Ordering::Acquire));
         }
     }
 

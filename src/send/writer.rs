@@ -85,6 +85,9 @@ struct Client {
     /// The last send left bytes behind: wait for epoll to say the socket is writable.
     blocked: bool,
     last_progress: Instant,
+    /// When it came to this writer ([`figures::since_start_us`]): a resumed client's replay
+    /// of what it missed counts its delay from here, not from its absence.
+    added_us: u64,
 }
 
 /// The writer thread's own state.
@@ -118,6 +121,8 @@ struct Pump {
     this_pass: (u64, u64),
     /// Delivery delays of the pass under way, added to the figures when it ends.
     delays: Histogram,
+    /// Each log's append count as of the pass's heads, for the delays' stamps.
+    appends: [u64; 2],
     /// The furthest any client served in the pass under way was behind, in bytes.
     furthest_lag: u64,
     write_timeout: Duration,
@@ -227,6 +232,7 @@ impl Pump {
             delivery: Delivery::new(outbox, cursor, self.trace),
             blocked: false,
             last_progress: Instant::now(),
+            added_us: figures::since_start_us(),
         };
         if slot == self.clients.len() {
             self.clients.push(Some(client));
@@ -252,6 +258,7 @@ impl Pump {
         }
         for (i, log) in self.logs.iter().enumerate() {
             self.heads[i] = log.head();
+            self.appends[i] = log.appends();
             log.snapshot(&mut self.snapshots[i]);
         }
         let mut due = mem::take(&mut self.due);
@@ -314,6 +321,7 @@ impl Pump {
                 false
             }
             Sent::Failed => {
+                figures::add(&self.writer.figures.lost, 1);
                 self.drop_client(slot, "the connection failed; dropped");
                 false
             }
@@ -322,10 +330,11 @@ impl Pump {
                 self.this_pass.1 += sent as u64;
                 let to = client.delivery.at();
                 if to > from {
-                    let handed = figures::since_start_us();
+                    let (handed, added) = (figures::since_start_us(), client.added_us);
                     let delays = &mut self.delays;
-                    self.logs[dialect].appended_in(from, to, |appended| {
-                        delays.record(handed.saturating_sub(appended));
+                    let appends = self.appends[dialect];
+                    self.logs[dialect].appended_in(appends, from, to, |appended| {
+                        delays.record(handed.saturating_sub(appended.max(added)));
                     });
                 }
                 if sent > 0 {

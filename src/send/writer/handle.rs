@@ -37,6 +37,7 @@ impl Writer {
             gather: Gather::default(),
             this_pass: (0, 0),
             delays: Histogram::default(),
+            appends: [0, 0],
             furthest_lag: 0,
             write_timeout,
             trace,
