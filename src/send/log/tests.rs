@@ -199,3 +199,42 @@ fn frame_end_finds_the_boundary_after_a_partial_frame() {
     cursor.advance(3, &snapshot(&reader));
     assert_eq!(cursor.frame_end(), first.len() as u64);
 }
+
+#[test]
+fn the_append_times_of_exactly_the_frames_sent_are_found() {
+    let mut log = Log::new(1 << 20);
+    let reader = log.reader();
+    // Five frames of 4 bytes, appended at 10, 20, ... 50 us.
+    let starts: Vec<u64> = (1..=5)
+        .map(|i| log.append_at(&wire::text_frame("ab"), i * 10))
+        .collect();
+    assert_eq!(starts, [0, 4, 8, 12, 16]);
+    let times = |from: u64, to: u64| {
+        let mut got = Vec::new();
+        reader.appended_in(reader.appends(), from, to, |t| got.push(t));
+        got.reverse();
+        got
+    };
+    assert_eq!(times(0, 20), [10, 20, 30, 40, 50]);
+    assert_eq!(times(4, 12), [20, 30]);
+    // A send that ends inside a frame counts the frame it began.
+    assert_eq!(times(8, 13), [30, 40]);
+    assert_eq!(times(20, 20), Vec::<u64>::new());
+    // As of an earlier pass: only what had been appended then.
+    let mut then = Vec::new();
+    reader.appended_in(2, 0, 20, |t| then.push(t));
+    assert_eq!(then, [20, 10]);
+}
+
+#[test]
+fn frames_older_than_the_stamps_kept_are_not_counted() {
+    let mut log = Log::new(1 << 24);
+    let reader = log.reader();
+    let frame = wire::text_frame("ab");
+    for i in 0..(STAMPS as u64 + 10) {
+        log.append_at(&frame, i);
+    }
+    let mut counted = 0;
+    reader.appended_in(reader.appends(), 0, log.head(), |_| counted += 1);
+    assert_eq!(counted, STAMPS);
+}
