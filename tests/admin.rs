@@ -649,10 +649,14 @@ fn each_handshake_refusal_is_counted_under_its_status_and_silence_and_going_away
 #[test]
 fn a_session_whose_window_ends_is_counted_once_as_window_ended() {
     use common::resumable::Resumable;
-    let server = Server::start(&["--admin-port", "0", "--resume-window", "1"]);
+    let server = Server::start(&["--admin-port", "0", "--resume-window", "3"]);
     let mut witness = server.join();
     let page = Resumable::new_session(&server);
     let (_, nickname, _) = page.cut();
+    // Waiting for its client, as of the room's next pulse (every second, in a 3 s window).
+    eventually("one session waiting", || {
+        value(&server, "threadchat_sessions_waiting") == 1.0
+    });
     witness.until(&format!(" .... {nickname} has left."));
     let ended = "threadchat_leaves_total{cause=\"window_ended\"}";
     eventually("the window's end counted", || value(&server, ended) == 1.0);
