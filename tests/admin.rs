@@ -665,3 +665,59 @@ fn a_session_whose_window_ends_is_counted_once_as_window_ended() {
         1.0
     );
 }
+
+#[test]
+fn the_watchdog_is_fed_while_the_writers_are_busy() {
+    let dir = std::env::temp_dir().join(format!("threadchat-busy-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let socket = std::os::unix::net::UnixDatagram::bind(&dir).unwrap();
+    let path = dir.to_string_lossy().into_owned();
+    let server = Server::start_with_env(
+        &[("NOTIFY_SOCKET", &path)],
+        &["--admin-port", "0", "--rate-limit", "0"],
+    );
+    let mut readers: Vec<Client> = (0..20).map(|_| server.join()).collect();
+    settle(&mut readers);
+    let mut sender = readers.remove(0);
+    // Every reader reads on a thread of its own, so that none is evicted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = readers
+        .into_iter()
+        .map(|mut client| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if client.ws.read().is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Drain what came before the flood.
+    socket.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    while socket.recv(&mut buf).is_ok() {}
+    // Lines as fast as they go for 3 s: the writers are in a pass most of that time.
+    let flood_until = Instant::now() + Duration::from_secs(3);
+    let mut fed = 0;
+    while Instant::now() < flood_until {
+        for _ in 0..50 {
+            let _ = sender.ws.write(tungstenite::Message::text("busy"));
+        }
+        let _ = sender.ws.flush();
+        while let Ok(n) = socket.recv(&mut buf) {
+            if &buf[..n] == b"WATCHDOG=1" {
+                fed += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(server);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let _ = std::fs::remove_file(&dir);
+    // A pulse a second: at least two in three seconds, busy writers or not.
+    assert!(fed >= 2, "the watchdog was fed {fed} times in 3 s");
+}
