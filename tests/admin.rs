@@ -159,6 +159,8 @@ fn sends_and_bytes_move_with_each_line_and_only_then() {
         sum("threadchat_sent_bytes_total") >= bytes + 2.0 * (line.len() + 2) as f64
     });
     assert!(sum("threadchat_sends_total") >= sends + 2.0);
+    // Both clients belong to a writer, as of its last pass.
+    assert_eq!(sum("threadchat_writer_clients"), 2.0);
     // The line's delay, once for each of the two, in a histogram Prometheus can read.
     let now = scrape(&server);
     assert!(now["threadchat_delivery_delay_seconds_count"] >= delays + 2.0);
