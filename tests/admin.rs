@@ -130,8 +130,15 @@ fn the_metrics_pass_promtool_and_count_what_happened() {
 #[test]
 fn sends_and_bytes_move_with_each_line_and_only_then() {
     let server = Server::start(&["--admin-port", "0"]);
-    let mut clients = vec![server.join(), server.join()];
+    let mut clients = vec![server.join(), server.join(), server.join()];
     settle(&mut clients);
+    // One leaves: its writer keeps its place free for the next, and counts it no more.
+    let gone = clients.pop().expect("a third client");
+    let left = format!(" .... {} has left.", gone.nickname);
+    drop(gone);
+    for client in &mut clients {
+        client.until(&left);
+    }
     let sum = |prefix: &str| -> f64 {
         scrape(&server)
             .iter()

@@ -182,7 +182,7 @@ pub fn stuck(shared: &Shared) -> Option<String> {
     }
     for (i, writer) in shared.writers.iter().enumerate() {
         let since = get(&writer.figures.busy_since_ms);
-        if since != 0 && now.saturating_sub(since) > bound {
+        if crate::room::pass_overran(since, now) {
             let busy = now.saturating_sub(since) as f64 / 1000.0;
             return Some(format!("writer-{i} has been in one pass for {busy:.1} s"));
         }

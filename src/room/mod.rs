@@ -395,10 +395,8 @@ impl Room {
         // systemd's watchdog is fed here, so it restarts a server whose room is stuck, or
         // whose writer has been in one pass for longer than a live one ever is.
         let now = figures::since_start_ms();
-        let stuck = self.writers.iter().any(|w| {
-            let since = figures::get(&w.figures.busy_since_ms);
-            since != 0 && now.saturating_sub(since) > WRITER_PASS_MOST_MS
-        });
+        let stuck = (self.writers.iter())
+            .any(|w| pass_overran(figures::get(&w.figures.busy_since_ms), now));
         if !stuck {
             sys::notify_systemd("WATCHDOG=1");
         }
@@ -502,6 +500,12 @@ impl Room {
         let sorry = wire::close_frame(wire::CLOSE_TRY_AGAIN_LATER, why);
         self.writers[outbox.writer].close(outbox, Some(sorry));
     }
+}
+
+/// Whether a writer whose current pass began at `busy_since_ms` (0: it is not in one) has
+/// been in it too long, at `now_ms`.
+pub fn pass_overran(busy_since_ms: u64, now_ms: u64) -> bool {
+    busy_since_ms != 0 && now_ms.saturating_sub(busy_since_ms) > WRITER_PASS_MOST_MS
 }
 
 #[cfg(test)]

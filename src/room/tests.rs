@@ -63,3 +63,11 @@ fn a_half_full_room_still_draws_at_random() {
     // A scan from one start would hand out neighbours; draws spread over the range.
     assert!(drawn.iter().any(|&n| n >= 90_000) && drawn.iter().any(|&n| n < 10_000));
 }
+
+#[test]
+fn a_writer_is_stuck_only_past_three_seconds_in_one_pass() {
+    assert!(!pass_overran(0, 10_000), "not in a pass");
+    assert!(!pass_overran(5_000, 5_010), "in a short pass");
+    assert!(!pass_overran(5_000, 8_000), "at the bound");
+    assert!(pass_overran(5_000, 8_001), "past it");
+}
