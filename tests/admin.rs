@@ -260,6 +260,8 @@ fn idle_connections_cannot_keep_the_admin_port_from_answering() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The refusal it answered meanwhile is counted.
+    assert!(value(&server, "threadchat_admin_refused_total") >= 1.0);
     drop(idle);
 }
 

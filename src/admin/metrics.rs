@@ -13,7 +13,8 @@ use crate::figures::{
 };
 
 /// The exposition, as of now.
-pub fn render(shared: &Shared) -> String {
+/// The exposition, as of now; `admin_refused`: the admin port's own refusals.
+pub fn render(shared: &Shared, admin_refused: u64) -> String {
     let mut out = Exposition(String::with_capacity(4096));
     let figures = &shared.figures;
     let room = &figures.room;
@@ -257,6 +258,12 @@ pub fn render(shared: &Shared) -> String {
             get(counter),
         );
     }
+    out.one(
+        "threadchat_admin_refused_total",
+        "counter",
+        "Admin connections refused at once: an address over its share, or every place held.",
+        admin_refused,
+    );
     out.family(
         "threadchat_resumes_total",
         "counter",

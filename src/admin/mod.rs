@@ -47,6 +47,7 @@ pub struct Admin {
     /// Connections being served now.
     serving: AtomicUsize,
     addresses: Arc<AddressTable>,
+    /// Admin connections answered 429 (an address over its share) or 503 (every place held).
     refused: AtomicU64,
 }
 
@@ -72,6 +73,7 @@ pub fn run(listener: TcpListener, admin: Arc<Admin>) {
     accept_each(&listener, &door, |socket, _peer, address| {
         if admin.serving.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MOST {
             admin.serving.fetch_sub(1, Ordering::AcqRel);
+            figures::add(&admin.refused, 1);
             return refuse_at_once(&socket, 503, "the admin port is busy; try again");
         }
         let serving = admin.clone();
@@ -135,7 +137,7 @@ fn answer(admin: &Admin, method: &Method, url: &str) -> Reply {
     match path {
         "/metrics" => Reply::ok(
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(shared).into_bytes(),
+            metrics::render(shared, get(&admin.refused)).into_bytes(),
         ),
         "/healthz" => match stuck(shared) {
             None => Reply::ok("text/plain; charset=utf-8", b"alive\n".to_vec()),
