@@ -133,12 +133,7 @@ fn sends_and_bytes_move_with_each_line_and_only_then() {
     let mut clients = vec![server.join(), server.join(), server.join()];
     settle(&mut clients);
     // One leaves: its writer keeps its place free for the next, and counts it no more.
-    let gone = clients.pop().expect("a third client");
-    let left = format!(" .... {} has left.", gone.nickname);
-    drop(gone);
-    for client in &mut clients {
-        client.until(&left);
-    }
+    drop(clients.pop());
     let sum = |prefix: &str| -> f64 {
         scrape(&server)
             .iter()
@@ -146,6 +141,16 @@ fn sends_and_bytes_move_with_each_line_and_only_then() {
             .map(|(_, v)| v)
             .sum()
     };
+    // Its leave has gone to the others once the writers forget it and send no more.
+    eventually("the writers to count two clients", || {
+        sum("threadchat_writer_clients") == 2.0
+    });
+    let mut last = sum("threadchat_sends_total");
+    eventually("the leave's sends to be over", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sum("threadchat_sends_total");
+        std::mem::replace(&mut last, now) == now
+    });
     let (sends, bytes) = (
         sum("threadchat_sends_total"),
         sum("threadchat_sent_bytes_total"),
@@ -166,7 +171,7 @@ fn sends_and_bytes_move_with_each_line_and_only_then() {
         sum("threadchat_sent_bytes_total") >= bytes + 2.0 * (line.len() + 2) as f64
     });
     assert!(sum("threadchat_sends_total") >= sends + 2.0);
-    // Both clients belong to a writer, as of its last pass.
+    // Both clients belong to a writer, as of its last pass; the third is forgotten.
     assert_eq!(sum("threadchat_writer_clients"), 2.0);
     // The line's delay, once for each of the two, in a histogram Prometheus can read.
     let now = scrape(&server);
