@@ -88,7 +88,7 @@ bench: rust
 	@bash tests/shell/cluster/ensure-redis.sh
 	target/release/threadchat-loadgen target/release/threadchat target/untraced/release/threadchat \
 	  target/release/tokio-tungstenite-chat target/redis/release/threadchat | tee target/bench.md
-	bash tests/loadgen/go/run.sh target/release/threadchat | tee -a target/bench.md
+	bash tests/loadgen/go/run.sh target/release/threadchat target/redis/release/threadchat | tee -a target/bench.md
 
 ## trace-session: print the --trace session that docs/WALKTHROUGH.md quotes
 trace-session:

@@ -7,11 +7,16 @@
 # The generator stops after joining and after draining (-gate) so that the server's CPU time
 # (/proc/PID/stat) and threadchat's /metrics are read around the measured phase only.
 #
-# Usage: run.sh [THREADCHAT]   (GO_BENCH_SECONDS: how long each scenario sends, default 10;
+# The cluster rows run two instances of the redis build (CLUSTERED) sharing one redis-server,
+# all three on core 0, with the generator's clients spread over both instances; their CPU
+# is summed over the three, against one instance of THREADCHAT alone in the same run.
+#
+# Usage: run.sh [THREADCHAT [CLUSTERED]]   (GO_BENCH_SECONDS: how long each scenario sends, default 10;
 # BENCH_ONLY=text: only the scenarios whose name contains it, e.g. BENCH_ONLY="go C=1000")
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
 threadchat=${1:-target/release/threadchat}
+clustered=${2:-target/redis/release/threadchat}
 gen=target/go/gen
 hub=target/go/hub
 send_for=${GO_BENCH_SECONDS:-10}
@@ -31,9 +36,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d)
 server_pid=
 gen_pid=
+cluster_pids=
 stop_all() {
   [ -n "$gen_pid" ] && kill "$gen_pid" 2>/dev/null
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  [ -n "$cluster_pids" ] && kill $cluster_pids 2>/dev/null
   wait 2>/dev/null
   rm -rf "$work"
 }
@@ -51,9 +58,46 @@ wait_for_line() {
   return 1
 }
 
+# Starts redis-server and two instances of the redis build sharing it, all on core 0; sets
+# cluster_pids (Redis last), url (both instances) and admin (the first's).
+start_cluster() {
+  local port out urls=
+  for _ in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 40000))
+    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      </dev/null >/dev/null 2>&1 &
+    local redis=$!
+    for _ in $(seq 50); do
+      redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+      sleep 0.1
+    done
+    if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then break; fi
+    kill "$redis" 2>/dev/null
+    redis=
+  done
+  [ -n "${redis:-}" ] || { echo "redis-server did not start" >&2; return 1; }
+  cluster_pids=
+  admin=
+  for n in 1 2; do
+    out="$work/instance$n.out"
+    taskset -c 0 "$clustered" --http-port 0 --ws-port 0 --admin-port 0 --rate-limit 0 \
+      --max-clients-per-address 0 --ping-interval 0 --redis "redis://127.0.0.1:$port/" \
+      </dev/null >"$out" 2>/dev/null &
+    cluster_pids="$cluster_pids $!"
+    urls="$urls,$(wait_for_line "$out" 's|.*\(ws://[0-9.:]*\).*|\1/|p')" || return 1
+    [ -n "$admin" ] || admin=$(wait_for_line "$out" 's|.*admin on http://\([0-9.:]*\)/.*|\1|p') || return 1
+  done
+  cluster_pids="$cluster_pids $redis"
+  url=${urls#,}
+}
+
 # Starts KIND (threadchat or hub) on core 0; sets server_pid, url and admin.
 start_server() {
   : >"$work/server.out"
+  if [ "$1" = cluster ]; then
+    start_cluster
+    return
+  fi
   if [ "$1" = threadchat ]; then
     taskset -c 0 "$threadchat" --http-port 0 --ws-port 0 --admin-port 0 --rate-limit 0 \
       --max-clients-per-address 0 --ping-interval 0 </dev/null >"$work/server.out" 2>/dev/null &
@@ -69,14 +113,20 @@ start_server() {
 }
 
 stop_server() {
-  kill "$server_pid" 2>/dev/null
-  wait "$server_pid" 2>/dev/null
+  kill $server_pid $cluster_pids 2>/dev/null
+  wait $server_pid $cluster_pids 2>/dev/null
   server_pid=
+  cluster_pids=
 }
 
-# CPU time (user + system) of a process, in clock ticks.
+# CPU time (user + system) of the server's processes (a cluster's: both instances and
+# Redis), in clock ticks.
 cpu_ticks() {
-  sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+  local total=0 pid
+  for pid in $server_pid $cluster_pids; do
+    total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+  done
+  echo "$total"
 }
 
 metrics() {
@@ -115,10 +165,10 @@ measure() {
   local out=${GEN[0]} in=${GEN[1]} line result= before after
   if read -r -t 120 -u "$out" line && [ "$line" = joined ]; then
     [ -n "$admin" ] && metrics >"$work/before"
-    before=$(cpu_ticks "$server_pid")
+    before=$(cpu_ticks)
     echo go >&"$in"
     if read -r -t $((send_for + 60)) -u "$out" line && [ "$line" = drained ]; then
-      after=$(cpu_ticks "$server_pid")
+      after=$(cpu_ticks)
       [ -n "$admin" ] && metrics >"$work/after"
       echo go >&"$in"
       read -r -t 60 -u "$out" result
@@ -181,3 +231,27 @@ done <<'SCENARIOS'
 1000 200 50 go C=1000 200 lines/s
 1000 0 50 go C=1000 max, 50 in flight
 SCENARIOS
+
+# The cluster's cost: the same scenario on one instance and on two sharing Redis.
+label="go cluster C=1000 200 lines/s"
+case $label in *"${BENCH_ONLY:-}"*)
+  if [ -x "$clustered" ] && command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+    measure threadchat 1000 200 50
+    measure cluster 1000 200 50
+    echo
+    printf '| %-30s | %-40s | %-22s | %-22s |\n' scenario figure "one instance" "2 instances + Redis"
+    printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..32})" "$(printf -- '-%.0s' {1..42})" \
+      "$(printf -- '-%.0s' {1..24})" "$(printf -- '-%.0s' {1..24})"
+    row() { printf '| %-30s | %-40s | %-22s | %-22s |\n' "$label" "$1" "$(cell threadchat "$2")" "$(cell cluster "$2")"; }
+    row "latency p50 / p99 / max (ms)" latency
+    row "deliveries/s" deliveries_per_s
+    row "lost deliveries" lost
+    row "CPU per delivery, all processes (us)" cpu_us
+    one=$(figure threadchat cpu_us) two=$(figure cluster cpu_us)
+    [ -n "$one" ] && [ -n "$two" ] &&
+      printf '| %-30s | %-40s | %-22s | %-22s |\n' "$label" "cost, 2 instances + Redis / 1 (<= 1.3x)" "" \
+        "$(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2fx", a / b }')"
+  else
+    echo "NO GO CLUSTER ROWS: $clustered, redis-server or redis-cli is missing"
+  fi ;;
+esac

@@ -642,7 +642,12 @@ fn fanout_watching(target: Target, shape: Shape, redis: Option<&probe::Redis>) -
         [server] => server.count_sends(),
         _ => None,
     };
-    let cpu_of_servers = || servers.iter().map(Server::cpu).sum::<Duration>();
+    // A cluster's cost is its instances' and Redis's together: Redis runs the scripts that
+    // place every line and serves every instance's reads of the stream.
+    let cpu_of_servers = || {
+        servers.iter().map(Server::cpu).sum::<Duration>()
+            + redis.map_or(Duration::ZERO, probe::Redis::cpu)
+    };
     let delays = || servers[0].metrics().map(|m| probe::delay_buckets(&m));
     let delays_before = delays();
     let cpu_before = cpu_of_servers();
@@ -1256,7 +1261,7 @@ fn main() {
                     );
                     row(
                         name,
-                        "CPU per delivery, all instances (us)",
+                        "CPU per delivery, all instances and Redis (us)",
                         format!("{:.2}", f.server_us_per_delivery),
                         if two { "<= 1.3x 1 instance" } else { "" },
                     );

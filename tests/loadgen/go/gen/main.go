@@ -19,6 +19,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -62,7 +63,7 @@ type generator struct {
 }
 
 func main() {
-	url := flag.String("url", "ws://127.0.0.1:8080/", "the chat server's WebSocket URL")
+	url := flag.String("url", "ws://127.0.0.1:8080/", "the chat server's WebSocket URL; several, comma-separated, for instances sharing one room: clients take them in turn")
 	count := flag.Int("clients", 100, "clients, all of them reading")
 	senders := flag.Int("senders", 10, "clients that send")
 	rate := flag.Float64("rate", 200, "lines per second, all senders together; 0: as fast as -window allows")
@@ -127,6 +128,7 @@ func main() {
 // line: each server keeps every client's lines in order, so a client that has heard the
 // marker has heard every join before it.
 func (g *generator) join(url string, count, window int) {
+	urls := strings.Split(url, ",")
 	g.clients = make([]*client, count)
 	dialer := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
 	slots := make(chan struct{}, dialsInFlight)
@@ -138,7 +140,7 @@ func (g *generator) join(url string, count, window int) {
 		dials.Add(1)
 		go func() {
 			defer func() { <-slots; dials.Done() }()
-			conn, _, err := dialer.Dial(url, nil)
+			conn, _, err := dialer.Dial(urls[c.id%len(urls)], nil)
 			if err != nil {
 				log.Fatalf("client %d cannot connect: %v", c.id, err)
 			}
