@@ -19,6 +19,7 @@
 
 mod accept;
 mod admin;
+mod closing;
 #[cfg(feature = "redis")]
 mod cluster;
 #[cfg(not(feature = "redis"))]

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Method;
 
-use crate::accept::{accept_each, close_with, refuse_at_once, Door};
+use crate::accept::{accept_each, Door};
+use crate::closing::{close_with, refuse_at_once};
 use crate::figures::{self, Figures};
 use crate::limits::addresses::{self, AddressTable};
 use crate::page::head::{parse_head, read_head, HeadRead, Wait, HEAD_MAX_BYTES};
