@@ -20,10 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Room for about a thousand short lines. Larger frames get a segment of their own size.
 pub const SEGMENT_BYTES: usize = 64 * 1024;
 
-/// Appends whose time is remembered, for the delivery delay the admin port reports: a
-/// client further behind than this many appends is counted from there.
-const STAMPS: usize = 4096;
-
 /// What the room and the writers share.
 struct Shared {
     /// The offset just past the last whole frame: where the next one will start.
@@ -200,33 +196,6 @@ impl LogReader {
         self.shared.appends.load(Ordering::Acquire)
     }
 
-    /// When each frame that starts in `from..to` was appended (as [`Log::append_at`] was told),
-    /// newest first, as far back as the log remembers ([`STAMPS`] appends).
-    /// `appends` is [`LogReader::appends`] as of the writer's pass, read after the head it
-    /// sends up to: every frame before that head is stamped by then. Appends are in offset
-    /// order, so the frames in `from..to` are found by a binary search, then read newest
-    /// first. A frame older than the last [`STAMPS`] appends is not counted.
-    pub fn appended_in(&self, appends: u64, from: u64, to: u64, mut each: impl FnMut(u64)) {
-        let stamp = |k: u64| &self.shared.stamps[k as usize % STAMPS];
-        let oldest = appends.saturating_sub(STAMPS as u64);
-        let (mut low, mut high) = (oldest, appends);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            if stamp(middle).0.load(Ordering::Acquire) < to {
-                low = middle + 1;
-            } else {
-                high = middle;
-            }
-        }
-        for k in (oldest..low).rev() {
-            let (offset, time) = stamp(k);
-            if offset.load(Ordering::Acquire) < from {
-                return;
-            }
-            each(time.load(Ordering::Acquire));
-        }
-    }
-
     /// The segments kept now, oldest first: what one writer's pass reads from.
     pub fn snapshot(&self, into: &mut Vec<Arc<Segment>>) {
         into.clear();
@@ -331,7 +300,9 @@ pub fn frame_len(bytes: &[u8]) -> Option<usize> {
 }
 
 mod segment;
+mod stamps;
 pub use segment::Segment;
+use stamps::STAMPS;
 
 #[cfg(test)]
 mod tests;
