@@ -3,13 +3,8 @@
 //! Each connection gets a short-lived **upgrade** thread for the HTTP handshake, then a
 //! **reader** thread for the rest of its life. The reader runs tungstenite's `read()` in
 //! a loop, turning text messages into [`Event::Say`] for the room. It sleeps in `read()`
-//! until bytes arrive, so an idle client costs no CPU.
-//!
-//! Why two threads in turn: the handshake needs a deep stack for a moment (tungstenite's
-//! request parser alone keeps 4 KB of header slots on it), and stack pages a thread has
-//! touched stay in memory for as long as the thread lives. An exiting thread gives its
-//! stack back, so the connection's long life runs on a fresh stack that only the shallow
-//! read path ever touches.
+//! until bytes arrive, so an idle client costs no CPU. Why two threads in turn, and their
+//! stacks' sizes: `stacks.rs`.
 //!
 //! The reader never writes to an open connection: see [`ClientStream`]. The client's
 //! writer thread, one of a few shared by all clients, does that.
@@ -26,6 +21,7 @@ use crate::connection::ending::{end_connection, ending_for, Ending, ReaderEnd};
 use crate::connection::first_message::first_message;
 use crate::connection::handshake::handshake;
 use crate::connection::socket::ClientStream;
+use crate::connection::stacks::READER_STACK_BYTES;
 use crate::context::Shared;
 use crate::event::{ClientId, Event, Resume};
 use crate::limits::addresses::AddressSlot;
@@ -35,19 +31,6 @@ use crate::send::outbox::{Outbox, Phase};
 use crate::send::writer::Writer;
 use crate::sys;
 use crate::wire::{self, Dialect};
-
-/// Stack reserved for the upgrade thread, which runs the handshake and exits. glibc
-/// keeps exited threads' stacks for reuse, with the 16 KiB under their first frame still
-/// in memory, and hands one to a new thread asking for at least a quarter of its size
-/// (guard page included). At eight times the reader's size, a reader never inherits one.
-/// Only address space is reserved; the handshake touches a few pages of it.
-pub const UPGRADE_STACK_BYTES: usize = 8 * READER_STACK_BYTES;
-
-/// Stack reserved for the reader thread (Rust's default is 2 MiB). Only the pages it
-/// touches count against memory, a few KiB. glibc keeps up to 40 MiB of exited threads'
-/// stacks for reuse, each with a couple of pages still in memory, so the size also decides
-/// how many it keeps after a storm has left: 40 at this size.
-pub const READER_STACK_BYTES: usize = 1024 * 1024;
 
 /// A refused message is not silent: the sender alone hears why.
 const SLOW_DOWN: &str = " .... slow down: message not sent";
@@ -84,19 +67,11 @@ pub fn handle_new_connection(
     };
     ws.get_mut().handshake_done();
     let seat = Seat::new(count, address);
-    // A deadline, not polling: an idle reader sleeps in `read` until a frame or a pong
-    // arrives, and the room pings more often than `pong_timeout`. Without pings there is
-    // nothing to answer, so silence is no sign of a dead peer and there is no deadline.
     let silence = shared
         .config
         .ping_interval
         .map(|_| shared.config.pong_timeout);
-    if socket.set_read_timeout(silence).is_err() {
-        return;
-    }
-    // Without pings, the kernel's keep-alive probes find a peer that vanished (a laptop
-    // lid closed, a NAT that forgot it): about two minutes of silence, then six probes.
-    if silence.is_none() && sys::keep_alive(&socket, 60, 10, 6).is_err() {
+    if sys::notice_silence(&socket, silence).is_err() {
         return;
     }
     let trace = shared.trace;
