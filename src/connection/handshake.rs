@@ -100,7 +100,8 @@ pub fn handshake(
             None
         }
         Err(HandshakeError::Failure(err)) => {
-            reject_failed_handshake(shared, socket, peer, err);
+            let counted = (&*shared.figures, shared.trace);
+            reject_failed_handshake(socket, peer, err, &shared.page_url, counted);
             None
         }
     }

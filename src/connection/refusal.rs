@@ -8,17 +8,22 @@ use tungstenite::error::ProtocolError;
 use tungstenite::handshake::server::ErrorResponse;
 use tungstenite::Error;
 
-use crate::context::Shared;
 use crate::figures::{self, Figures};
+use crate::trace::Trace;
 
-/// Answers a request that could not be upgraded, unless tungstenite already answered it.
-pub fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: SocketAddr, err: Error) {
+/// Answers a request that could not be upgraded, unless tungstenite already answered it;
+/// a wrong request is pointed to the chat page at `page_url`.
+pub fn reject_failed_handshake(
+    socket: &TcpStream,
+    peer: SocketAddr,
+    err: Error,
+    page_url: &str,
+    (figures, trace): (&Figures, Trace),
+) {
     let (status, body) = match err {
         // tungstenite already wrote the response our callback returned.
         Error::Http(response) => {
-            shared
-                .trace
-                .decision(peer, &format!("answered HTTP {}", response.status()));
+            trace.decision(peer, &format!("answered HTTP {}", response.status()));
             return;
         }
         Error::Protocol(
@@ -29,21 +34,17 @@ pub fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: Socket
             426,
             format!(
                 "this is threadchat's WebSocket port; the chat page is at {}",
-                shared.page_url
+                page_url
             ),
         ),
         Error::Protocol(p) => (400, format!("bad WebSocket handshake: {p}")),
         // The client went away or sent nothing in time: nobody to answer.
         _ => {
-            shared
-                .trace
-                .decision(peer, &format!("handshake failed: {err}"));
+            trace.decision(peer, &format!("handshake failed: {err}"));
             return;
         }
     };
-    shared
-        .trace
-        .decision(peer, &format!("answered HTTP {status}"));
+    trace.decision(peer, &format!("answered HTTP {status}"));
     let reason = match status {
         426 => "Upgrade Required",
         _ => "Bad Request",
@@ -53,7 +54,7 @@ pub fn reject_failed_handshake(shared: &Shared, socket: &TcpStream, peer: Socket
          Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}\n",
         body.len() + 1
     );
-    figures::add(shared.figures.refused_at(status), 1);
+    figures::add(figures.refused_at(status), 1);
     let mut socket = socket;
     let _ = socket.write_all(response.as_bytes());
 }
