@@ -51,7 +51,6 @@ use crate::event::Event;
 use crate::figures::Figures;
 use crate::limits::addresses::AddressTable;
 use crate::limits::descriptors;
-use crate::page::listener::PageServer;
 use crate::room::order::Order;
 use crate::room::Room;
 use crate::send::log::Log;
@@ -89,16 +88,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), String> {
-    if config.trace && !cfg!(feature = "trace") {
-        return Err("this build has no --trace (built without the trace feature)".into());
-    }
-    if config.redis.is_some() && !cfg!(feature = "redis") {
-        return Err(
-            "this build has no --redis: build it with the redis feature \
-                    (cargo build --release --features redis)"
-                .into(),
-        );
-    }
+    config.check_build()?;
     figures::start();
     sys::limit_malloc_arenas();
     // Before any thread starts, so that only the signal thread ever sees SIGINT/SIGTERM.
@@ -171,29 +161,15 @@ fn run(config: Config) -> Result<(), String> {
         config,
     });
 
-    let config = &shared.config;
-    let settings = page::PageSettings {
-        ws_port: ws_addr.port(),
-        ws_url: config.ws_url.clone(),
-        max_message_bytes: config.max_message_bytes,
-    };
-    let page_server = Arc::new(PageServer {
+    let (ws_port, figures) = (ws_addr.port(), shared.figures.clone());
+    page::listener::start(
+        page_listener,
         site,
-        config_js: page::config_js(&settings),
-        max_connections: max_page_connections,
-        addresses: AddressTable::new(page::listener::page_share(
-            config.max_clients_per_address,
-            max_page_connections,
-        )),
-        head_timeout: config.handshake_timeout,
-        write_timeout: config.write_timeout,
-        trust_proxy: config.trust_proxy,
-        places: Default::default(),
-        figures: shared.figures.clone(),
-    });
-    sys::spawn_named("page", move || {
-        page::listener::run(page_listener, page_server)
-    })?;
+        max_page_connections,
+        ws_port,
+        &shared.config,
+        figures,
+    )?;
     let ping_interval = shared.config.ping_interval;
     let resume_window = shared.config.resume_window;
     let figures = shared.figures.clone();
