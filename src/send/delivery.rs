@@ -143,16 +143,7 @@ impl Delivery {
             }
             Err(_) => return Sent::Failed,
         };
-        if let Some(frames) = &mut self.frames_out {
-            let who = self.outbox.label();
-            for (slice, n) in slices
-                .iter()
-                .zip(shares(sent, slices.iter().map(|s| s.len())))
-            {
-                frames.feed(&slice[..n], &who);
-            }
-            trace.decision(&who, &format!("wrote {sent} bytes in 1 system call(s)"));
-        }
+        traced::trace_sent(&mut self.frames_out, &self.outbox, &slices, sent, trace);
         drop(slices);
 
         for (&(private, len), n) in kinds.iter().zip(shares(sent, kinds.iter().map(|k| k.1))) {
@@ -191,6 +182,7 @@ fn shares(mut sent: usize, lens: impl IntoIterator<Item = usize>) -> impl Iterat
 }
 
 mod ending;
+mod traced;
 
 #[cfg(test)]
 mod tests {

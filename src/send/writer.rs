@@ -12,10 +12,9 @@
 //! the drain) is in `writer/ending.rs`; the writer's figures for the admin port are moved
 //! once per pass by `writer/count.rs`.
 //!
-//! When to send: a loopback `send` costs about 8 us of CPU whatever it carries. A writer with
-//! CPU to spare sends each line the moment it arrives. Only once sending every line at once
-//! would keep it busy more than [`BUSY_SHARE`] of its time does it rest after each pass, to
-//! let lines gather into fewer sends ([`Gather`], in gather.rs).
+//! When to send: a writer with CPU to spare sends each line the moment it arrives; only a
+//! busy one rests after each pass, so that lines gather into fewer sends ([`Gather`], in
+//! gather.rs, says when and why).
 
 use std::collections::VecDeque;
 use std::io;
