@@ -110,6 +110,23 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Refuses a flag this build was compiled without, naming the feature that has it.
+    pub fn check_build(&self) -> Result<(), String> {
+        if self.trace && !cfg!(feature = "trace") {
+            return Err("this build has no --trace (built without the trace feature)".into());
+        }
+        if self.redis.is_some() && !cfg!(feature = "redis") {
+            return Err(
+                "this build has no --redis: build it with the redis feature \
+                        (cargo build --release --features redis)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What the command line asks for.
 pub enum Command {
     Run(Box<Config>),

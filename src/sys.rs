@@ -279,6 +279,20 @@ pub fn close_with_reset(socket: TcpStream) {
     drop(socket);
 }
 
+/// How a reader notices a peer that is gone. With pings, a read fails after `silence`: a
+/// deadline, not polling, since an idle reader sleeps in `read` until a frame or a pong
+/// arrives, and the room pings more often than that. Without pings (`None`) there is nothing
+/// to answer, so silence is no sign of a dead peer and there is no deadline: the kernel's
+/// keep-alive probes find a peer that vanished (a laptop lid closed, a NAT that forgot it),
+/// after about two minutes of silence, then six probes.
+pub fn notice_silence(socket: &TcpStream, silence: Option<std::time::Duration>) -> io::Result<()> {
+    socket.set_read_timeout(silence)?;
+    match silence {
+        Some(_) => Ok(()),
+        None => keep_alive(socket, 60, 10, 6),
+    }
+}
+
 /// Lets the kernel find a peer that died without a word: after `idle` of silence it probes
 /// every `interval`, and after `probes` unanswered ones the connection fails.
 pub fn keep_alive(socket: &TcpStream, idle: u32, interval: u32, probes: u32) -> io::Result<()> {

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{HTTPVersion, Method};
 
-use crate::accept::{accept_each, close_with, refuse_at_once, Door};
+use crate::accept::{accept_each, Door};
+use crate::closing::{close_with, refuse_at_once};
 use crate::context::Shared;
 use crate::figures::{self, get};
 use crate::limits::addresses::AddressTable;

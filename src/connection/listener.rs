@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::thread;
 
 use crate::accept::{accept_each, Door};
-use crate::connection::client::{self, UPGRADE_STACK_BYTES};
+use crate::connection::client;
+use crate::connection::stacks::UPGRADE_STACK_BYTES;
 use crate::context::Shared;
 use crate::limits::seat::ConnectionCount;
 use crate::sys;

@@ -61,19 +61,6 @@ impl ClientStream {
     }
 }
 
-impl ClientStream {
-    /// Out of line, and only with `--trace`: the formatting would otherwise deepen every read's
-    /// stack frame, and each idle reader keeps the pages its reads touch.
-    #[cold]
-    #[inline(never)]
-    fn trace_interrupted(&self) {
-        if let (true, Some((outbox, _))) = (self.trace.is_on(), &self.outbox) {
-            let why = "read interrupted (the process was stopped); reading on";
-            self.trace.decision(outbox.label(), why);
-        }
-    }
-}
-
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = loop {
@@ -89,9 +76,7 @@ impl Read for ClientStream {
                 read => break read?,
             }
         };
-        if let (Some(frames), Some((outbox, _))) = (&mut self.frames_in, &self.outbox) {
-            frames.feed(&buf[..n], &outbox.label());
-        }
+        self.trace_read(&buf[..n]);
         Ok(n)
     }
 }
@@ -123,3 +108,5 @@ impl Write for ClientStream {
         }
     }
 }
+
+mod traced;

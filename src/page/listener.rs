@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Method;
 
-use crate::accept::{accept_each, close_with, refuse_at_once, Door};
+use crate::accept::{accept_each, Door};
+use crate::closing::{close_with, refuse_at_once};
+use crate::config::Config;
 use crate::figures::{self, Figures};
 use crate::limits::addresses::{self, AddressTable};
 use crate::page::head::{parse_head, read_head, HeadRead, Wait, HEAD_MAX_BYTES};
@@ -251,6 +253,35 @@ impl Drop for Place {
         places.lock().held.remove(&self.id);
         places.freed.notify_all();
     }
+}
+
+/// Starts the page thread on `listener`: the chat page from `site`, told where the
+/// WebSocket port is, for at most `max_connections` connections at once.
+pub fn start(
+    listener: TcpListener,
+    site: Site,
+    max_connections: usize,
+    ws_port: u16,
+    config: &Config,
+    figures: Arc<Figures>,
+) -> Result<(), String> {
+    let settings = page::PageSettings {
+        ws_port,
+        ws_url: config.ws_url.clone(),
+        max_message_bytes: config.max_message_bytes,
+    };
+    let server = Arc::new(PageServer {
+        site,
+        config_js: page::config_js(&settings),
+        max_connections,
+        addresses: AddressTable::new(page_share(config.max_clients_per_address, max_connections)),
+        head_timeout: config.handshake_timeout,
+        write_timeout: config.write_timeout,
+        trust_proxy: config.trust_proxy,
+        places: Default::default(),
+        figures,
+    });
+    sys::spawn_named("page", move || run(listener, server)).map(drop)
 }
 
 /// Accepts page connections for as long as the process runs.

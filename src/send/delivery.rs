@@ -4,7 +4,8 @@
 //! The bytes a client gets are the log from its cursor on, with its private frames (each
 //! marked with the log offset it goes before) in their places. A send may stop anywhere,
 //! mid-frame and mid-segment; the next one picks up there. When the connection closes, a
-//! limit says where in the log it stops: after the frame it is in, never inside one.
+//! limit says where in the log it stops: after the frame it is in, never inside one. How an
+//! eviction or a write timeout sets that limit is `delivery/ending.rs`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -15,9 +16,6 @@ use crate::send::outbox::{Outbox, Phase};
 use crate::sys::send_nonblocking;
 use crate::trace::{Direction, FrameTrace, Trace};
 use crate::wire::{self, Frame};
-
-/// Why a client whose socket took nothing for the write timeout is closed.
-pub const NOT_READING: &str = "not reading";
 
 /// Linux takes at most 1024 pieces in one `sendmsg`.
 const MAX_SLICES_PER_SEND: usize = 1024;
@@ -92,65 +90,6 @@ impl Delivery {
             .is_some_and(|limit| self.private.is_empty() && self.cursor.at() >= limit)
     }
 
-    /// Gives up on the client: what it has not started is dropped, and close 1008 follows the
-    /// frame it is in. Returns false if the connection was no longer open, and so not evicted.
-    pub fn evict(&mut self) -> bool {
-        if !self.outbox.evict() {
-            return false;
-        }
-        let too_slow = wire::close_frame(wire::CLOSE_POLICY, "too slow");
-        self.end_after_current_frame(Some(too_slow));
-        true
-    }
-
-    /// The socket has taken nothing for the write timeout: what the client has not started is
-    /// dropped, and after the frame it is in comes only a close frame, the one already queued
-    /// (a reply, "flooding"...) if there is one, else 1008 "not reading". Returns whether the
-    /// connection was still open until now.
-    pub fn time_out(&mut self) -> bool {
-        // Bounded: frames wait in the outbox only up to its limit, and the close after them.
-        self.collect();
-        let was_open = self.outbox.evict();
-        let mid_private = self.private_sent > 0;
-        let closing = mid_private && self.private.front().is_some_and(|(_, f)| wire::is_close(f));
-        let queued_close = self
-            .private
-            .iter()
-            .skip(usize::from(mid_private))
-            .rev()
-            .find(|(_, frame)| wire::is_close(frame))
-            .map(|(_, frame)| frame.clone());
-        let close =
-            queued_close.unwrap_or_else(|| wire::close_frame(wire::CLOSE_POLICY, NOT_READING));
-        self.end_after_current_frame((!closing).then_some(close));
-        was_open
-    }
-
-    /// Drops what the client has not started, and ends its share of the log after the frame
-    /// it is in (a private one or a line), with `close` after that.
-    fn end_after_current_frame(&mut self, close: Option<Frame>) {
-        let mid_private = self.private_sent > 0;
-        self.private.truncate(usize::from(mid_private));
-        let limit = if mid_private {
-            self.cursor.at()
-        } else {
-            self.cursor.frame_end()
-        };
-        self.limit = Some(limit);
-        if let Some(close) = close {
-            self.private.push_back((limit, close));
-        }
-    }
-
-    /// Bytes still to send up to the limit, private frames included; for an open connection,
-    /// up to `head`.
-    pub fn left(&self, head: u64) -> usize {
-        let to = self.limit.map_or(head, |limit| head.min(limit));
-        let log = usize::try_from(to.saturating_sub(self.cursor.at())).unwrap_or(usize::MAX);
-        let private: usize = self.private.iter().map(|(_, frame)| frame.len()).sum();
-        log.saturating_add(private.saturating_sub(self.private_sent))
-    }
-
     /// Builds the slices from the cursor to `head` (or the client's limit), with private frames
     /// in their places, and sends them with one `sendmsg`.
     pub fn send(&mut self, snapshot: &[Arc<Segment>], head: u64, trace: Trace) -> Sent {
@@ -204,16 +143,7 @@ impl Delivery {
             }
             Err(_) => return Sent::Failed,
         };
-        if let Some(frames) = &mut self.frames_out {
-            let who = self.outbox.label();
-            for (slice, n) in slices
-                .iter()
-                .zip(shares(sent, slices.iter().map(|s| s.len())))
-            {
-                frames.feed(&slice[..n], &who);
-            }
-            trace.decision(&who, &format!("wrote {sent} bytes in 1 system call(s)"));
-        }
+        traced::trace_sent(&mut self.frames_out, &self.outbox, &slices, sent, trace);
         drop(slices);
 
         for (&(private, len), n) in kinds.iter().zip(shares(sent, kinds.iter().map(|k| k.1))) {
@@ -250,6 +180,9 @@ fn shares(mut sent: usize, lens: impl IntoIterator<Item = usize>) -> impl Iterat
         Some(n)
     })
 }
+
+mod ending;
+mod traced;
 
 #[cfg(test)]
 mod tests {

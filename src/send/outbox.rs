@@ -6,10 +6,10 @@
 //! sends it in its place, so it never lands in the middle of a line.
 //!
 //! The outbox also holds the connection's [`Phase`], the one record of its life that its
-//! reader, the room and its writer all see. Only the methods here move it, forward only,
-//! under one lock; whoever moves it out of [`Phase::Open`] learns so, and is the one who
-//! tells the room that the client has left. So a leave is announced once, whichever thread
-//! notices the end first.
+//! reader, the room and its writer all see. Only the methods here and in `outbox/ending.rs`
+//! move it, forward only, under one lock; whoever moves it out of [`Phase::Open`] learns so,
+//! and is the one who tells the room that the client has left. So a leave is announced once,
+//! whichever thread notices the end first.
 //!
 //! The outbox is a plain queue: it does not know the writer. A push says whether the
 //! writer must be woken, and the caller wakes it ([`crate::send::writer::Writer::ready`]).
@@ -156,27 +156,6 @@ impl Outbox {
         (true, state.tell())
     }
 
-    /// The writer gives up on the client: nothing more is queued, and what was queued and not
-    /// yet taken is dropped. Returns whether this call ended the open phase.
-    pub(crate) fn evict(&self) -> bool {
-        let mut state = self.lock();
-        if state.phase != Phase::Open {
-            return false;
-        }
-        state.phase = Phase::Evicted;
-        state.frames.clear();
-        true
-    }
-
-    /// The writer is done with the socket. Returns whether the connection was still open.
-    pub(crate) fn done(&self) -> bool {
-        let mut state = self.lock();
-        let was_open = state.phase == Phase::Open;
-        state.phase = Phase::Done;
-        state.frames.clear();
-        was_open
-    }
-
     /// Moves the private frames into the writer's hands, and says where the connection is.
     pub(crate) fn take(&self, into: &mut VecDeque<(u64, Frame)>) -> Phase {
         let mut state = self.lock();
@@ -198,15 +177,6 @@ impl Outbox {
 
     pub fn phase(&self) -> Phase {
         self.lock().phase
-    }
-
-    /// The reader thread has ended.
-    pub fn reader_done(&self) {
-        self.lock().reader_done = true;
-    }
-
-    pub(crate) fn is_reader_done(&self) -> bool {
-        self.lock().reader_done
     }
 
     /// The name trace lines use for this client.
@@ -233,6 +203,8 @@ impl State {
         }
     }
 }
+
+mod ending;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! The handle to a writer thread: how the room and the readers hand it clients and frames,
-//! and wake it. The thread itself is [`Pump`] in `writer.rs`.
+//! and wake it; and, on the thread's side, how it takes them in. The thread itself is
+//! [`Pump`] in `writer.rs`.
 
 use super::*;
 
@@ -99,5 +100,56 @@ impl Writer {
         let _ = self.jobs.send(job);
         fence(Ordering::SeqCst);
         self.wake();
+    }
+}
+
+impl Pump {
+    /// Takes in what the room and the readers handed over since the last turn: new clients,
+    /// and clients with private frames or closing.
+    pub(super) fn take_jobs(&mut self) {
+        while let Ok(job) = self.inbox.try_recv() {
+            match job {
+                Job::Add(id, outbox, cursor) => self.add(id, outbox, cursor),
+                Job::Ready(outbox) => {
+                    let slot = outbox.slot.load(Ordering::Relaxed);
+                    let ours = self.clients.get(slot).and_then(Option::as_ref);
+                    // Not added yet: the Add serves it. Gone: nothing to do.
+                    if ours.is_some_and(|c| Arc::ptr_eq(&c.delivery.outbox, &outbox)) {
+                        self.due.push(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a new client into this writer's hands: its socket watched for room, a slot, and
+    /// its first pass due.
+    fn add(&mut self, id: ClientId, outbox: Arc<Outbox>, cursor: Cursor) {
+        let slot = self.free.pop().unwrap_or(self.clients.len());
+        // Edge-triggered: an event each time a full socket has room again.
+        let watched = self
+            .writer
+            .poller
+            .watch_writable(outbox.socket.as_raw_fd(), slot as u64);
+        if watched.is_err() {
+            self.free.push(slot);
+            self.tell_room_if_ended(id, outbox.done(), false);
+            let _ = outbox.socket.shutdown(Shutdown::Both);
+            return;
+        }
+        outbox.slot.store(slot, Ordering::Relaxed);
+        let client = Client {
+            id,
+            delivery: Delivery::new(outbox, cursor, self.trace),
+            blocked: false,
+            last_progress: Instant::now(),
+            added_us: figures::since_start_us(),
+        };
+        if slot == self.clients.len() {
+            self.clients.push(Some(client));
+        } else {
+            self.clients[slot] = Some(client);
+        }
+        self.due.push(slot);
     }
 }

@@ -1,5 +1,6 @@
 //! A writer's timers and the room's full queue, with real sockets and a real writer thread.
 
+use super::ending::after_pause;
 use super::*;
 use crate::send::log::Log;
 use crate::wire::{self, Dialect};
