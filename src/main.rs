@@ -21,9 +21,6 @@ mod accept;
 mod admin;
 #[cfg(feature = "redis")]
 mod cluster;
-#[cfg(not(feature = "redis"))]
-#[path = "cluster/absent.rs"]
-mod cluster;
 mod config;
 mod connection;
 mod context;
@@ -182,7 +179,7 @@ fn run(config: Config) -> Result<(), String> {
 
     let trace = Trace::new(config.trace);
     let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
-    let order = choose_order(&config, trace, &events)?;
+    let order = choose_order(&config, trace)?;
 
     // The addresses come last: scripts may take them as the sign that we are ready.
     println!(
@@ -272,37 +269,30 @@ fn run(config: Config) -> Result<(), String> {
 
 /// The order lines get their place in: this instance's log, or with `--redis` a stream
 /// shared with other instances (this connects, prints the cluster line, and starts the
-/// cluster's threads, which feed the room through `events`).
+/// cluster's threads, which tell the room their news on a channel of their own).
 #[cfg(feature = "redis")]
-fn choose_order(
-    config: &Config,
-    trace: Trace,
-    events: &crossbeam_channel::Sender<Event>,
-) -> Result<Order, String> {
+fn choose_order(config: &Config, trace: Trace) -> Result<Order, String> {
     let Some(url) = &config.redis else {
-        return Ok(Order::Local);
+        return Ok(Order::local());
     };
+    let (news, room_news) = crossbeam_channel::bounded(EVENT_QUEUE);
     let publisher = cluster::Publisher::start(
         url,
         config.redis_max_entries,
         config.resume_window,
         trace,
-        events.clone(),
+        news,
     )?;
     println!(
         "threadchat: room shared through {url} as instance {}",
         publisher.instance()
     );
-    Ok(Order::Shared(publisher))
+    Ok(Order::shared(publisher, room_news))
 }
 
 #[cfg(not(feature = "redis"))]
-fn choose_order(
-    _: &Config,
-    _: Trace,
-    _: &crossbeam_channel::Sender<Event>,
-) -> Result<Order, String> {
-    Ok(Order::Local)
+fn choose_order(_: &Config, _: Trace) -> Result<Order, String> {
+    Ok(Order::local())
 }
 
 /// The page server's share of the descriptors: a fixed number, or an eighth of them if less.
