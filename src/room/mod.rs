@@ -84,8 +84,6 @@ struct Member {
 /// A newcomer whose join waits for its place.
 struct Newcomer {
     member: Member,
-    /// It left before its join was placed: announce the leave right after the join.
-    gone: bool,
     /// It asked to resume a session that could not be: once placed, it hears the mark that
     /// lines may have been missed before its new session's token.
     missed: bool,
@@ -205,7 +203,6 @@ impl Room {
                 session: fresh_session.map(|_| Sessions::new_token()),
                 holder: id,
             },
-            gone: false,
             missed: fresh_session == Some(true),
         };
         self.ask_to_join(id, newcomer);
@@ -304,9 +301,6 @@ impl Room {
         let at = self.append_line(&entry.line, entry.position);
         self.start_reading(id, &outbox, at[outbox.dialect as usize]);
         self.say_early_lines(id);
-        if newcomer.gone {
-            self.handle_close_connection(id, Departure::Left);
-        }
     }
 
     /// After a storm of joins and leaves, gives back the memory the departed held: the

@@ -6,7 +6,7 @@
 //! while Redis had forgotten it). Sessions live in Redis, for whichever instance a client
 //! reaches. Run without `--redis`, the order is this instance's log, as in a plain build.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ pub struct Order {
     early: HashMap<ClientId, Vec<Utf8Bytes>>,
     /// Nicknames drawn so far for each newcomer whose join waits.
     draws: HashMap<ClientId, usize>,
+    /// Newcomers that left while their join was on its way: their leave follows the join.
+    gone: HashSet<ClientId>,
 }
 
 impl Order {
@@ -83,6 +85,7 @@ impl Order {
             waiting_seats: HashMap::new(),
             early: HashMap::new(),
             draws: HashMap::new(),
+            gone: HashSet::new(),
         }
     }
 
@@ -164,10 +167,11 @@ impl Order {
         resumers.map(|(id, r)| (id, r.returning.outbox)).collect()
     }
 
-    /// A client turned away: what it said early, and its draws, are forgotten.
+    /// A client turned away: what it said early, its draws, and its leaving, are forgotten.
     pub fn forget(&mut self, id: ClientId) {
         self.early.remove(&id);
         self.draws.remove(&id);
+        self.gone.remove(&id);
     }
 
     pub fn shrink(&mut self) {
@@ -196,10 +200,11 @@ impl Room {
                 for entry in entries {
                     match entry {
                         Streamed::Line(line) => {
-                            if let Some(id) = line.joined {
-                                self.order.draws.remove(&id);
+                            let joined = line.joined;
+                            self.placed(line);
+                            if let Some(id) = joined {
+                                self.joined(id);
                             }
-                            self.placed(line)
                         }
                         Streamed::Resumed(resumed) => self.resumed(resumed),
                     }
@@ -212,6 +217,15 @@ impl Room {
             }
             News::Fenced => self.restart_everyone(),
             News::NameLost { id } => self.lose_name(id),
+        }
+    }
+
+    /// A newcomer of this instance's is a member now; if it left while its join was on its
+    /// way, its leave follows.
+    fn joined(&mut self, id: ClientId) {
+        self.order.draws.remove(&id);
+        if self.order.gone.remove(&id) {
+            self.handle_close_connection(id, Departure::Left);
         }
     }
 
@@ -330,7 +344,7 @@ impl Room {
                     return;
                 };
                 self.taken.remove(&newcomer.member.number);
-                if newcomer.gone {
+                if self.order.gone.remove(&id) {
                     // Its writer still sends the close its reader queued.
                     return self.turn_away(id, &newcomer.member.outbox, UNREACHABLE);
                 }
@@ -406,6 +420,7 @@ impl Room {
         self.taken.clear();
         self.order.waiting_seats.clear();
         self.order.draws.clear();
+        self.order.gone.clear();
         // The others announced the sessions' clients too: they come back as newcomers.
         self.sessions = Sessions::new(self.sessions.window());
         self.expiry = crossbeam_channel::never();
@@ -457,8 +472,8 @@ impl Room {
     /// A client that left before it was a member (its join, or its resume, on its way): it
     /// is let go once the answer comes. `true` when it was one.
     pub(super) fn left_while_waiting(&mut self, id: ClientId, how: Departure) -> bool {
-        if let Some(newcomer) = self.newcomers.get_mut(&id) {
-            newcomer.gone = true;
+        if self.newcomers.contains_key(&id) {
+            self.order.gone.insert(id);
             return true;
         }
         if let Some(resumer) = self.order.resumers.get_mut(&id) {
