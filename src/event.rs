@@ -1,6 +1,6 @@
-//! What the room hears: the events client threads, writers, the cluster's threads and the
-//! signal thread send it over one channel. The room handles them one at a time, in the
-//! order they arrive, and that order is the chat's.
+//! What the room hears: the events client threads, writers and the signal thread send it
+//! over one channel. The room handles them one at a time, in the order they arrive, and that
+//! order is the chat's. (A cluster's news come on a channel of their own: `cluster::News`.)
 
 use std::sync::Arc;
 
@@ -8,7 +8,6 @@ use tungstenite::Utf8Bytes;
 
 use crate::limits::seat::Seat;
 use crate::send::outbox::Outbox;
-use crate::wire;
 
 /// Identifies one connection for its whole life, before and after it has a nickname.
 pub type ClientId = u64;
@@ -33,23 +32,6 @@ pub enum Event {
     /// A connection stopped being open, for whatever reason. Whoever ended it sends this,
     /// once: the reader, or the writer when it evicts the client or loses the socket.
     Leave { id: ClientId, how: Departure },
-    /// Lines placed in the cluster's shared order, read back in that order.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Stream(Vec<Entry>),
-    /// The cluster could not place an item; it certainly did not reach anyone.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Refused(Item, Refusal),
-    /// Lines of the shared order were lost before this instance read them.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Gap,
-    /// The other instances took this one for dead and announced its clients as left: they
-    /// must reconnect, under new names.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Fenced,
-    /// Redis lost the name this member held, and another client claimed it meanwhile: the
-    /// member must come back under another.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    NameLost { id: ClientId },
     /// The server is stopping: say goodbye to everyone.
     Shutdown,
     /// Tests only (debug builds, through the admin port): the room sleeps this long, as a
@@ -120,88 +102,6 @@ impl std::str::FromStr for Position {
     }
 }
 
-/// What the room asks a place in the order for.
-#[derive(Debug)]
-pub enum Item {
-    /// A newcomer's join, under a nickname drawn for it; with the token of the session it
-    /// opens, for a client of the resume dialect (a shared order keeps the session).
-    Join {
-        id: ClientId,
-        nickname: String,
-        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-        session: Option<String>,
-    },
-    /// A line a member said, already prefixed with its nickname.
-    Say { id: ClientId, line: String },
-    /// A member's leave. Never refused: an order that cannot place it now keeps it. A shared
-    /// order announces it only if the name is still that client's, and ends its session.
-    Leave {
-        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-        id: ClientId,
-        nickname: String,
-    },
-    /// Shared order only: a resumable member dropped without a close. Its session waits
-    /// for it, on any instance, until the window ends; then its leave is placed. Kept like
-    /// a leave until the order takes it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Detach {
-        id: ClientId,
-        nickname: String,
-        /// How long it waits for its client.
-        wait: std::time::Duration,
-        /// The first line its session may be owed (its connection had been handed the
-        /// ones before, less what may still have been on its way); `None` if unknown.
-        owed: Option<Position>,
-    },
-    /// Shared order only: a client presents the token of a session. Placed, it comes back
-    /// through the stream as an [`Entry`] with `resumed`; refused, the session is unknown.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Resume { id: ClientId, token: String },
-}
-
-impl Item {
-    /// The line everyone sees for this item: the wire contract's wording. A resume has
-    /// none: nobody hears of it.
-    pub fn line(&self) -> String {
-        match self {
-            Item::Join { nickname, .. } => wire::around(wire::JOINED, nickname),
-            Item::Say { line, .. } => line.clone(),
-            Item::Leave { nickname, .. } | Item::Detach { nickname, .. } => {
-                wire::around(wire::LEFT, nickname)
-            }
-            Item::Resume { .. } => String::new(),
-        }
-    }
-
-    /// The item as a placed line.
-    pub fn into_entry(self) -> Entry {
-        let line = self.line();
-        let joined = match self {
-            Item::Join { id, .. } => Some(id),
-            _ => None,
-        };
-        Entry {
-            line,
-            joined,
-            position: None,
-            resumed: None,
-        }
-    }
-}
-
-/// Why an item got no place.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Refusal {
-    /// The nickname is held by another instance: draw another.
-    Taken,
-    /// The shared order is out of reach, or too busy to take more.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Unreachable,
-    /// No session has that token (never had, expired, or Redis lost it).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Unknown,
-}
-
 /// One line in its place in the order.
 #[derive(Debug, PartialEq)]
 pub struct Entry {
@@ -211,34 +111,17 @@ pub struct Entry {
     /// Its place in a shared order (the stream's ID); `None` when this instance's own log
     /// is the order, which then numbers its lines itself.
     pub position: Option<Position>,
-    /// Not a line but a session that came back, somewhere in the cluster.
-    pub resumed: Option<Resumed>,
 }
 
-/// A session resumed on some instance: its name moved from one connection to another,
-/// unannounced. The room concerned by either end acts on it; the others ignore it.
-#[derive(Debug, PartialEq)]
-pub struct Resumed {
-    pub nickname: String,
-    /// This instance's connection that takes the session, if it is one of ours.
-    pub by: Option<ClientId>,
-    /// This instance's connection that had it, if it was one of ours.
-    pub from: Option<ClientId>,
-    /// The first line the session may get back: its own join, or later where a
-    /// connection of it had been handed the lines before.
-    pub floor: Option<Position>,
-}
-
-/// The answer to a request for a place.
-pub enum Placement {
-    /// Placed at once: here is the line to append.
-    Now(Entry),
-    /// The answer comes later, as an event: `Stream` with the line, or `Refused`.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Later,
-    /// Not placed, and it will not be.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Refused(Item, Refusal),
+impl Entry {
+    /// A line placed at once, by this instance's own log.
+    pub fn placed(line: String, joined: Option<ClientId>) -> Entry {
+        Entry {
+            line,
+            joined,
+            position: None,
+        }
+    }
 }
 
 #[cfg(test)]

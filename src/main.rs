@@ -22,9 +22,6 @@ mod admin;
 mod closing;
 #[cfg(feature = "redis")]
 mod cluster;
-#[cfg(not(feature = "redis"))]
-#[path = "cluster/absent.rs"]
-mod cluster;
 mod config;
 mod connection;
 mod context;
@@ -47,7 +44,6 @@ use std::thread;
 
 use crate::config::{Command, Config};
 use crate::context::Shared;
-use crate::event::Event;
 use crate::figures::Figures;
 use crate::limits::addresses::AddressTable;
 use crate::limits::descriptors;
@@ -119,7 +115,7 @@ fn run(config: Config) -> Result<(), String> {
 
     let trace = Trace::new(config.trace);
     let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
-    let order = choose_order(&config, trace, &events)?;
+    let order = choose_order(&config, trace)?;
 
     // The addresses come last: scripts may take them as the sign that we are ready.
     println!(
@@ -190,37 +186,30 @@ fn run(config: Config) -> Result<(), String> {
 
 /// The order lines get their place in: this instance's log, or with `--redis` a stream
 /// shared with other instances (this connects, prints the cluster line, and starts the
-/// cluster's threads, which feed the room through `events`).
+/// cluster's threads, which tell the room their news on a channel of their own).
 #[cfg(feature = "redis")]
-fn choose_order(
-    config: &Config,
-    trace: Trace,
-    events: &crossbeam_channel::Sender<Event>,
-) -> Result<Order, String> {
+fn choose_order(config: &Config, trace: Trace) -> Result<Order, String> {
     let Some(url) = &config.redis else {
-        return Ok(Order::Local);
+        return Ok(Order::local());
     };
+    let (news, room_news) = crossbeam_channel::bounded(EVENT_QUEUE);
     let publisher = cluster::Publisher::start(
         url,
         config.redis_max_entries,
         config.resume_window,
         trace,
-        events.clone(),
+        news,
     )?;
     println!(
         "threadchat: room shared through {url} as instance {}",
         publisher.instance()
     );
-    Ok(Order::Shared(publisher))
+    Ok(Order::shared(publisher, room_news))
 }
 
 #[cfg(not(feature = "redis"))]
-fn choose_order(
-    _: &Config,
-    _: Trace,
-    _: &crossbeam_channel::Sender<Event>,
-) -> Result<Order, String> {
-    Ok(Order::Local)
+fn choose_order(_: &Config, _: Trace) -> Result<Order, String> {
+    Ok(Order::local())
 }
 
 /// Listens on `ip`:`port`, or says which port could not be had, and why.

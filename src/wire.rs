@@ -48,7 +48,6 @@ pub const CLOSE_UNSUPPORTED: u16 = 1003;
 pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
-pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// A final, unmasked text frame carrying `line`.

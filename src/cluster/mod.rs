@@ -3,7 +3,7 @@
 //! With `--redis`, a line's place in the order is its place in the stream `threadchat:room`.
 //! The room never talks to Redis itself. It hands each item (a join, a line, a leave) to the
 //! **publisher** thread, which owns the connection that writes, sends everything waiting in
-//! one pipelined round trip, and answers only what failed, as events. The **stream** thread
+//! one pipelined round trip, and answers only what failed, as news on a channel of its own. The **stream** thread
 //! reads the stream back in order and hands every entry to the room, which appends it to
 //! its log; this instance's own lines come back that way too, so every client on every
 //! instance sees Redis's one order. A **heartbeat** thread keeps this instance alive in
@@ -37,11 +37,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use redis::{Connection, Value};
 
-use crate::event::{ClientId, Entry, Event, Item, Placement, Position, Refusal, Resumed};
+use crate::event::{ClientId, Entry, Position};
 use crate::trace::Trace;
 
 mod heartbeat;
 mod link;
+mod news;
 mod placing;
 mod publisher;
 mod reader;
@@ -49,6 +50,7 @@ mod scripts;
 
 use heartbeat::*;
 use link::*;
+pub use news::*;
 pub use publisher::Publisher;
 use publisher::*;
 use reader::*;

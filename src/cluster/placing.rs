@@ -276,7 +276,7 @@ impl Desk {
         );
         for name in lost {
             if let Some(id) = self.held.remove(&name) {
-                let _ = self.events.send(Event::NameLost { id });
+                let _ = self.news.send(News::NameLost { id });
             }
         }
     }
@@ -321,11 +321,11 @@ impl Desk {
         for Doubtful { item, .. } in std::mem::take(&mut self.doubtful) {
             self.refuse(item, Refusal::Unreachable);
         }
-        let _ = self.events.send(Event::Fenced);
+        let _ = self.news.send(News::Fenced);
     }
 
     pub(super) fn refuse(&self, item: Item, why: Refusal) {
-        let _ = self.events.send(Event::Refused(item, why));
+        let _ = self.news.send(News::Refused(item, why));
     }
 
     pub(super) fn traced(&self, command: &str, id: &str, line: &str) {

@@ -1,6 +1,6 @@
 //! The publisher: the one thread that writes to Redis. The room hands it items through a
 //! bounded queue; it sends everything waiting in one pipelined round trip and answers, as
-//! events, only what failed.
+//! news, only what failed.
 
 use super::*;
 use crate::sys;
@@ -30,13 +30,13 @@ pub struct Publisher {
 
 impl Publisher {
     /// Connects, registers this instance, and starts the publisher, stream and heartbeat
-    /// threads, which tell the room through `events`.
+    /// threads, which tell the room through `news`.
     pub fn start(
         url: &str,
         max_entries: u64,
         resume_window: Duration,
         trace: Trace,
-        events: Sender<Event>,
+        news: Sender<News>,
     ) -> Result<Publisher, String> {
         use redis::IntoConnectionInfo;
         let info = url
@@ -91,7 +91,7 @@ impl Publisher {
             connecting: None,
             identity: identity.clone(),
             inbox,
-            events: events.clone(),
+            news: news.clone(),
             held: HashMap::new(),
             number: 0,
             doubtful: Vec::new(),
@@ -102,13 +102,13 @@ impl Publisher {
             trace,
         };
         if !recent.is_empty() {
-            let _ = events.send(Event::Stream(placed(recent, &instance)));
+            let _ = news.send(News::Stream(placed(recent, &instance)));
         }
         sys::spawn_named("publisher", move || desk.run())?;
         let mut link = Link::new(&client, &scripts, &jobs, "stream", url);
         let reading = identity.clone();
         sys::spawn_named("stream", move || {
-            read_stream(&mut link, from, events, reading, trace)
+            read_stream(&mut link, from, news, reading, trace)
         })?;
         sys::spawn_named("heartbeat", move || heartbeat.run())?;
         Ok(Publisher { jobs, identity })
@@ -175,7 +175,7 @@ pub(super) struct Desk {
     pub(super) connecting: Option<Receiver<Result<Opened, String>>>,
     pub(super) identity: SharedIdentity,
     pub(super) inbox: Receiver<Job>,
-    pub(super) events: Sender<Event>,
+    pub(super) news: Sender<News>,
     /// The names this instance's clients hold in Redis, to register again if Redis loses
     /// them: name -> client.
     pub(super) held: HashMap<String, ClientId>,

@@ -10,7 +10,7 @@ use super::*;
 pub(super) fn read_stream(
     link: &mut Link,
     mut from: String,
-    events: Sender<Event>,
+    news: Sender<News>,
     identity_of: SharedIdentity,
     trace: Trace,
 ) {
@@ -47,7 +47,7 @@ pub(super) fn read_stream(
                 trace.decision("stream", &format!("{from} is gone: lines were missed"));
             }
             reported = from.clone();
-            if events.send(Event::Gap).is_err() {
+            if news.send(News::Gap).is_err() {
                 return;
             }
         }
@@ -67,7 +67,7 @@ pub(super) fn read_stream(
         }
         from = last.clone();
         let ours = identity(&identity_of).instance.clone();
-        if events.send(Event::Stream(placed(read, &ours))).is_err() {
+        if news.send(News::Stream(placed(read, &ours))).is_err() {
             return; // the room has stopped
         }
     }
@@ -75,19 +75,21 @@ pub(super) fn read_stream(
 
 /// Entries as the room takes them: joins and resumes concern it only when they name one of
 /// this instance's (`ours`) clients.
-pub(super) fn placed(read: Vec<Raw>, ours: &str) -> Vec<Entry> {
+pub(super) fn placed(read: Vec<Raw>, ours: &str) -> Vec<Streamed> {
     let ours =
         |holder: Option<Holder>| holder.and_then(|(instance, id)| (instance == ours).then_some(id));
     read.into_iter()
-        .map(|raw| Entry {
-            line: raw.line,
-            joined: ours(raw.joined),
-            position: raw.id.parse().ok(),
-            resumed: raw.resumed.map(|(nickname, by, from, floor)| Resumed {
+        .map(|raw| match raw.resumed {
+            Some((nickname, by, from, floor)) => Streamed::Resumed(Resumed {
                 nickname,
                 by: ours(by),
                 from: ours(from),
                 floor: floor.and_then(|id| id.parse().ok()),
+            }),
+            None => Streamed::Line(Entry {
+                line: raw.line,
+                joined: ours(raw.joined),
+                position: raw.id.parse().ok(),
             }),
         })
         .collect()

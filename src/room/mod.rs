@@ -13,17 +13,23 @@
 //! each member to send a line: a line costs the same with ten members or ten thousand.
 //!
 //! Every line first gets its place in the [`Order`]: at once on a single instance, or, with
-//! `--redis`, when it comes back through the stream all instances share. Either way the room
-//! asks for a place, then appends the line once it is placed, or tells the one client
-//! concerned that it was not. A newcomer is a member from the moment its join is placed.
+//! `--redis`, when it comes back through the stream all instances share, as news on a channel
+//! of the cluster's own. Either way the room asks for a place, then appends the line once it
+//! is placed, or tells the one client concerned that it was not. A newcomer is a member from
+//! the moment its join is placed. The room never asks which order it has: `order.rs` (one
+//! instance) or, built with the `redis` feature, `shared.rs` answers its questions and keeps
+//! its sessions.
 
+#[cfg(not(feature = "redis"))]
+pub mod order;
+#[cfg(feature = "redis")]
+#[path = "shared.rs"]
 pub mod order;
 mod resume;
 pub mod session;
-mod shared;
 
+use order::*;
 use resume::*;
-use shared::*;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,12 +38,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
-use crate::event::{
-    ClientId, Departure, Entry, Event, Item, Placement, Position, Refusal, Resume, Resumed,
-};
+use crate::event::{ClientId, Departure, Entry, Event, Position, Resume};
 use crate::figures::{self, Figures};
 use crate::limits::seat::Seat;
-use crate::room::order::Order;
 use crate::room::session::{Attach, Return, Sessions, Token};
 use crate::send::log::Log;
 use crate::send::outbox::Outbox;
@@ -81,10 +84,6 @@ struct Member {
 /// A newcomer whose join waits for its place.
 struct Newcomer {
     member: Member,
-    /// Nicknames drawn for it so far.
-    draws: usize,
-    /// It left before its join was placed: announce the leave right after the join.
-    gone: bool,
     /// It asked to resume a session that could not be: once placed, it hears the mark that
     /// lines may have been missed before its new session's token.
     missed: bool,
@@ -94,15 +93,10 @@ struct Newcomer {
 pub struct Room {
     members: HashMap<ClientId, Member>,
     newcomers: HashMap<ClientId, Newcomer>,
-    resumers: HashMap<ClientId, Resumer>,
-    /// What newcomers and resumers said before they were members, said once they are.
-    early: HashMap<ClientId, Vec<Utf8Bytes>>,
-    /// With a shared order: the seats of this instance's clients whose sessions wait in
-    /// Redis, until the window ends or the session is resumed here, by its holder.
-    waiting_seats: HashMap<ClientId, (Instant, Arc<Seat>)>,
     /// The N of every `user-N` in use here, so a join finds a free name without a scan.
     taken: HashSet<u32>,
-    /// Where each line gets its place: this log, or a stream shared with other instances.
+    /// Where each line gets its place: this log, or a stream shared with other instances;
+    /// and where sessions live.
     order: Order,
     /// Every line, in the one order every member sees: plain, and (while there are
     /// sessions) numbered for the resume dialect.
@@ -130,16 +124,12 @@ impl Room {
         trace: Trace,
         figures: Arc<Figures>,
     ) -> Room {
-        if order.is_shared() {
-            // A session may come back here from any instance: every line is numbered.
+        if order.numbers_every_line() {
             logs[1].keep(logs[1].reader().retention());
         }
         Room {
             members: HashMap::new(),
             newcomers: HashMap::new(),
-            resumers: HashMap::new(),
-            early: HashMap::new(),
-            waiting_seats: HashMap::new(),
             taken: HashSet::new(),
             order,
             logs,
@@ -168,25 +158,18 @@ impl Room {
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Join { id, from, outbox, seat, resume: Some(Resume::Back { token, position }) }) => {
-                        self.come_back(id, from, outbox, seat, &token, position)
+                        self.resume(id, Returning { from, outbox, seat, token, position })
                     }
                     Ok(Event::Join { id, from, outbox, seat, resume }) => {
                         self.handle_new_connection(id, from, outbox, seat, resume.map(|_| false))
                     }
                     Ok(Event::Say { id, text }) => self.broadcast_to_room(id, text),
                     Ok(Event::Leave { id, how }) => self.handle_close_connection(id, how),
-                    Ok(Event::Stream(entries)) => entries.into_iter().for_each(|e| self.placed(e)),
-                    Ok(Event::Refused(item, why)) => self.refused(item, why),
-                    Ok(Event::Gap) => {
-                        figures::add(&figures::CLUSTER.gaps, 1);
-                        self.append(&wire::text_frame(MISSED), &wire::text_frame(MISSED_MARK));
-                    }
-                    Ok(Event::Fenced) => self.restart_everyone(),
-                    Ok(Event::NameLost { id }) => self.lose_name(id),
                     #[cfg(debug_assertions)]
                     Ok(Event::Pause(pause)) => std::thread::sleep(pause),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
+                recv(self.order.news()) -> news => self.hear(news),
                 recv(pings) -> _ => self.ping_everyone(),
                 recv(pulse) -> _ => self.pulse(),
                 recv(self.give_back) -> _ => self.shrink(),
@@ -220,22 +203,19 @@ impl Room {
                 session: fresh_session.map(|_| Sessions::new_token()),
                 holder: id,
             },
-            draws: 1,
-            gone: false,
             missed: fresh_session == Some(true),
         };
         self.ask_to_join(id, newcomer);
     }
 
     fn ask_to_join(&mut self, id: ClientId, newcomer: Newcomer) {
-        let nickname = newcomer.member.nickname.clone();
-        let session = newcomer.member.session.clone();
-        self.newcomers.insert(id, newcomer);
-        self.place(Item::Join {
+        let answer = self.order.join(
             id,
-            nickname,
-            session,
-        });
+            &newcomer.member.nickname,
+            newcomer.member.session.as_ref(),
+        );
+        self.newcomers.insert(id, newcomer);
+        self.place(answer);
     }
 
     /// Prefixes the sender's nickname and sends the line to every member, sender included.
@@ -244,7 +224,8 @@ impl Room {
             return self.hold_early_line(id, text);
         };
         let line = format!("{}: {}", sender.nickname, text.as_str());
-        self.place(Item::Say { id, line });
+        let answer = self.order.say(id, line);
+        self.place(answer);
     }
 
     /// Frees the nickname and tells the others. Every departure is reported once, whether
@@ -272,10 +253,8 @@ impl Room {
         self.taken.remove(&number);
         eprintln!("leave {nickname} from {from}");
         self.trace.decision(&nickname, "left the room");
-        self.place(Item::Leave {
-            id: holder,
-            nickname,
-        });
+        let answer = self.order.leave(holder, &nickname);
+        self.place(answer);
         if self.held() * 2 <= self.peak {
             self.peak = self.held();
             self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
@@ -288,21 +267,19 @@ impl Room {
         self.members.len() + self.sessions.len()
     }
 
-    /// Asks the order for a place, and acts on an answer that comes at once.
-    fn place(&mut self, item: Item) {
-        match self.order.place(item) {
-            Placement::Now(entry) => self.placed(entry),
-            Placement::Later => {}
-            Placement::Refused(item, why) => self.refused(item, why),
+    /// Acts on the order's answer to a request for a place, when it comes at once: the line,
+    /// or (news) its refusal.
+    fn place(&mut self, answer: Answer) {
+        match answer {
+            Ok(Some(entry)) => self.placed(entry),
+            Ok(None) => {}
+            Err(news) => self.hear(Ok(news)),
         }
     }
 
     /// A line has its place: everyone gets it. A newcomer's join makes it a member, reading
     /// from its own join line on.
     fn placed(&mut self, entry: Entry) {
-        if let Some(resumed) = entry.resumed {
-            return self.resumed(resumed);
-        }
         let Some((id, newcomer)) = entry
             .joined
             .and_then(|id| Some((id, self.newcomers.remove(&id)?)))
@@ -324,9 +301,6 @@ impl Room {
         let at = self.append_line(&entry.line, entry.position);
         self.start_reading(id, &outbox, at[outbox.dialect as usize]);
         self.say_early_lines(id);
-        if newcomer.gone {
-            self.handle_close_connection(id, Departure::Left);
-        }
     }
 
     /// After a storm of joins and leaves, gives back the memory the departed held: the
@@ -336,7 +310,7 @@ impl Room {
         self.members.shrink_to_fit();
         self.taken.shrink_to_fit();
         self.sessions.shrink();
-        self.early.shrink_to_fit();
+        self.order.shrink();
         // Segments the departed were the last to read, appended after their writers let go.
         self.logs.iter().for_each(|log| log.reader().trim());
         sys::give_back_free_heap();
@@ -388,7 +362,7 @@ impl Room {
         for (gauge, count) in room.members.iter().zip(members) {
             figures::set(gauge, count);
         }
-        let waiting = self.sessions.waiting() + self.waiting_seats.len();
+        let waiting = self.sessions.waiting() + self.order.seats_waiting();
         figures::set(&room.sessions_waiting, waiting as u64);
         figures::set(&room.nicknames, self.taken.len() as u64);
         figures::set(&room.alive_ms, figures::since_start_ms());
@@ -421,12 +395,7 @@ impl Room {
     /// come back, and a resumable one resumes on another instance, unannounced: its session
     /// waits for it instead of its leave being placed.
     fn say_goodbye(&mut self) {
-        let shared = self.order.is_shared();
-        let bye = if shared {
-            wire::close_frame(wire::CLOSE_SERVICE_RESTART, "service restart")
-        } else {
-            wire::close_frame(wire::CLOSE_GOING_AWAY, "server shutting down")
-        };
+        let bye = self.order.farewell();
         let members: Vec<(ClientId, Member)> = self.members.drain().collect();
         for _ in &members {
             self.figures.ended("shutdown");
@@ -437,34 +406,19 @@ impl Room {
         let waiting = std::mem::take(&mut self.newcomers)
             .into_iter()
             .map(|(id, newcomer)| (id, newcomer.member.outbox))
-            .chain(
-                std::mem::take(&mut self.resumers)
-                    .into_iter()
-                    .map(|(id, resumer)| (id, resumer.outbox)),
-            );
+            .chain(self.order.take_resumers());
         for (id, outbox) in waiting.collect::<Vec<_>>() {
             let head = self.logs[outbox.dialect as usize].head();
             self.start_reading(id, &outbox, head);
             self.writers[outbox.writer].close(&outbox, Some(bye.clone()));
         }
         for (_, member) in members {
-            let (id, nickname) = (member.holder, member.nickname);
-            self.place(match member.session {
-                Some(_) if shared => Item::Detach {
-                    id,
-                    nickname,
-                    wait: self.sessions.window(),
-                    owed: self.sessions.position_at(owed_from(&member.outbox)),
-                },
-                _ => Item::Leave { id, nickname },
-            });
+            self.goodbye(member);
         }
-        // Sessions live in this process: waiting ones end with it.
+        // This instance's sessions live in this process: waiting ones end with it.
         for session in self.sessions.take_detached() {
-            self.place(Item::Leave {
-                id: session.holder,
-                nickname: session.nickname,
-            });
+            let answer = self.order.leave(session.holder, &session.nickname);
+            self.place(answer);
         }
         self.order.flush();
     }
@@ -499,7 +453,7 @@ impl Room {
     /// `why`), or hands a newcomer that is already closing to its writer, which sends its
     /// last frame. It never joined, so nobody hears of it leaving, nor of what it said.
     fn turn_away(&mut self, id: ClientId, outbox: &Arc<Outbox>, why: &str) {
-        self.early.remove(&id);
+        self.order.forget(id);
         let head = self.logs[outbox.dialect as usize].head();
         self.start_reading(id, outbox, head);
         let sorry = wire::close_frame(wire::CLOSE_TRY_AGAIN_LATER, why);

@@ -27,36 +27,31 @@ pub(super) const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// tab is closed for good, which is then announced this much later than a plain close.
 pub(super) const RELOAD_GRACE: Duration = Duration::from_secs(5);
 
+/// A client of the resume dialect presenting a session.
+pub(super) struct Returning {
+    pub(super) from: String,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) seat: Arc<Seat>,
+    pub(super) token: Token,
+    /// The position of the last line it got.
+    pub(super) position: Position,
+}
+
 impl Room {
-    /// A client of the resume dialect presents a session. While the session waits for it (or
-    /// is still attached to an older connection, which it takes over), it comes back under its
-    /// name, unannounced, right after the last line it got if the log still keeps it. Else it
-    /// gets a fresh session, after the mark that lines may have been missed.
-    pub(super) fn come_back(
-        &mut self,
-        id: ClientId,
-        from: String,
-        outbox: Arc<Outbox>,
-        seat: Arc<Seat>,
-        token: &str,
-        position: Position,
-    ) {
-        if self.order.is_shared() {
-            // The session lives in Redis: the answer comes back through the stream.
-            let token = token.to_owned();
-            self.resumers.insert(
-                id,
-                Resumer {
-                    from,
-                    outbox,
-                    seat,
-                    token: token.clone(),
-                    position,
-                    gone: None,
-                },
-            );
-            return self.place(Item::Resume { id, token });
-        }
+    /// A client of the resume dialect presents a session to this instance's table. While the
+    /// session waits for it (or is still attached to an older connection, which it takes
+    /// over), it comes back under its name, unannounced, right after the last line it got if
+    /// the log still keeps it. Else it gets a fresh session, after the mark that lines may
+    /// have been missed.
+    pub(super) fn resume_here(&mut self, id: ClientId, returning: Returning) {
+        let Returning {
+            from,
+            outbox,
+            seat,
+            token,
+            position,
+        } = returning;
+        let token = token.as_str();
         let (nickname, number, holder, before) =
             match self.sessions.attach(token, id, Instant::now()) {
                 Attach::Unknown => {
@@ -148,7 +143,7 @@ impl Room {
     /// The sessions whose window has ended without their client: they leave now.
     pub(super) fn expire_sessions(&mut self) {
         let now = Instant::now();
-        self.waiting_seats.retain(|_, (until, _)| *until > now);
+        let seats_waiting = self.order.expire_seats(now);
         for session in self.sessions.expired(now) {
             crate::figures::add(&self.figures.room.windows_ended, 1);
             self.announce_leave(
@@ -158,7 +153,7 @@ impl Room {
                 "a dropped connection",
             );
         }
-        if !self.sessions.any_detached() && self.waiting_seats.is_empty() {
+        if !self.sessions.any_detached() && !seats_waiting {
             self.expiry = crossbeam_channel::never();
         }
         self.stop_numbering_if_unused();
@@ -167,7 +162,7 @@ impl Room {
     /// Whether lines are numbered for the resume dialect: while there are sessions, and
     /// always in a cluster, where a session may come back from another instance.
     pub(super) fn numbering(&self) -> bool {
-        self.order.is_shared() || !self.sessions.is_empty()
+        self.order.numbers_every_line() || !self.sessions.is_empty()
     }
 
     /// With no session left, nothing reads the numbered log or resumes into it.
@@ -189,12 +184,7 @@ impl Room {
             // From now on the numbered log keeps the recent past for clients that come back.
             self.logs[1].keep(self.logs[1].reader().retention());
         }
-        if !self.order.is_shared() {
-            // Its join line goes at the head: nothing before it is ever its to get back.
-            let joins_at = self.logs[1].head();
-            self.sessions
-                .open(token, id, &member.nickname, member.number, joins_at);
-        }
+        self.open_session_table(id, member, token);
         let writer = &self.writers[member.outbox.writer];
         if missed {
             let _ = writer.push(&member.outbox, wire::text_frame(MISSED_MARK));
@@ -203,6 +193,14 @@ impl Room {
             &member.outbox,
             wire::text_frame(&format!("session {token}")),
         );
+    }
+
+    /// A newcomer's session in this instance's table.
+    pub(super) fn open_session_here(&mut self, id: ClientId, member: &Member, token: &Token) {
+        // Its join line goes at the head: nothing before it is ever its to get back.
+        let joins_at = self.logs[1].head();
+        self.sessions
+            .open(token, id, &member.nickname, member.number, joins_at);
     }
 
     /// A member of the resume dialect that dropped without a close (or went away, for the
@@ -216,32 +214,7 @@ impl Room {
             Departure::GoingAway => Some(RELOAD_GRACE.min(self.sessions.window())),
         };
         match (&gone.session, wait) {
-            (Some(_), Some(wait)) if self.order.is_shared() => {
-                // The session waits in Redis, for whichever instance the client reaches.
-                eprintln!(
-                    "drop  {} from {}; its session waits",
-                    gone.nickname, gone.from
-                );
-                self.trace
-                    .decision(&gone.nickname, "dropped; its session waits for it");
-                self.taken.remove(&gone.number);
-                let until = Instant::now() + wait;
-                self.waiting_seats
-                    .insert(gone.holder, (until, gone.seat.clone()));
-                self.expiry = tick(EXPIRE_EVERY);
-                let owed = self.sessions.position_at(owed_from(&gone.outbox));
-                self.place(Item::Detach {
-                    id: gone.holder,
-                    nickname: gone.nickname,
-                    wait,
-                    owed,
-                });
-                return None;
-            }
             (Some(token), Some(wait)) => {
-                let (seat, owed) = (gone.seat.clone(), owed_from(&gone.outbox));
-                self.sessions
-                    .detach(token, Instant::now(), wait, seat, owed);
                 eprintln!(
                     "drop  {} from {}; its session waits",
                     gone.nickname, gone.from
@@ -249,6 +222,7 @@ impl Room {
                 self.trace
                     .decision(&gone.nickname, "dropped; its session waits for it");
                 self.expiry = tick(EXPIRE_EVERY);
+                self.detach(&gone, token, wait);
                 return None;
             }
             (Some(token), None) => {
@@ -258,5 +232,12 @@ impl Room {
             (None, _) => {}
         }
         Some(gone)
+    }
+
+    /// The session of a member that dropped waits in this instance's table.
+    pub(super) fn detach_here(&mut self, gone: &Member, token: &Token, wait: Duration) {
+        let (seat, owed) = (gone.seat.clone(), owed_from(&gone.outbox));
+        self.sessions
+            .detach(token, Instant::now(), wait, seat, owed);
     }
 }

@@ -25,6 +25,9 @@ use crate::event::{ClientId, Position};
 use crate::limits::rate::{RateLimit, Verdict};
 use crate::limits::seat::Seat;
 
+#[cfg(feature = "redis")]
+mod stream_ids;
+
 /// How often one session may be resumed, on average; bursts up to twice that. A page comes
 /// back after a random wait of up to half a second and more, so it never needs more.
 pub const RESUMES_PER_SECOND: u32 = 1;
@@ -263,26 +266,6 @@ impl Sessions {
         self.lines.clear();
     }
 
-    /// The log offset of the first line at or after `position`: where a session whose
-    /// lines begin at that position (in a cluster, a stream ID) begins in this instance's log.
-    pub fn offset_of(&self, position: Position, head: u64) -> u64 {
-        let from = self.lines.partition_point(|&(p, _)| p < position);
-        self.lines.get(from).map_or(head, |&(_, at)| at)
-    }
-
-    /// The position of the first line at or after log offset `at`, or the least position a
-    /// later line can have when none is kept there yet; `None` while no line is numbered.
-    pub fn position_at(&self, at: u64) -> Option<Position> {
-        let from = self.lines.partition_point(|&(_, offset)| offset < at);
-        match self.lines.get(from) {
-            Some(&(position, _)) => Some(position),
-            None => self
-                .lines
-                .back()
-                .map(|&(Position(ms, n), _)| Position(ms, n + 1)),
-        }
-    }
-
     /// Where a client whose last line was at `position` comes back: right after that line
     /// if the log still keeps it, with the head at `head`, but never before `floor`, where
     /// the lines its session may get back begin.
@@ -332,24 +315,6 @@ mod tests {
     fn seat(held: &Arc<AtomicUsize>) -> Arc<Seat> {
         held.fetch_add(1, Ordering::AcqRel);
         Seat::new(ConnectionCount(held.clone()), None)
-    }
-
-    #[test]
-    fn a_stream_id_and_a_log_offset_name_the_same_first_line_owed() {
-        let mut sessions = Sessions::new(Duration::from_secs(120));
-        for (ms, at) in [(10, 0), (10, 100), (12, 250)] {
-            let n = if at == 100 { 1 } else { 0 };
-            sessions.line(Position(ms, n), at, 0);
-        }
-        // Offsets: the first line at or after one, or the next line's least ID past them.
-        assert_eq!(sessions.position_at(0), Some(Position(10, 0)));
-        assert_eq!(sessions.position_at(101), Some(Position(12, 0)));
-        assert_eq!(sessions.position_at(251), Some(Position(12, 1)));
-        // IDs: the first line at or after one, or the head past every line kept.
-        assert_eq!(sessions.offset_of(Position(10, 1), 400), 100);
-        assert_eq!(sessions.offset_of(Position(11, 0), 400), 250);
-        assert_eq!(sessions.offset_of(Position(12, 1), 400), 400);
-        assert_eq!(Sessions::new(Duration::ZERO).position_at(5), None);
     }
 
     #[test]

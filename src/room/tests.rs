@@ -6,7 +6,7 @@ fn room() -> Room {
     Room::new(
         [Log::new(1 << 20), Log::new(1 << 20)],
         Vec::new(),
-        Order::Local,
+        Order::local(),
         Duration::from_secs(120),
         Trace::new(false),
         Arc::default(),
