@@ -25,6 +25,7 @@ mod cluster;
 mod config;
 mod connection;
 mod context;
+mod dialect;
 mod event;
 mod figures;
 mod limits;
@@ -105,17 +106,11 @@ fn run(config: Config) -> Result<(), String> {
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let page_url = format!("http://{page_addr}/");
 
-    let site = match &config.www {
-        None => page::Site::BuiltIn,
-        Some(dir) => page::Site::Folder(
-            dir.canonicalize()
-                .map_err(|e| format!("--www {}: {e}", dir.display()))?,
-        ),
-    };
+    let site = page::Site::of(config.www.as_deref())?;
 
     let trace = Trace::new(config.trace);
     let (events, room_events) = crossbeam_channel::bounded(EVENT_QUEUE);
-    let order = choose_order(&config, trace)?;
+    let order = Order::start(&config, trace)?;
 
     // The addresses come last: scripts may take them as the sign that we are ready.
     println!(
@@ -182,34 +177,6 @@ fn run(config: Config) -> Result<(), String> {
     sys::notify_systemd("READY=1");
     connection::listener::run(ws_listener, shared);
     Ok(())
-}
-
-/// The order lines get their place in: this instance's log, or with `--redis` a stream
-/// shared with other instances (this connects, prints the cluster line, and starts the
-/// cluster's threads, which tell the room their news on a channel of their own).
-#[cfg(feature = "redis")]
-fn choose_order(config: &Config, trace: Trace) -> Result<Order, String> {
-    let Some(url) = &config.redis else {
-        return Ok(Order::local());
-    };
-    let (news, room_news) = crossbeam_channel::bounded(EVENT_QUEUE);
-    let publisher = cluster::Publisher::start(
-        url,
-        config.redis_max_entries,
-        config.resume_window,
-        trace,
-        news,
-    )?;
-    println!(
-        "threadchat: room shared through {url} as instance {}",
-        publisher.instance()
-    );
-    Ok(Order::shared(publisher, room_news))
-}
-
-#[cfg(not(feature = "redis"))]
-fn choose_order(_: &Config, _: Trace) -> Result<Order, String> {
-    Ok(Order::local())
 }
 
 /// Listens on `ip`:`port`, or says which port could not be had, and why.

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use redis::{Connection, Value};
 
-use crate::event::{ClientId, Entry, Position};
+use crate::dialect::Position;
+use crate::event::{ClientId, Entry};
 use crate::trace::Trace;
 
 mod heartbeat;

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use crate::event::{ClientId, Entry, Position};
+use crate::dialect::Position;
+use crate::event::{ClientId, Entry};
 use crate::wire;
 
 /// What the room asks the shared order to place.

@@ -9,7 +9,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 use crate::connection::socket::ClientStream;
-use crate::event::Resume;
+use crate::dialect::Resume;
 use crate::trace::Trace;
 
 /// The first message of the resume dialect, `new` or `resume <token> <position>`, within the

@@ -26,6 +26,19 @@ pub enum Site {
     Folder(PathBuf),
 }
 
+impl Site {
+    /// The page `--www` names: a folder, which must exist, or the built-in page.
+    pub fn of(www: Option<&Path>) -> Result<Site, String> {
+        match www {
+            None => Ok(Site::BuiltIn),
+            Some(dir) => dir
+                .canonicalize()
+                .map(Site::Folder)
+                .map_err(|e| format!("--www {}: {e}", dir.display())),
+        }
+    }
+}
+
 /// What the page needs to know about the WebSocket server.
 pub struct PageSettings {
     pub ws_port: u16,

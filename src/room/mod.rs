@@ -27,9 +27,12 @@ pub mod order;
 pub mod order;
 mod resume;
 pub mod session;
+mod upkeep;
 
 use order::*;
 use resume::*;
+pub use upkeep::pass_overran;
+use upkeep::*;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,7 +41,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, tick, Receiver};
 use tungstenite::Utf8Bytes;
 
-use crate::event::{ClientId, Departure, Entry, Event, Position, Resume};
+use crate::dialect::{Position, Resume};
+use crate::event::{ClientId, Departure, Entry, Event};
 use crate::figures::{self, Figures};
 use crate::limits::seat::Seat;
 use crate::room::session::{Attach, Return, Sessions, Token};
@@ -48,17 +52,6 @@ use crate::send::writer::Writer;
 use crate::sys;
 use crate::trace::Trace;
 use crate::wire::{self, NICKNAME_SPACE};
-
-/// A writer's pass takes milliseconds: one that has lasted this long is stuck, and systemd's
-/// watchdog is no longer fed (the admin port's `/healthz` uses the same bound).
-pub const WRITER_PASS_MOST_MS: u64 = 3_000;
-
-/// How often the room publishes its gauges (members, sessions, names) and shows it is alive.
-const PULSE_EVERY: Duration = Duration::from_secs(1);
-
-/// How long after the room has halved it gives memory back: the departed clients' threads
-/// free their buffers just after their leave reaches the room.
-const GIVE_BACK_AFTER: Duration = Duration::from_secs(1);
 
 /// Random draws for a free `user-N` before the room looks for one in order. The room holds at
 /// most half the names, so all of these clash about once in 4 billion joins.
@@ -255,16 +248,7 @@ impl Room {
         self.trace.decision(&nickname, "left the room");
         let answer = self.order.leave(holder, &nickname);
         self.place(answer);
-        if self.held() * 2 <= self.peak {
-            self.peak = self.held();
-            self.give_back = crossbeam_channel::after(GIVE_BACK_AFTER);
-        }
-    }
-
-    /// What the room holds memory for: its members, and sessions (a member's session counts
-    /// twice, which only makes the room give memory back a little later).
-    fn held(&self) -> usize {
-        self.members.len() + self.sessions.len()
+        self.give_back_when_halved();
     }
 
     /// Acts on the order's answer to a request for a place, when it comes at once: the line,
@@ -296,25 +280,11 @@ impl Room {
         eprintln!("join  {} from {}", member.nickname, member.from);
         self.trace.decision(&member.nickname, "joined the room");
         self.members.insert(id, member);
-        self.peak = self.peak.max(self.held());
+        self.note_peak();
         figures::add(&self.figures.room.joins, 1);
         let at = self.append_line(&entry.line, entry.position);
         self.start_reading(id, &outbox, at[outbox.dialect as usize]);
         self.say_early_lines(id);
-    }
-
-    /// After a storm of joins and leaves, gives back the memory the departed held: the
-    /// tables' spare room, log segments nobody reads any more, and the heap the readers freed. It runs each time the room has
-    /// halved since the last time, down to empty, so it costs little however many leave.
-    fn shrink(&mut self) {
-        self.members.shrink_to_fit();
-        self.taken.shrink_to_fit();
-        self.sessions.shrink();
-        self.order.shrink();
-        // Segments the departed were the last to read, appended after their writers let go.
-        self.logs.iter().for_each(|log| log.reader().trim());
-        sys::give_back_free_heap();
-        self.give_back = crossbeam_channel::never();
     }
 
     /// Frames `line` once per dialect and appends it: to the plain log, and while there are
@@ -350,35 +320,6 @@ impl Room {
             writer.wake();
         }
         at
-    }
-
-    /// Publishes the room's gauges for the admin port, and that the room still answers.
-    fn pulse(&mut self) {
-        let room = &self.figures.room;
-        let mut members = [0u64; 2];
-        for member in self.members.values() {
-            members[member.outbox.dialect as usize] += 1;
-        }
-        for (gauge, count) in room.members.iter().zip(members) {
-            figures::set(gauge, count);
-        }
-        let waiting = self.sessions.waiting() + self.order.seats_waiting();
-        figures::set(&room.sessions_waiting, waiting as u64);
-        figures::set(&room.nicknames, self.taken.len() as u64);
-        figures::set(&room.alive_ms, figures::since_start_ms());
-        // Free heap goes back every second, as it frees up. Left to a moment after the room
-        // has emptied, much of it could not go: by then later allocations are scattered
-        // through the freed pages, and glibc gives back only whole free pages. Measured at
-        // 4,000 sessions: 53 us of the room's CPU at the median, 0.6 ms at most.
-        sys::give_back_free_heap();
-        // systemd's watchdog is fed here, so it restarts a server whose room is stuck, or
-        // whose writer has been in one pass for longer than a live one ever is.
-        let now = figures::since_start_ms();
-        let stuck = (self.writers.iter())
-            .any(|w| pass_overran(figures::get(&w.figures.busy_since_ms), now));
-        if !stuck {
-            sys::notify_systemd("WATCHDOG=1");
-        }
     }
 
     /// One shared ping in the log, for everyone.
@@ -459,12 +400,6 @@ impl Room {
         let sorry = wire::close_frame(wire::CLOSE_TRY_AGAIN_LATER, why);
         self.writers[outbox.writer].close(outbox, Some(sorry));
     }
-}
-
-/// Whether a writer whose current pass began at `busy_since_ms` (0: it is not in one) has
-/// been in it too long, at `now_ms`.
-pub fn pass_overran(busy_since_ms: u64, now_ms: u64) -> bool {
-    busy_since_ms != 0 && now_ms.saturating_sub(busy_since_ms) > WRITER_PASS_MOST_MS
 }
 
 #[cfg(test)]

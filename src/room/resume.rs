@@ -136,7 +136,7 @@ impl Room {
         });
         writer.add(id, outbox, cursor);
         self.members.insert(id, member);
-        self.peak = self.peak.max(self.held());
+        self.note_peak();
         self.say_early_lines(id);
     }
 

@@ -21,7 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::event::{ClientId, Position};
+use crate::dialect::Position;
+use crate::event::ClientId;
 use crate::limits::rate::{RateLimit, Verdict};
 use crate::limits::seat::Seat;
 

@@ -16,6 +16,7 @@ use tungstenite::Utf8Bytes;
 use super::*;
 pub use crate::cluster::News;
 use crate::cluster::{Item, Placement, Publisher, Refusal, Resumed, Streamed};
+use crate::config::Config;
 use crate::wire::Frame;
 
 /// A client presenting a session to a shared order, waiting for the answer.
@@ -67,14 +68,34 @@ pub struct Order {
     gone: HashSet<ClientId>,
 }
 
+/// News waiting for the room, as many as events.
+const NEWS_QUEUE: usize = 4096;
+
 impl Order {
-    pub fn local() -> Order {
-        Order::with(None, crossbeam_channel::never())
+    /// The order `config` asks for: this instance's log, or with `--redis` a stream shared
+    /// with other instances (this connects, prints the cluster line, and starts the
+    /// cluster's threads, which tell the room their news on a channel of their own).
+    pub fn start(config: &Config, trace: Trace) -> Result<Order, String> {
+        let Some(url) = &config.redis else {
+            return Ok(Order::local());
+        };
+        let (news, room_news) = crossbeam_channel::bounded(NEWS_QUEUE);
+        let publisher = Publisher::start(
+            url,
+            config.redis_max_entries,
+            config.resume_window,
+            trace,
+            news,
+        )?;
+        println!(
+            "threadchat: room shared through {url} as instance {}",
+            publisher.instance()
+        );
+        Ok(Order::with(Some(publisher), room_news))
     }
 
-    /// A stream shared with other instances, whose answers come through `news`.
-    pub fn shared(publisher: Publisher, news: Receiver<News>) -> Order {
-        Order::with(Some(publisher), news)
+    pub fn local() -> Order {
+        Order::with(None, crossbeam_channel::never())
     }
 
     fn with(publisher: Option<Publisher>, news: Receiver<News>) -> Order {

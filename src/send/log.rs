@@ -111,31 +111,6 @@ impl Log {
         }
     }
 
-    /// Keeps `bytes` behind the head even when no cursor is in them (at most the retention).
-    pub fn keep(&self, bytes: u64) {
-        let bytes = bytes.min(self.shared.retention);
-        self.shared.keep.store(bytes, Ordering::Relaxed);
-    }
-
-    /// The offset of the oldest byte still kept.
-    pub fn oldest(&self) -> u64 {
-        self.shared.segments().front().map_or(0, |s| s.base())
-    }
-
-    /// A cursor at `at`, a frame boundary anywhere in the bytes still kept, or `None` if they
-    /// are gone.
-    pub fn cursor_back_at(&self, at: u64) -> Option<Cursor> {
-        let segments = self.shared.segments();
-        let segment = segments
-            .iter()
-            .rev()
-            .find(|s| s.base() <= at && at <= s.end())?;
-        Some(Cursor {
-            at,
-            segment: segment.clone(),
-        })
-    }
-
     /// Appends one or more whole frames and returns the offset where they start (for tests,
     /// which need no time).
     #[cfg(test)]
@@ -299,6 +274,7 @@ pub fn frame_len(bytes: &[u8]) -> Option<usize> {
     Some(header + usize::try_from(payload).ok()?)
 }
 
+mod history;
 mod segment;
 mod stamps;
 pub use segment::Segment;
