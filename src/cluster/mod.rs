@@ -47,6 +47,7 @@ mod news;
 mod placing;
 mod publisher;
 mod reader;
+mod recovery;
 mod scripts;
 
 use heartbeat::*;
