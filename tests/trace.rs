@@ -114,3 +114,22 @@ fn without_trace_there_are_no_frame_lines() {
         "frames traced without --trace"
     );
 }
+
+#[test]
+fn trace_says_which_http_error_a_refused_upgrade_got() {
+    let server = Server::start(&["--trace", "--allow-origin", "http://friend.example"]);
+    let refused = handshake(&server.ws_url("/"), &[("Origin", "http://evil.example")]);
+    assert!(
+        matches!(&refused, Err(tungstenite::Error::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
+    // The decision names the answer the client got, not a failed handshake.
+    eventually("the refusal in the trace", || {
+        server.stderr().contains("| answered HTTP 403")
+    });
+    assert!(
+        !server.stderr().contains("handshake failed"),
+        "{}",
+        server.stderr()
+    );
+}

@@ -169,6 +169,10 @@ impl Room {
                 recv(self.expiry) -> _ => self.expire_sessions(),
             }
         }
+        // News that came before the stop is handled first, as it would have been had it come
+        // on the events' channel: a join placed by then is a member whose leave is placed.
+        let arrived: Vec<News> = self.order.news().try_iter().collect();
+        arrived.into_iter().for_each(|news| self.hear(Ok(news)));
         self.say_goodbye();
     }
 
