@@ -422,6 +422,43 @@ mod tests {
     }
 
     #[test]
+    fn a_client_timed_out_between_frames_gets_the_close_it_was_owed_with_its_reason() {
+        let log = Log::new(1 << 24);
+        let (server, mut client) = pair();
+        let mut delivery = delivery(&log, server, 0);
+        let owed = wire::close_frame(wire::CLOSE_POLICY, "flooding");
+        let _ = delivery.outbox.push(owed).unwrap();
+        assert!(delivery.time_out());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !delivery.finished() {
+            assert_ne!(send_all(&mut delivery, &log), Sent::Failed);
+            assert!(std::time::Instant::now() < deadline, "never finished");
+        }
+        let got = frames(&mut client, 1);
+        assert_eq!(got[0].0, 0x88);
+        assert_eq!(
+            &got[0].1[2..],
+            b"flooding",
+            "its own reason, not \"not reading\""
+        );
+    }
+
+    #[test]
+    fn a_client_timed_out_in_the_middle_of_its_close_gets_that_close_once() {
+        let log = Log::new(1 << 24);
+        let (server, _client) = pair();
+        let mut delivery = delivery(&log, server, 0);
+        let close = wire::close_frame(wire::CLOSE_POLICY, "flooding");
+        let _ = delivery.outbox.push(close.clone()).unwrap();
+        delivery.collect();
+        // Its first bytes are on their way: the rest of it is all the client still gets.
+        delivery.private_sent = 2;
+        delivery.time_out();
+        let closes: Vec<_> = delivery.private.iter().map(|(_, f)| f.clone()).collect();
+        assert_eq!(closes, vec![close]);
+    }
+
+    #[test]
     fn more_pieces_than_one_sendmsg_takes_go_in_the_next_and_say_so() {
         let mut log = Log::new(1 << 24);
         let (server, mut client) = pair();
