@@ -106,7 +106,7 @@ walkthrough-links:
 ## Reports in target/mutants.out and target/redis/mutants.out; docs/MUTANTS.md has the last
 ## run. ARGS go to both runs (e.g. ARGS="--list", or ARGS="--file src/limits/rate.rs"). A missed
 ## mutant in the first run does not stop the second; either fails the target at the end.
-CLUSTER_ONLY := src/cluster/|src/room/(shared|fenced)\.rs|Room::turn_away( |$$)
+CLUSTER_ONLY := src/cluster/|src/room/shared(/fenced)?\.rs|Room::turn_away( |$$)
 CLUSTER_TESTS := kind(bin) | binary(/^cluster/) | binary(rolling_restart) | binary(walkthrough)
 mutants: cargo-mutants cargo-nextest redis-server proxy-tools
 	status=0; \

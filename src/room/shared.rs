@@ -15,6 +15,7 @@ use tungstenite::Utf8Bytes;
 
 use super::*;
 
+#[path = "shared/fenced.rs"]
 mod fenced;
 pub use crate::cluster::News;
 use crate::cluster::{Item, Placement, Publisher, Refusal, Resumed, Streamed};
