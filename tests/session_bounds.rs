@@ -239,7 +239,9 @@ fn witness_meanwhile(witness: &mut Client, done: &AtomicBool, view: &mut RoomVie
     longest
 }
 
-fn run_storm(server: &Server, addresses: &[IpAddr], bound: usize) {
+/// Runs a storm of sessions left behind and checks what it may not do: stall anyone, hold
+/// more than `bound`, or keep a name past its window. Returns once every session has ended.
+fn run_storm(server: &Server, addresses: &[IpAddr], bound: usize) -> Resident {
     let mut witness = server.join();
     let mut view = RoomView::default();
     let done = AtomicBool::new(false);
@@ -305,20 +307,44 @@ fn run_storm(server: &Server, addresses: &[IpAddr], bound: usize) {
         "{sessions_joined} joins heard, {joined} made"
     );
 
-    // Memory comes back once they are gone: the heap and log segments they held, within
-    // 2 MiB of where it started (anonymous memory; the binary's code pages the storm touched
-    // are the file's, shared and clean).
-    let give_back = before + 2 * 1024 * 1024;
+    Resident { before, peak }
+}
+
+/// RSS before a storm and at its end.
+struct Resident {
+    before: u64,
+    peak: u64,
+}
+
+/// Waits until RSS is at most `bound` (it falls as the room gives memory back after the
+/// leaves), within the patience.
+fn resident_falls_to(server: &Server, bound: u64, what: &str) {
     let deadline = Instant::now() + PATIENCE;
-    while resident_bytes(server.pid()) > give_back {
+    while resident_bytes(server.pid()) > bound {
         assert!(
             Instant::now() < deadline,
-            "RSS {} KiB after the sessions ended, {} KiB before",
+            "RSS {} KiB after the sessions ended; {what}: {} KiB",
             resident_bytes(server.pid()) / 1024,
-            before / 1024
+            bound / 1024
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// RSS once it has stopped falling: unchanged for a second and a half, longer than the
+/// room's pulse, which gives free heap back every second.
+fn resident_settled(server: &Server) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    let mut low = resident_bytes(server.pid());
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(1500) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        let now = resident_bytes(server.pid());
+        if now < low {
+            (low, since) = (now, Instant::now());
+        }
+    }
+    low
 }
 
 fn server() -> Server {
@@ -339,7 +365,12 @@ fn a_hundred_thousand_sessions_left_behind_from_one_address_hold_its_share_alone
     let server = server();
     let one = [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))];
     // The address's share, plus the witness and a newcomer from 127.0.0.1.
-    run_storm(&server, &one, PER_ADDRESS + 2);
+    let storm = run_storm(&server, &one, PER_ADDRESS + 2);
+    // Memory comes back once they are gone: the heap and log segments they held, within
+    // 2 MiB of where it started (anonymous memory; the binary's code pages the storm touched
+    // are the file's, shared and clean).
+    let back = storm.before + 2 * 1024 * 1024;
+    resident_falls_to(&server, back, "where it started + 2 MiB");
 }
 
 #[test]
@@ -348,5 +379,20 @@ fn a_hundred_thousand_sessions_left_behind_from_a_hundred_addresses_hold_the_ser
     let many: Vec<IpAddr> = (1..=100)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 1, i)))
         .collect();
-    run_storm(&server, &many, MAX_CLIENTS);
+    let first = run_storm(&server, &many, MAX_CLIENTS);
+    // Memory comes back once they are gone, but not all of it: glibc gives back only whole
+    // free pages, and the few allocations still live after the storm lie scattered through a
+    // heap that held thousands of places (measured: 0.4 MB live in 3.6 MB; 2 to 4 MB stay,
+    // more on a busier machine). What stays is bounded by that heap's high-water mark, which
+    // --max-clients bounds, not by how many sessions came and went: a second storm leaves
+    // no more behind than the first (within 2 MiB), and what stays is never the peak.
+    let after_first = resident_settled(&server);
+    assert!(
+        after_first < first.peak,
+        "RSS {} KiB after the sessions ended, as at the storm's end",
+        after_first / 1024
+    );
+    let second = run_storm(&server, &many, MAX_CLIENTS);
+    let back = after_first.max(second.before) + 2 * 1024 * 1024;
+    resident_falls_to(&server, back, "what the first storm left + 2 MiB");
 }
