@@ -912,3 +912,31 @@ fn an_instance_is_not_ready_while_redis_is_stopped_and_ready_again_after() {
     let (_, _, metrics) = get(admin, "/metrics");
     assert!(metrics.contains("\nthreadchat_redis_up 1\n"), "{metrics}");
 }
+
+#[test]
+fn a_newcomer_gone_before_its_join_is_placed_is_announced_as_left_after_it() {
+    let Some(redis) = Redis::start() else { return };
+    let server = instance_with(&redis.url(), &[]);
+    let mut witness = server.join();
+    // Redis does not answer, so the newcomer's join stays on its way while it closes.
+    redis.signal(libc::SIGSTOP);
+    let mut ws = handshake(&server.ws_url("/"), &[]).expect("handshake");
+    ws.close(None).expect("close");
+    let MaybeTlsStream::Plain(socket) = ws.get_ref() else {
+        unreachable!("plain TCP")
+    };
+    // The server has read the close (its reader hands the room the leave at once); its
+    // answer waits, as the newcomer's writer does, for the join.
+    eventually("the server to read the close", || {
+        server_side_queues(&server, socket) == Some((0, 0))
+    });
+    redis.signal(libc::SIGCONT);
+    // Its join is placed all the same, so its leave follows: the name is not kept.
+    let join = witness.line();
+    let nickname = join
+        .strip_prefix(" .... ")
+        .and_then(|l| l.strip_suffix(" has joined."))
+        .unwrap_or_else(|| panic!("expected its join, got {join:?}"))
+        .to_owned();
+    assert_eq!(witness.line(), format!(" .... {nickname} has left."));
+}

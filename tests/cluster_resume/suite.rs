@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::redis_server::{instance_id, instance_with, Redis};
-use crate::common::resumable::Resumable;
+use crate::common::resumable::{Resumable, SUBPROTOCOL};
 use crate::common::*;
 use tungstenite::Message;
 
@@ -378,4 +378,85 @@ fn a_token_redis_does_not_know_gets_a_fresh_session_and_the_mark() {
         .unwrap_or_else(|| panic!("no position in {join:?}"));
     assert!(join.ends_with(" has joined."), "{join:?}");
     assert_eq!(witness.line(), join);
+}
+
+#[test]
+fn a_session_waiting_in_redis_holds_its_seat_here_until_its_window_ends() {
+    let Some(redis) = Redis::start() else { return };
+    const WINDOW: Duration = Duration::from_secs(3);
+    let window = WINDOW.as_secs().to_string();
+    let one = instance(
+        &redis,
+        &[
+            "--max-clients",
+            "1",
+            "--resume-window",
+            &window,
+            "--admin-port",
+            "0",
+        ],
+    );
+    // The admin port counts the session waiting for its client while it waits.
+    let waiting = || {
+        let (_, _, metrics) = get(one.admin.expect("an admin port"), "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("threadchat_sessions_waiting "))
+            .map(str::to_owned)
+    };
+    let two = instance(&redis, &["--resume-window", &window]);
+    let mut witness = two.join();
+    let page = Resumable::new_session(&one);
+    assert_eq!(witness.line(), join_of(&page.nickname));
+    let cut = Instant::now();
+    let (_, nickname, _) = page.cut();
+    let status = || match handshake(&one.ws_url("/"), &[]) {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    };
+    eventually("the session counted as waiting", || {
+        waiting().as_deref() == Some("1")
+    });
+    // Its session waits in Redis, but its seat is this instance's, and stays taken through
+    // the window, past the room's checks each second.
+    while cut.elapsed() < WINDOW - Duration::from_millis(700) {
+        assert_eq!(
+            status(),
+            503,
+            "a place freed {:?} into the window",
+            cut.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(witness.line(), leave_of(&nickname));
+    // Then the window has ended, and the room's next check gives the place back.
+    eventually("the place given back after the window", || status() == 101);
+    assert!(cut.elapsed() < WINDOW + PROMISED_EXPIRY + MARGIN);
+    eventually("no session counted as waiting", || {
+        waiting().as_deref() == Some("0")
+    });
+}
+
+#[test]
+fn a_client_waiting_for_its_resume_when_the_instance_stops_is_told_to_come_back() {
+    let Some(redis) = Redis::start() else { return };
+    let mut one = instance(&redis, &[]);
+    let page = Resumable::new_session(&one);
+    let (token, _, position) = page.cut();
+    // Redis does not answer, so the resume stays on its way when the instance stops.
+    redis.signal(libc::SIGSTOP);
+    let mut ws = handshake(&one.ws_url("/"), &[SUBPROTOCOL]).expect("handshake");
+    ws.send(Message::text(format!("resume {token} {position}")))
+        .expect("send");
+    let tungstenite::stream::MaybeTlsStream::Plain(socket) = ws.get_ref() else {
+        unreachable!("plain TCP")
+    };
+    eventually("the server to read the resume", || {
+        server_side_queues(&one, socket) == Some((0, 0))
+    });
+    assert!(one.signal_and_wait("TERM").success());
+    redis.signal(libc::SIGCONT);
+    let (code, _) = expect_close(&mut ws);
+    assert_eq!(code, 1012, "service restart: come back");
 }
