@@ -87,7 +87,7 @@ pub struct RoomFigures {
 }
 
 /// Upper bounds of the delivery delay's buckets, in seconds: from a tenth of a millisecond
-/// (a writer with CPU to spare) past the gather budget (18 ms) to a client seconds behind.
+/// (a writer with CPU to spare) past the gather budget (4 ms) to a client seconds behind.
 pub const DELAY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
