@@ -96,7 +96,12 @@ mod tests {
         assert_eq!(rest, GATHER_BUDGET);
         // Already resting, so each pass carries several lines: still busy, still rests,
         // nine times its pass.
-        let rest = steady(Duration::from_micros(400), Duration::from_millis(10), 16, 200);
+        let rest = steady(
+            Duration::from_micros(400),
+            Duration::from_millis(10),
+            16,
+            200,
+        );
         assert_eq!(rest, Duration::from_micros(3600));
     }
 }
