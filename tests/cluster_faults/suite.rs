@@ -773,11 +773,7 @@ fn lines_said_before_a_join_is_placed_are_held_up_to_32_and_the_rest_refused_alo
         assert_eq!(read_text(&mut ws), NOT_YET);
     }
     let join = read_text(&mut ws);
-    let nickname = join
-        .strip_prefix(" .... ")
-        .and_then(|l| l.strip_suffix(" has joined."))
-        .unwrap_or_else(|| panic!("expected its join, got {join:?}"))
-        .to_owned();
+    let nickname = joined_name(&join);
     assert_eq!(witness.line(), join);
     for i in 0..HELD {
         let line = format!("{nickname}: early {i}");
@@ -791,6 +787,14 @@ fn lines_said_before_a_join_is_placed_are_held_up_to_32_and_the_rest_refused_alo
         Vec::<String>::new(),
         "no notice for others"
     );
+}
+
+/// The nickname in a join line, which must be one.
+fn joined_name(join: &str) -> String {
+    join.strip_prefix(" .... ")
+        .and_then(|l| l.strip_suffix(" has joined."))
+        .unwrap_or_else(|| panic!("expected its join, got {join:?}"))
+        .to_owned()
 }
 
 /// The instance's name for its client `name` in Redis (`instance:client`), if any.
@@ -933,10 +937,6 @@ fn a_newcomer_gone_before_its_join_is_placed_is_announced_as_left_after_it() {
     redis.signal(libc::SIGCONT);
     // Its join is placed all the same, so its leave follows: the name is not kept.
     let join = witness.line();
-    let nickname = join
-        .strip_prefix(" .... ")
-        .and_then(|l| l.strip_suffix(" has joined."))
-        .unwrap_or_else(|| panic!("expected its join, got {join:?}"))
-        .to_owned();
+    let nickname = joined_name(&join);
     assert_eq!(witness.line(), format!(" .... {nickname} has left."));
 }
