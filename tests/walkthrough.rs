@@ -523,3 +523,44 @@ fn print_trace_session() {
         println!("\nsecond instance:\n{}", b.join("\n"));
     }
 }
+
+/// Lines of a source file before its unit tests, as README's reading order counts them.
+fn lines_before_tests(text: &str) -> usize {
+    let mut lines = 0;
+    let mut previous = "";
+    for line in text.lines() {
+        if previous == "#[cfg(test)]" && line.starts_with("mod tests") {
+            return lines - 1;
+        }
+        lines += 1;
+        previous = line;
+    }
+    lines
+}
+
+#[test]
+fn the_reading_order_gives_each_file_its_real_size() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let order = &readme[readme.find("### Reading order").expect("a reading order")..];
+    let mut total = 0;
+    for row in order.lines().take_while(|l| !l.starts_with("In all")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (Some(file), Some(Ok(said))) = (
+            cells
+                .get(1)
+                .and_then(|c| c.strip_prefix('`')?.strip_suffix('`')),
+            cells.get(2).map(|c| c.parse::<usize>()),
+        ) else {
+            continue;
+        };
+        let real = lines_before_tests(&source(&format!("src/{file}")));
+        assert_eq!(
+            said, real,
+            "README gives src/{file} {said} lines; it has {real}"
+        );
+        total += real;
+    }
+    let in_all = format!("In all, {},{:03} lines", total / 1000, total % 1000);
+    assert!(order.contains(&in_all), "README should say: {in_all}");
+}
