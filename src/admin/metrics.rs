@@ -261,7 +261,7 @@ pub fn render(shared: &Shared, admin_refused: u64) -> String {
     out.one(
         "threadchat_admin_refused_total",
         "counter",
-        "Admin connections refused at once: an address over its share, or every place held.",
+        "Admin connections refused at once (503): every place held by a connection being answered.",
         admin_refused,
     );
     out.family(

@@ -10,14 +10,15 @@
 //! - `/`: a page that plots the figures live, for people.
 //!
 //! It runs the accept loop both other ports run, one short-lived thread per connection, at
-//! most [`CONNECTIONS_MOST`] at once, each request head within [`HEAD_TIMEOUT`]: idle
-//! connections cannot keep a health check waiting; the ninth is answered 503 at once, and a
-//! place frees within 2 s. It is local by default because a local process can do that.
+//! most [`CONNECTIONS_MOST`] at once, each request head within [`HEAD_TIMEOUT`]. A full port
+//! makes room as the page's does ([`Places`]): the connection that has waited longest for
+//! its request head is closed, so connections that never ask cannot keep a health check
+//! out; only when every place is being answered is a newcomer refused, 503 at once.
 
 pub mod metrics;
 
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use crate::closing::{close_with, refuse_at_once};
 use crate::context::Shared;
 use crate::figures::{self, get};
 use crate::limits::addresses::AddressTable;
+use crate::limits::places::{Place, Places};
 use crate::page::head::{parse_head, read_head, HeadRead, Wait};
 use crate::page::{self, Answering, Reply};
 use crate::sys;
@@ -46,9 +48,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Admin {
     pub shared: Arc<Shared>,
     /// Connections being served now.
-    serving: AtomicUsize,
+    places: Arc<Places>,
+    /// Counts connections per address, and limits none: [`Places`] bounds them all, and
+    /// makes room among them for a newcomer.
     addresses: Arc<AddressTable>,
-    /// Admin connections answered 429 (an address over its share) or 503 (every place held).
+    /// Admin connections answered 503: every place was held by a connection being answered.
     refused: AtomicU64,
 }
 
@@ -56,8 +60,8 @@ impl Admin {
     pub fn new(shared: Arc<Shared>) -> Admin {
         Admin {
             shared,
-            serving: AtomicUsize::new(0),
-            addresses: AddressTable::new(CONNECTIONS_MOST),
+            places: Places::new("admin port", CONNECTIONS_MOST),
+            addresses: AddressTable::new(0),
             refused: AtomicU64::new(0),
         }
     }
@@ -71,28 +75,27 @@ pub fn run(listener: TcpListener, admin: Arc<Admin>) {
         trust_proxy: false,
         refused: &admin.refused,
     };
-    accept_each(&listener, &door, |socket, _peer, address| {
-        if admin.serving.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MOST {
-            admin.serving.fetch_sub(1, Ordering::AcqRel);
+    accept_each(&listener, &door, |socket, peer, address| {
+        let socket = Arc::new(socket);
+        let Some(place) = Place::take(&admin.places, &socket, peer.ip()) else {
             figures::add(&admin.refused, 1);
             return refuse_at_once(&socket, 503, "the admin port is busy; try again");
-        }
+        };
         let serving = admin.clone();
         let served = sys::spawn_named("admin-request", move || {
-            let _address = address;
-            serve(&serving, &socket);
-            serving.serving.fetch_sub(1, Ordering::AcqRel);
+            serve(&serving, &socket, &place);
+            // The place goes last: it holds the socket's last handle.
+            drop((socket, address, place));
         });
+        // On failure the closure is dropped, and the connection and its place with it.
         if let Err(err) = served {
-            // The closure, which would have given the place back, never ran.
-            admin.serving.fetch_sub(1, Ordering::AcqRel);
             eprintln!("threadchat: {err}");
         }
     });
 }
 
 /// One request, one answer, then the connection closes.
-fn serve(admin: &Admin, socket: &TcpStream) {
+fn serve(admin: &Admin, socket: &TcpStream, place: &Place) {
     let ends_by = Instant::now() + HEAD_TIMEOUT;
     let mut buffer = Vec::new();
     let reply = match read_head(
@@ -117,6 +120,10 @@ fn serve(admin: &Admin, socket: &TcpStream) {
     let Some((reply, request)) = reply else {
         return;
     };
+    // Shed to make room while its head arrived: the place is promised to another.
+    if !place.answering() {
+        return;
+    }
     let answering = Answering {
         version: HTTPVersion(1, 1),
         headers: &request.headers,
