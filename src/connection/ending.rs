@@ -27,7 +27,7 @@ use crate::wire::{self, Frame};
 /// deep and its stack holds 8 KiB; with the three inlined, 3.7 KB and 12 KiB (gdb, smaps).
 #[inline(never)]
 pub(super) fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
-    shared.figures.ended(match &ending {
+    let cause = match &ending {
         Ending::Closed => "close",
         Ending::EndedByWriter => "",
         Ending::GoingAway => "going_away",
@@ -37,7 +37,7 @@ pub(super) fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
         Ending::Close(wire::CLOSE_INVALID_DATA, _) => "invalid_utf8",
         Ending::Close(wire::CLOSE_POLICY, _) => "flood",
         Ending::Close(_, _) => "protocol_error",
-    });
+    };
     let (last, how) = match ending {
         Ending::Closed | Ending::EndedByWriter => (None, Departure::Left),
         Ending::GoingAway => (None, Departure::GoingAway),
@@ -53,7 +53,11 @@ pub(super) fn end_connection(end: &ReaderEnd, ending: Ending, shared: &Shared) {
             (Some(wire::close_frame(code, &reason)), how)
         }
     };
-    end.close(last, how);
+    // Counted by whoever ended the open phase: a writer that evicted the client or timed it
+    // out while the reader was on its way here has counted its own cause.
+    if end.close(last, how) {
+        shared.figures.ended(cause);
+    }
     // The writer ends the drain once the client has everything and the grace has passed, or
     // a write timeout after the close frame went into the socket, which may itself wait for a
     // write timeout; this bound holds should no writer ever get the client. Ending it sooner
@@ -74,10 +78,13 @@ pub(super) struct ReaderEnd<'a> {
 
 impl ReaderEnd<'_> {
     /// Ends the open phase with `last` as the final frame, unless it has ended already.
-    fn close(&self, last: Option<Frame>, how: Departure) {
-        if self.writer.close(self.outbox, last) {
+    /// Returns whether this call ended it.
+    fn close(&self, last: Option<Frame>, how: Departure) -> bool {
+        let ended = self.writer.close(self.outbox, last);
+        if ended {
             let _ = self.events.send(Event::Leave { id: self.id, how });
         }
+        ended
     }
 }
 
@@ -179,6 +186,54 @@ mod tests {
         assert!(matches!(heard.try_recv(), Ok(Event::Leave { id: 7, .. })));
         assert!(heard.try_recv().is_err(), "the leave is reported once");
         assert_ne!(outbox.phase(), Phase::Open);
+    }
+
+    /// The context a reader's end reads: its figures, the trace and the drain's bound.
+    fn shared(events: Sender<Event>, writer: &Arc<Writer>, log: &Log) -> Shared {
+        Shared {
+            config: crate::config::Config::default(),
+            events,
+            connections: Default::default(),
+            max_clients: 1,
+            addresses: crate::limits::addresses::AddressTable::new(0),
+            page_url: String::new(),
+            trace: Trace::new(false),
+            writers: vec![writer.clone()],
+            logs: [log.reader(), log.reader()],
+            figures: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_ending_is_counted_once_by_whoever_ended_the_connection() {
+        let closed = |shared: &Shared| crate::figures::get(&shared.figures.endings[0]);
+        for writer_first in [false, true] {
+            let (events, heard) = crossbeam_channel::unbounded();
+            let (outbox, writer, log) = connection(events.clone());
+            let shared = shared(events.clone(), &writer, &log);
+            if writer_first {
+                // An eviction: the writer ends it and counts its own cause, while the reader,
+                // which has just read the client's close, is on its way to its end.
+                let bye = wire::close_frame(wire::CLOSE_POLICY, "too slow");
+                assert!(writer.close(&outbox, Some(bye)));
+            }
+            // Nothing to drain: the test's peer never reads or closes.
+            let _ = outbox.socket.shutdown(std::net::Shutdown::Both);
+            let end = ReaderEnd {
+                id: 9,
+                outbox: &outbox,
+                writer: &writer,
+                events: &events,
+            };
+            end_connection(&end, Ending::Closed, &shared);
+            assert_eq!(
+                closed(&shared),
+                u64::from(!writer_first),
+                "writer first: {writer_first}"
+            );
+            let leaves = heard.try_iter().count();
+            assert_eq!(leaves, usize::from(!writer_first));
+        }
     }
 
     #[test]
