@@ -462,6 +462,51 @@ fn a_resume_from_before_its_join_gets_no_earlier_line() {
 }
 
 #[test]
+fn a_resume_from_before_lines_it_was_handed_replays_at_most_a_send_buffer_of_them() {
+    // Twice the largest send buffer the kernel grows a socket to (tcp_wmem's third figure,
+    // 4 MiB by default) said after the session's join, all read by it, in a log that keeps
+    // all of it. The kernel may have held back at most one send buffer, so the session was
+    // owed nothing older than that behind its last line.
+    let send_buffer_most: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|w| w.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20);
+    let lines = 2 * send_buffer_most / 1000;
+    let keep = (4 * send_buffer_most).to_string();
+    let server = Server::start(&["--rate-limit", "0", "--max-lag-bytes", &keep]);
+    let mut witness = server.join();
+    let mut page = Resumable::new_session(&server);
+    witness.until(&format!(" .... {} has joined.", page.nickname));
+    let joined_at = page.position.clone();
+    let line = "o".repeat(1000);
+    let said = format!("{}: {line}", witness.nickname);
+    for _ in 0..lines {
+        witness.say(&line);
+        assert!(witness.line() == said);
+        assert!(page.line() == said);
+    }
+    let (token, nickname, position) = page.cut();
+    // It claims to have got nothing since its join.
+    let (mut ws, first) = Resumable::back(&server, &token, &joined_at);
+    let replayed: usize = first
+        .strip_prefix("resumed ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{first:?}"));
+    let most = send_buffer_most / 1000 + 1;
+    assert!(replayed <= most, "replayed {replayed} of {lines}");
+    assert_eq!(read_text(&mut ws), "missed");
+    let mut back = Resumable {
+        ws,
+        token,
+        nickname,
+        position,
+    };
+    for _ in 0..replayed {
+        assert!(back.line() == said);
+    }
+}
+
+#[test]
 fn forty_resumes_of_one_token_replay_at_most_its_own_join_each() {
     // Fifty lines of 1000 bytes said before the session: before, each resume from the
     // first of them replayed all 50 KB.
