@@ -157,9 +157,7 @@ impl Delivery {
                 self.cursor.advance(n as u64, snapshot);
             }
         }
-        if sent > 0 {
-            self.outbox.handed_up_to(self.cursor.at());
-        }
+        self.outbox.handed_up_to(self.cursor.at());
         Sent::Bytes {
             sent,
             full: sent < offered,
