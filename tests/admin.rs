@@ -177,6 +177,8 @@ fn sends_and_bytes_move_with_each_line_and_only_then() {
     assert!(now["threadchat_delivery_delay_seconds_sum"] > 0.0);
     let inf = now["threadchat_delivery_delay_seconds_bucket{le=\"+Inf\"}"];
     assert_eq!(inf, now["threadchat_delivery_delay_seconds_count"]);
+    // Two clients and one line: no writer is busy enough to hold lines back to gather them.
+    assert_eq!(sum("threadchat_writer_gathering"), 0.0);
 }
 
 #[test]

@@ -562,6 +562,73 @@ fn a_flood_is_refused_with_a_private_notice_and_then_closed_with_1008() {
     );
 }
 
+/// How many lines the server has refused as a flood so far, and how many it has appended
+/// (joins, lines and leaves).
+fn refused_and_appended(server: &Server) -> (u64, u64) {
+    let (_, _, metrics) = get(server.admin.expect("an admin port"), "/metrics");
+    let sample = |prefix: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        sample("threadchat_lines_refused_total{why=\"flood\"} "),
+        sample("threadchat_lines_total "),
+    )
+}
+
+#[test]
+fn a_flooder_that_never_reads_is_owed_no_more_notices_than_its_outbox_holds() {
+    // Its flood never lasts long enough to close it, its socket is never dropped and it is
+    // never too far behind: only the notices it is owed could grow. A thousand of its lines
+    // a second get through, so the log keeps moving and its writer keeps passing over it.
+    const LINES: u64 = 300_000;
+    let server = Server::start(&[
+        "--admin-port",
+        "0",
+        "--rate-limit",
+        "1000",
+        "--flood-close",
+        "600",
+        "--write-timeout",
+        "600",
+        "--max-lag-bytes",
+        "67108864",
+    ]);
+    let from = "127.0.0.1".parse().unwrap();
+    let socket = connect_from_with_receive_buffer(from, server.ws, Some(4096));
+    let (mut flooder, _) = tungstenite::client(server.ws_url("/"), socket).unwrap();
+    // Its burst, 2,000 lines of 4 KB, fills its socket (the kernel's send buffer grows to
+    // 4 MiB at most): from then on what it is owed waits, the lines in the log it keeps.
+    let big = "b".repeat(4000);
+    for _ in 0..2000 {
+        flooder.send(Message::text(big.as_str())).unwrap();
+    }
+    eventually("the burst to be appended", || {
+        refused_and_appended(&server).1 > 2000
+    });
+    let (before, _) = memory_kib(server.pid());
+    // Each line past the burst is refused with a notice to it alone.
+    for _ in 0..LINES - 2000 {
+        flooder.send(Message::text("x")).unwrap();
+    }
+    eventually("every line to be read, and appended or refused", || {
+        let (refused, appended) = refused_and_appended(&server);
+        refused + appended > LINES // and its own join
+    });
+    let (refused, _) = refused_and_appended(&server);
+    assert!(refused > LINES / 2, "only {refused} refused");
+    let (after, _) = memory_kib(server.pid());
+    // Kept, the notices would take megabytes (2.2-2.7 MB more, when the writer took them
+    // from the outbox while the socket was full); its outbox holds 64.
+    assert!(
+        after < before + 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+}
+
 #[test]
 fn sigterm_and_sigint_close_every_client_with_1001_and_exit_0_within_2_s() {
     const PROMISED: Duration = Duration::from_secs(2);
