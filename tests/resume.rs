@@ -387,6 +387,31 @@ fn a_client_dropped_for_the_write_timeout_keeps_its_session() {
 }
 
 #[test]
+fn a_client_gone_silent_keeps_its_session() {
+    // A phone asleep, a network gone: the client answers no ping. Taken for gone after the
+    // pong timeout, it is closed with 1001 and, as after a lost connection, its session waits.
+    let server = Server::start(&["--ping-interval", "1", "--pong-timeout", "2"]);
+    let mut witness = server.join();
+    let page = Resumable::new_session(&server);
+    witness.until(&format!(" .... {} has joined.", page.nickname));
+    // The witness reads all along, and so answers every ping, until the page, back, speaks.
+    let marker = format!("{}: marker", page.nickname);
+    let heard = std::thread::spawn(move || witness.until(&marker));
+    // The page reads nothing, so it answers nothing, until the server gives up on it.
+    let dropped = format!("drop  {} from", page.nickname);
+    eventually("the silent page to be dropped", || {
+        server.stderr().contains(&dropped)
+    });
+    let (token, nickname, position) = page.cut();
+    let (mut ws, first) = Resumable::back(&server, &token, &position);
+    assert!(first.starts_with("resumed "), "{first:?}");
+    ws.send(Message::text("marker")).unwrap();
+    let heard = heard.join().unwrap();
+    let left = format!(" .... {nickname} has left.");
+    assert!(!heard.contains(&left), "its leave was announced: {heard:?}");
+}
+
+#[test]
 fn a_client_away_while_many_segments_of_lines_go_by_gets_them_all() {
     let server = Server::start(&["--rate-limit", "0"]);
     let mut witness = server.join();
