@@ -210,7 +210,8 @@ fn a_full_page_server_answers_503_only_when_every_connection_is_being_answered()
     );
     assert_eq!(status, 503, "{head}");
     assert_eq!(body.lines().count(), 1, "{body:?}");
-    assert!(body.contains("busy"), "{body:?}");
+    // It says how many the page server holds at once.
+    assert!(body.contains("busy: 2 connections at once"), "{body:?}");
 
     let mut client = server.join();
     client.say("in anyway");
