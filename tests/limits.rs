@@ -582,36 +582,43 @@ fn refused_and_appended(server: &Server) -> (u64, u64) {
 #[test]
 fn a_flooder_that_never_reads_is_owed_no_more_notices_than_its_outbox_holds() {
     // Its flood never lasts long enough to close it, its socket is never dropped and it is
-    // never too far behind: only the notices it is owed could grow. A thousand of its lines
-    // a second get through, so the log keeps moving and its writer keeps passing over it.
+    // never too far behind: only the notices it is owed could grow. Half its burst a second
+    // gets through, so the log keeps moving and its writer keeps passing over it.
     const LINES: u64 = 300_000;
+    const BIG_BYTES: usize = 4000;
+    // A burst of twice the largest send buffer fills its socket.
+    let burst = 2 * largest_send_buffer() / BIG_BYTES;
+    let (rate, lag) = (
+        (burst / 2).to_string(),
+        (16 * largest_send_buffer()).to_string(),
+    );
     let server = Server::start(&[
         "--admin-port",
         "0",
         "--rate-limit",
-        "1000",
+        &rate,
         "--flood-close",
         "600",
         "--write-timeout",
         "600",
         "--max-lag-bytes",
-        "67108864",
+        &lag,
     ]);
     let from = "127.0.0.1".parse().unwrap();
     let socket = connect_from_with_receive_buffer(from, server.ws, Some(4096));
     let (mut flooder, _) = tungstenite::client(server.ws_url("/"), socket).unwrap();
-    // Its burst, 2,000 lines of 4 KB, fills its socket (the kernel's send buffer grows to
-    // 4 MiB at most): from then on what it is owed waits, the lines in the log it keeps.
-    let big = "b".repeat(4000);
-    for _ in 0..2000 {
+    // Its burst (2,000 lines of 4 KB with the default 4 MiB) fills its socket: from then on
+    // what it is owed waits, the lines in the log it keeps.
+    let big = "b".repeat(BIG_BYTES);
+    for _ in 0..burst {
         flooder.send(Message::text(big.as_str())).unwrap();
     }
     eventually("the burst to be appended", || {
-        refused_and_appended(&server).1 > 2000
+        refused_and_appended(&server).1 > burst as u64
     });
     let (before, _) = memory_kib(server.pid());
     // Each line past the burst is refused with a notice to it alone.
-    for _ in 0..LINES - 2000 {
+    for _ in 0..LINES - burst as u64 {
         flooder.send(Message::text("x")).unwrap();
     }
     eventually("every line to be read, and appended or refused", || {

@@ -492,10 +492,7 @@ fn a_resume_from_before_lines_it_was_handed_replays_at_most_a_send_buffer_of_the
     // 4 MiB by default) said after the session's join, all read by it, in a log that keeps
     // all of it. The kernel may have held back at most one send buffer, so the session was
     // owed nothing older than that behind its last line.
-    let send_buffer_most: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
-        .ok()
-        .and_then(|w| w.split_whitespace().nth(2)?.parse().ok())
-        .unwrap_or(4 << 20);
+    let send_buffer_most = largest_send_buffer();
     let lines = 2 * send_buffer_most / 1000;
     let keep = (4 * send_buffer_most).to_string();
     let server = Server::start(&["--rate-limit", "0", "--max-lag-bytes", &keep]);

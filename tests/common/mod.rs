@@ -623,6 +623,16 @@ pub fn connect_from_with_receive_buffer(
     }
 }
 
+/// The largest send buffer the kernel grows a TCP socket to (tcp_wmem's third figure; 4 MiB
+/// by default): what a dropped connection may never have received, and how much a client
+/// that reads nothing must be sent before the server's writes to it stop.
+pub fn largest_send_buffer() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|w| w.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
 /// How many entries a /proc directory has: a process's threads (`task`) or descriptors
 /// (`fd`).
 pub fn count_entries(path: String) -> usize {
